@@ -1,0 +1,156 @@
+"""marshmallow schemas of every message on the wire, by version.
+
+Two flavours of each schema exist:
+
+* the *strict* one (``unknown=RAISE`` all the way down) is what a producer
+  validates with before publishing, so a typo never leaves the building;
+* the *tolerant* one (``unknown=EXCLUDE`` all the way down) is what a consumer
+  loads with, so a newer producer that added a field (versions evolve
+  additively) is still understood.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zoneinfo
+from datetime import datetime
+from typing import Any
+
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from .names import Event, Priority
+
+#: ``message_type`` of the notification-requested message.
+NOTIFICATION_REQUESTED = "notification.requested"
+#: Versions of it that consumers understand.
+NOTIFICATION_REQUESTED_VERSIONS = (1,)
+#: Locales are BCP 47-ish tags: ``en``, ``de``, ``pt-BR``.
+LOCALE_PATTERN = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$"
+
+
+class AwareDateTime(fields.AwareDateTime):
+    """ISO-8601 datetime that must carry an offset; serialised in UTC."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(format="iso", **kwargs)
+
+    def _serialize(self, value: datetime | None, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValidationError("Datetime must be timezone-aware.")
+        return value.astimezone(zoneinfo.ZoneInfo("UTC")).isoformat().replace("+00:00", "Z")
+
+
+def validate_timezone(name: str) -> None:
+    """Raise ValidationError unless ``name`` is an IANA timezone name."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationError(f"Unknown IANA timezone {name!r}.") from exc
+
+
+def _schemas(unknown: str) -> type[Schema]:
+    """Build the v1 schema family with one ``unknown`` policy at every level."""
+
+    class Base(Schema):
+        class Meta:
+            pass
+
+    Base.Meta.unknown = unknown  # type: ignore[attr-defined]
+
+    class BookingV1(Base):
+        id = fields.UUID(required=True, metadata={"description": "Booking id."})
+        version = fields.Integer(
+            required=True,
+            validate=validate.Range(min=1),
+            metadata={"description": "Booking version; grows on every change. Consumers drop stale versions."},
+        )
+        status = fields.String(
+            required=True, validate=validate.OneOf(["confirmed", "cancelled"]), metadata={"description": "Status after the change."}
+        )
+        resource_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
+        starts_at = AwareDateTime(required=True, metadata={"description": "UTC ISO-8601."})
+        ends_at = AwareDateTime(required=True, metadata={"description": "UTC ISO-8601."})
+        timezone = fields.String(
+            required=True, validate=validate_timezone, metadata={"description": "IANA timezone the customer sees times in."}
+        )
+        previous_starts_at = AwareDateTime(
+            load_default=None, allow_none=True, metadata={"description": "Old start of a rescheduled booking."}
+        )
+
+        @validates_schema
+        def _ends_after_start(self, data: dict, **kwargs: Any) -> None:
+            if data.get("starts_at") and data.get("ends_at") and data["ends_at"] <= data["starts_at"]:
+                raise ValidationError("Must be after starts_at.", field_name="ends_at")
+
+    class RecipientV1(Base):
+        name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+        email = fields.Email(required=True)
+        locale = fields.String(load_default="en", validate=validate.Regexp(LOCALE_PATTERN))
+        push_tokens = fields.List(
+            fields.String(validate=validate.Length(min=1, max=4096)),
+            load_default=list,
+            validate=validate.Length(max=20),
+            metadata={"description": "Device tokens or topics for push; may be empty."},
+        )
+
+    class NotificationRequestedV1(Base):
+        """A booking event asks for its notifications to be sent (version 1)."""
+
+        message_type = fields.String(required=True, validate=validate.OneOf([NOTIFICATION_REQUESTED]))
+        schema_version = fields.Integer(required=True, validate=validate.Equal(1))
+        notification_id = fields.UUID(
+            required=True, metadata={"description": "Stable across republishing: the dedupe and idempotency key."}
+        )
+        event = fields.Enum(Event, by_value=True, required=True)
+        priority = fields.String(
+            required=True,
+            validate=validate.OneOf([p.label for p in Priority]),
+            metadata={"description": "Named level; see shared.names.Priority for the AMQP value."},
+        )
+        booking = fields.Nested(BookingV1, required=True, unknown=unknown)
+        recipient = fields.Nested(RecipientV1, required=True, unknown=unknown)
+        requested_at = AwareDateTime(required=True)
+        correlation_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+    return NotificationRequestedV1
+
+
+#: Producers validate with this one: unknown fields are an error.
+StrictNotificationRequestedV1 = _schemas(RAISE)
+#: Consumers load with this one: unknown fields are ignored (forward compatibility).
+NotificationRequestedV1 = _schemas(EXCLUDE)
+
+
+def load_notification_requested(payload: Any) -> dict:
+    """Load a notification-requested message as a consumer (tolerant of new fields).
+
+    Raises ``ValidationError`` with per-field messages when the payload breaks
+    the contract, including an unsupported ``schema_version``.
+    """
+    if not isinstance(payload, dict):
+        raise ValidationError("Message must be a JSON object.")
+    version = payload.get("schema_version")
+    if version not in NOTIFICATION_REQUESTED_VERSIONS:
+        raise ValidationError(
+            f"Unsupported schema_version {version!r}; supported: {list(NOTIFICATION_REQUESTED_VERSIONS)}.",
+            field_name="schema_version",
+        )
+    return NotificationRequestedV1().load(payload)
+
+
+def dump_notification_requested(data: dict) -> dict:
+    """Validate and serialise a message as a producer (strict).
+
+    ``data`` holds Python values (UUIDs, aware datetimes, Event); the result is
+    JSON-ready. Raises ``ValidationError`` when it would break the contract.
+    """
+    schema = StrictNotificationRequestedV1()
+    wire = schema.dump(data)
+    schema.load(wire)  # round-trip: dump does not validate, load does
+    return wire
+
+
+def new_notification_id() -> uuid.UUID:
+    return uuid.uuid4()

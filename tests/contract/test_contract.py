@@ -1,0 +1,145 @@
+"""The contract: marshmallow schemas, committed JSON Schema files and fixtures agree."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import uuid
+from datetime import datetime, timezone
+
+import jsonschema
+import pytest
+from marshmallow import ValidationError
+
+import shared
+from shared.jsonschema import MESSAGE_SCHEMAS, json_schema, render, schema_filename
+
+SHARED = pathlib.Path(shared.__file__).parent
+EXAMPLES = sorted((SHARED / "examples").glob("*.json"))
+VALID = [p for p in EXAMPLES if ".valid." in p.name]
+INVALID = [p for p in EXAMPLES if ".invalid." in p.name]
+
+
+def committed_schema() -> dict:
+    return json.loads((SHARED / "schemas" / schema_filename(shared.NOTIFICATION_REQUESTED, 1)).read_text())
+
+
+@pytest.mark.parametrize(("message_type", "version"), sorted(MESSAGE_SCHEMAS))
+def test_committed_json_schema_matches_marshmallow(message_type, version):
+    committed = (SHARED / "schemas" / schema_filename(message_type, version)).read_text()
+    assert committed == render(json_schema(message_type, version)), (
+        "shared/schemas is stale: run `make schemas` and commit the result"
+    )
+
+
+def test_every_message_version_has_a_committed_file():
+    files = {p.name for p in (SHARED / "schemas").glob("*.json")}
+    assert files == {schema_filename(t, v) for t, v in MESSAGE_SCHEMAS}
+
+
+def test_fixtures_exist_on_both_sides():
+    assert len(VALID) >= 4 and len(INVALID) >= 4
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.name)
+def test_valid_examples_pass_marshmallow_and_json_schema(path):
+    doc = json.loads(path.read_text())
+    shared.load_notification_requested(doc)
+    jsonschema.validate(doc, committed_schema(), format_checker=jsonschema.FormatChecker())
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
+def test_invalid_examples_fail_marshmallow_and_json_schema(path):
+    doc = json.loads(path.read_text())
+    with pytest.raises(ValidationError):
+        shared.load_notification_requested(doc)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, committed_schema(), format_checker=jsonschema.FormatChecker())
+
+
+def test_consumer_accepts_unknown_fields_but_producer_refuses_them():
+    doc = json.loads((SHARED / "examples" / "notification.requested.v1.valid.unknown-fields.json").read_text())
+    loaded = shared.load_notification_requested(doc)
+    assert "channel_hints" not in loaded and "room_name" not in loaded["booking"]
+    with pytest.raises(ValidationError) as err:
+        shared.StrictNotificationRequestedV1().load(doc)
+    assert "channel_hints" in err.value.messages
+
+
+def test_ends_before_start_is_refused():
+    doc = json.loads((SHARED / "examples" / "notification.requested.v1.valid.confirmed.json").read_text())
+    doc["booking"]["ends_at"] = doc["booking"]["starts_at"]
+    with pytest.raises(ValidationError) as err:
+        shared.load_notification_requested(doc)
+    assert "ends_at" in err.value.messages["booking"]
+
+
+def test_producer_dump_is_utc_and_round_trips():
+    when = datetime(2030, 1, 2, 10, 0, tzinfo=timezone.utc)
+    from zoneinfo import ZoneInfo
+
+    wire = shared.dump_notification_requested(
+        {
+            "message_type": shared.NOTIFICATION_REQUESTED,
+            "schema_version": 1,
+            "notification_id": uuid.uuid4(),
+            "event": shared.Event.CONFIRMED,
+            "priority": "high",
+            "booking": {
+                "id": uuid.uuid4(),
+                "version": 1,
+                "status": "confirmed",
+                "resource_id": "r1",
+                "starts_at": when.astimezone(ZoneInfo("Asia/Tokyo")),
+                "ends_at": when.replace(hour=11),
+                "timezone": "Asia/Tokyo",
+                "previous_starts_at": None,
+            },
+            "recipient": {"name": "A", "email": "a@example.org", "locale": "en", "push_tokens": []},
+            "requested_at": when,
+            "correlation_id": "c1",
+        }
+    )
+    assert wire["booking"]["starts_at"] == "2030-01-02T10:00:00Z"
+    jsonschema.validate(wire, committed_schema(), format_checker=jsonschema.FormatChecker())
+
+
+def test_unknown_timezone_is_refused():
+    doc = json.loads((SHARED / "examples" / "notification.requested.v1.valid.confirmed.json").read_text())
+    doc["booking"]["timezone"] = "Mars/Olympus"
+    with pytest.raises(ValidationError):
+        shared.load_notification_requested(doc)
+
+
+def test_task_message_is_celery_v2():
+    msg = shared.task_message(
+        task=shared.DISPATCH_TASK,
+        task_id="id-1",
+        routing_key=shared.DISPATCH_QUEUE,
+        kwargs={"message": {"x": 1}},
+        priority=shared.Priority.HIGH,
+        time_limit=60,
+        soft_time_limit=50,
+        expires=datetime(2030, 1, 1, tzinfo=timezone.utc),
+        kwargsrepr="{'message': '<notification id-1>'}",
+        correlation_id="req-1",
+    )
+    assert msg.headers["id"] == "id-1" and msg.headers["task"] == "notifications.dispatch"
+    assert msg.headers["timelimit"] == [60, 50]  # [hard, soft]
+    assert msg.headers["expires"] == "2030-01-01T00:00:00+00:00"
+    assert msg.properties["content_type"] == "application/json"
+    assert msg.properties["delivery_mode"] == 2 and msg.properties["priority"] == 8
+    args, kwargs, embed = shared.decode_body(msg.body)
+    assert args == [] and kwargs == {"message": {"x": 1}} and set(embed) == {"callbacks", "errbacks", "chain", "chord"}
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[[], {}]", b'{"a": 1}', b"[1, 2, 3]"])
+def test_decode_body_refuses_non_v2_bodies(body):
+    with pytest.raises(ValueError):
+        shared.decode_body(body)
+
+
+def test_names_and_priorities():
+    assert shared.dead_letter_queue(shared.EMAIL_QUEUE) == "notifications.email.dlq"
+    assert shared.DEFAULT_PRIORITY[shared.Event.CONFIRMED] > shared.DEFAULT_PRIORITY[shared.Event.REMINDER]
+    assert max(shared.Priority) <= shared.MAX_PRIORITY
