@@ -5,7 +5,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export AMQP_URL ?= amqp://guest:guest@localhost:5672//
 
-.PHONY: test install broker lint schemas definitions clean
+.PHONY: run demo test install broker lint schemas definitions bench clean
+
+## run: install, migrate both databases, declare the topology, run the API, relay and workers (Ctrl-C stops all)
+run: install broker
+	VENV=$(VENV) deploy/scripts/run-mesh.sh
+
+## demo: start the mesh, create a booking, print the e-mail and push it produced, stop
+demo: install broker
+	VENV=$(VENV) deploy/scripts/demo.sh
 
 ## test: create .venv if missing, install, make sure RabbitMQ answers, run every test
 test: install broker
@@ -29,6 +37,15 @@ lint: install
 ## schemas: regenerate the committed JSON Schema files from the marshmallow schemas
 schemas: install
 	$(BIN)/python -m shared export-schemas
+
+## definitions: regenerate deploy/rabbitmq/definitions.json from the topology module
+definitions: install
+	$(BIN)/notification-service topology export deploy/rabbitmq/definitions.json
+
+## bench: both benchmark scripts (bounded, loopback only)
+bench: install broker
+	$(BIN)/python benchmarks/bench_booking.py
+	$(BIN)/python benchmarks/bench_notification.py
 
 clean:
 	rm -rf $(VENV) var
