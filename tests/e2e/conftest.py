@@ -1,0 +1,193 @@
+"""The whole mesh as real subprocesses: gunicorn, the outbox relay and a Celery worker.
+
+Each test gets a fresh RabbitMQ vhost, a fresh PostgreSQL database for the
+booking service, a fresh SQLite file for the notification service, temporary
+sink folders, and a fake HTTP push provider served from this process.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+VENV_BIN = pathlib.Path(sys.executable).parent
+API_KEY = "e2e-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class FakePush:
+    """A push provider on loopback: records every request, answers ``status`` (settable)."""
+
+    status: int = 200
+    calls: list = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server naming
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with fake.lock:
+                    status = fake.status
+                    fake.calls.append({"status": status, "headers": dict(self.headers), "json": json.loads(body or b"{}")})
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                if status == 503:
+                    self.send_header("Retry-After", "1")
+                self.end_headers()
+                self.wfile.write(json.dumps({"name": f"projects/fake/messages/{len(fake.calls)}"}).encode())
+
+            def log_message(self, *args):
+                return
+
+        return Handler
+
+    def delivered(self) -> list[dict]:
+        with self.lock:
+            return [c for c in self.calls if c["status"] == 200]
+
+
+class Mesh:
+    def __init__(self, root: pathlib.Path, env: dict[str, str]):
+        self.root = root
+        self.env = env
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.base_url = f"http://{env['BOOKING_BIND']}"
+        self.email_dir = pathlib.Path(env["EMAIL_FILE_DIR"])
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {API_KEY}"
+
+    def run(self, *argv: str) -> None:
+        subprocess.run(argv, env=self.env, check=True, cwd=self.root, timeout=120)
+
+    def start(self, name: str, *argv: str) -> None:
+        log = open(self.root / f"{name}.log", "wb")
+        self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(self.root.glob("*.log")))
+
+    # What the sinks received -------------------------------------------------
+    def emails(self) -> list[email.message.EmailMessage]:
+        messages = []
+        for path in sorted(self.email_dir.glob("*.eml")):
+            messages.append(email.message_from_bytes(path.read_bytes(), policy=email.policy.default))
+        return messages
+
+    def emails_for(self, booking_id: str, event: str) -> list[email.message.EmailMessage]:
+        return [
+            m for m in self.emails() if m["X-Booking-Id"] == booking_id and m["X-Notification-Event"] == event
+        ]
+
+    # HTTP ---------------------------------------------------------------------
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return self.session.post(self.base_url + path, timeout=10, **kwargs)
+
+    def patch(self, path: str, **kwargs) -> requests.Response:
+        return self.session.patch(self.base_url + path, timeout=10, **kwargs)
+
+
+@pytest.fixture
+def fake_push():
+    fake = FakePush()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}/v1/projects/fake/messages:send"
+    yield fake
+    server.shutdown()
+
+
+@pytest.fixture
+def mesh(tmp_path, vhost_url, postgres_url, fake_push):
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AMQP_URL": vhost_url,
+        "BOOKING_DATABASE_URL": postgres_url,
+        "BOOKING_API_KEYS": API_KEY,
+        "BOOKING_BIND": f"127.0.0.1:{free_port()}",
+        "BOOKING_LOG_FORMAT": "json",
+        "BOOKING_RELAY_POLL_SECONDS": "0.1",
+        # Reminders due 30 s before the start, so a test can watch one happen.
+        "BOOKING_REMINDER_LEAD_SECONDS": "30",
+        "NOTIFICATION_DATABASE_URL": f"sqlite:///{tmp_path / 'notification.db'}",
+        "NOTIFICATION_LOG_FORMAT": "json",
+        "NOTIFICATION_METRICS_PORT": str(free_port()),
+        "NOTIFICATION_RETRY_BASE_SECONDS": "0.2",
+        "EMAIL_BACKEND": "file",
+        "EMAIL_FILE_DIR": str(tmp_path / "email"),
+        "PUSH_BACKEND": "http",
+        "PUSH_HTTP_URL": fake_push.url,
+        "PUSH_HTTP_TOKEN": "fake-token",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    m = Mesh(tmp_path, env)
+    m.run("booking-service", "migrate")
+    m.run("notification-service", "migrate")
+    m.start(
+        "worker",
+        "celery", "-A", "notification_service.celery_app", "worker",
+        "--queues", "notifications.dispatch,notifications.email,notifications.push",
+        "--pool", "threads", "--concurrency", "4", "--hostname", f"e2e-{tmp_path.name}@%h",
+        "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+    )  # fmt: skip
+    m.start("api", "booking-service", "serve")
+    m.start("relay", "booking-service", "relay")
+    try:
+        wait_for(lambda: _ok(m.base_url + "/healthz"), 30, "the booking API to answer")
+        yield m
+    finally:
+        m.stop()
+        print(m.logs())
+
+
+def _ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
