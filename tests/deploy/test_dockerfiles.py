@@ -1,0 +1,143 @@
+"""The two service images: slim, non-root, only their own code and extra, real entry points.
+
+Docker is not available on the test machines, so each Dockerfile is parsed
+(dockerfile-parse) and the one step that decides what goes into an image, the
+wheel its builder stage makes from the files it COPYs, is really run.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from . import commands, dockerfiles, repo
+
+SERVICES = ["booking", "notification"]
+OTHER = {"booking": "notification", "notification": "booking"}
+#: Packages whose presence in an image means the other team's runtime leaked in.
+FOREIGN_REQUIREMENTS = {"booking": {"celery", "kombu", "flower"}, "notification": {"flask", "flask-smorest", "gunicorn"}}
+DEV_TOOLS = {"gcc", "build-essential", "make", "git", "pytest", "vim", "curl"}
+
+
+@pytest.fixture(params=SERVICES)
+def service(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def image(service) -> dockerfiles.Image:
+    return dockerfiles.load(service)
+
+
+def test_image_builds_in_a_builder_stage_on_python_311_slim(image):
+    assert len(image.stages) >= 2, "build wheels in a builder stage, copy only the result"
+    assert all(stage.base == "python:3.11-slim" for stage in image.stages), [s.base for s in image.stages]
+    builder_names = {stage.name for stage in image.stages[:-1]}
+    # The runtime only takes things *from* a builder stage, never builds itself.
+    assert not any("pip wheel" in run for run in image.runtime.values("RUN"))
+    assert any(f"from={name}" in run for name in builder_names for run in image.runtime.values("RUN")) or any(
+        f"--from={name}" in copy for name in builder_names for copy in image.runtime.values("COPY")
+    )
+
+
+def test_runtime_runs_as_a_fixed_non_root_uid(image):
+    user = image.runtime.last("USER")
+    assert user, "the runtime stage must switch to a non-root USER"
+    uid = user.split(":")[0]
+    # Numeric, so Kubernetes' runAsNonRoot can verify it without /etc/passwd.
+    assert uid.isdigit() and int(uid) != 0, user
+    created = " ".join(image.runtime.values("RUN"))
+    assert re.search(rf"useradd\b.*--uid {uid}\b", created), "the uid must exist in the image"
+    user_index = max(i for i, (kind, _) in enumerate(image.runtime.instructions) if kind == "USER")
+    assert all(kind != "RUN" for kind, _ in image.runtime.instructions[user_index:]), "nothing runs as root after USER"
+
+
+def test_image_installs_only_its_own_extra_and_no_dev_tools(service, image):
+    installs = [w for words in dockerfiles.run_words(image.runtime) for w in words if "booking-notifications[" in w]
+    assert installs == [f"booking-notifications[{service}]"], installs
+    wheels = [w for stage in image.stages[:-1] for words in dockerfiles.run_words(stage) for w in words if "[" in w]
+    assert wheels == [f".[{service}]"], wheels
+    every_word = {w for stage in image.stages for words in dockerfiles.run_words(stage) for w in words}
+    assert not every_word & DEV_TOOLS, every_word & DEV_TOOLS
+    assert not any("dev]" in w or ",dev" in w for w in every_word)
+
+
+def test_service_extra_never_pulls_the_other_teams_runtime(service):
+    assert not set(repo.extra(service)) & FOREIGN_REQUIREMENTS[service]
+
+
+def _copy_build_context(stage: dockerfiles.Stage, dest: pathlib.Path) -> None:
+    """Reproduce the builder's COPY instructions (context = repository root) into ``dest``.
+
+    Docker semantics: a directory source copies its *contents* to the target;
+    a file goes into a target ending in ``/`` under its own name.
+    """
+    for value in stage.values("COPY"):
+        *sources, target = value.split()
+        assert not any(s.startswith("--") for s in sources), "the builder COPYs from the build context only"
+        for source in sources:
+            origin, into = repo.ROOT / source, dest / target
+            if origin.is_dir():
+                shutil.copytree(origin, into, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            elif target.endswith("/"):
+                into.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(origin, into / origin.name)
+            else:
+                shutil.copy2(origin, into)
+
+
+def test_wheel_built_from_the_copied_files_ships_only_that_service(service, image, tmp_path):
+    context, out = tmp_path / "src", tmp_path / "wheels"
+    context.mkdir()
+    _copy_build_context(image.stages[0], context)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--no-index", "--wheel-dir", str(out), str(context)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = out.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        top = {name.split("/")[0] for name in archive.namelist()}
+        meta_name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        metadata = email.parser.Parser().parsestr(archive.read(meta_name).decode())
+        entry_points = archive.read(meta_name.replace("METADATA", "entry_points.txt")).decode()
+    assert {"shared", f"{service}_service"} <= top
+    assert f"{OTHER[service]}_service" not in top, "the other team's code must not reach this image"
+    assert "tests" not in top
+    own = [r for r in metadata.get_all("Requires-Dist") if f'extra == "{service}"' in r]
+    assert own, f"the wheel declares no [{service}] extra"
+    script = {"booking": "booking-service", "notification": "notification-service"}[service]
+    assert f"{script} = " in entry_points
+
+
+def test_default_command_is_a_real_entry_point_of_the_image(service, image):
+    argv = image.argv()
+    assert commands.problems(argv, repo.IMAGE_PACKAGES[service]) == []
+
+
+def test_booking_image_serves_http_with_a_healthcheck_on_its_exposed_port():
+    image = dockerfiles.load("booking")
+    port = int(image.env()["BOOKING_BIND"].rsplit(":", 1)[1])
+    assert image.exposed_ports() == {port}
+    (check,) = image.runtime.values("HEALTHCHECK")
+    assert f"127.0.0.1:{port}/healthz" in check
+    assert image.argv() == ["booking-service", "serve"]
+
+
+def test_image_env_vars_are_ones_the_code_reads(service, image):
+    assert repo.unknown_env(repo.IMAGE_PACKAGES[service], image.env()) == []
+
+
+def test_notification_image_exposes_the_metrics_port_the_code_serves():
+    image = dockerfiles.load("notification")
+    port = int(image.env()["NOTIFICATION_METRICS_PORT"])
+    assert image.exposed_ports() == {port}
+    assert repo.env_example("notification_service")["NOTIFICATION_METRICS_PORT"] == str(port)
