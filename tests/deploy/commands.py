@@ -50,7 +50,10 @@ def _celery(args: list[str]) -> list[str]:
     module = ctx.params.get("app")
     if not module:
         return ["celery without -A <app module>"]
-    app = getattr(importlib.import_module(module), "app", None)
+    try:
+        app = getattr(importlib.import_module(module), "app", None)
+    except ImportError as exc:
+        return [f"-A {module}: {exc}"]
     if not isinstance(app, Celery):
         return [f"{module}.app is not a Celery application"]
     ctx.obj = CLIContext(app=app, no_color=True, workdir=None, quiet=True)

@@ -1,0 +1,309 @@
+"""docker-compose.yml: valid by the compose spec, and wired to the code's real entry points, variables and ports.
+
+Docker is not available on the test machines; these checks are what can be
+proven without it. The PostgreSQL init script and Flower's password are run
+for real against the local server / a local Flower process.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import uuid
+
+import pytest
+import requests
+import yaml
+
+from . import commands, dockerfiles, repo
+
+CHECK_JSONSCHEMA = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]
+#: Which of our images a service runs, from its Dockerfile path.
+IMAGE_OF = {"deploy/booking/Dockerfile": "booking", "deploy/notification/Dockerfile": "notification"}
+#: The broker user each team's processes must log in as (least privilege).
+AMQP_USER = {"booking": "booking", "notification": "notification"}
+
+
+def services() -> dict[str, dict]:
+    return repo.compose()["services"]
+
+
+def our_services() -> dict[str, str]:
+    """Compose service name -> image key ("booking"/"notification") for services built from this repo."""
+    found = {}
+    for name, spec in services().items():
+        build = spec.get("build")
+        if build:
+            found[name] = IMAGE_OF[build["dockerfile"]]
+    return found
+
+
+def interpolate(value: str) -> str:
+    """Resolve ``${VAR:-default}`` the way compose does with nothing set: the development default."""
+    return re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}", lambda m: m.group(2) or "", value)
+
+
+def env_of(name: str) -> dict[str, str]:
+    return {k: interpolate(str(v)) for k, v in (services()[name].get("environment") or {}).items()}
+
+
+def argv_of(name: str) -> list[str]:
+    image = dockerfiles.load(our_services()[name])
+    return image.argv(services()[name].get("command"))
+
+
+def _schema_check(path) -> subprocess.CompletedProcess:
+    return subprocess.run([*CHECK_JSONSCHEMA, str(path)], capture_output=True, text=True, timeout=120)
+
+
+def test_compose_file_is_valid_by_the_compose_spec_schema(tmp_path):
+    result = _schema_check(repo.COMPOSE_FILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The same check must reject a broken file, or it proves nothing.
+    broken = copy.deepcopy(repo.compose())
+    broken["services"]["booking-api"]["depends_on"]["booking-migrate"]["condition"] = "service_ready"
+    (tmp_path / "compose.yml").write_text(yaml.safe_dump(broken))
+    assert _schema_check(tmp_path / "compose.yml").returncode != 0
+
+
+def test_stack_has_every_process_of_the_mesh():
+    by_image = {}
+    for name, image in our_services().items():
+        by_image.setdefault(image, []).append(argv_of(name))
+    booking = [argv[1] for argv in by_image["booking"]]
+    assert sorted(booking) == ["migrate", "relay", "serve"]
+    notification = by_image["notification"]
+    worker_queues = {commands.option(argv, "--queues", "-Q") for argv in notification if "worker" in argv}
+    assert {"notifications.dispatch", "notifications.email", "notifications.push"} <= {
+        q for queues in worker_queues for q in queues.split(",")
+    }
+    assert any("flower" in argv for argv in notification)
+    assert ["notification-service", "migrate"] in notification
+    images = {name: spec.get("image", "") for name, spec in services().items()}
+    rabbit = re.fullmatch(r"rabbitmq:(\d+)\.(\d+)[\w.-]*-management", images["rabbitmq"])
+    assert rabbit and (int(rabbit.group(1)), int(rabbit.group(2))) >= (3, 13), images["rabbitmq"]
+    assert images["postgres"].startswith("postgres:16")
+    assert images["mailpit"].startswith("axllent/mailpit")
+
+
+@pytest.mark.parametrize("name", sorted(our_services()))
+def test_service_command_is_a_real_entry_point_of_its_image(name):
+    assert commands.problems(argv_of(name), repo.IMAGE_PACKAGES[our_services()[name]]) == []
+
+
+def test_command_check_rejects_what_would_not_start():
+    """The entry-point check itself must fail on a wrong subcommand, queue or option."""
+    package = "notification_service"
+    assert commands.problems(["booking-service", "serve"], package)
+    assert commands.problems(["notification-service", "serve-forever"], package)
+    worker = ["celery", "-A", "notification_service.celery_app", "worker"]
+    assert commands.problems(worker + ["--queues", "notifications.sms"], package)
+    assert commands.problems(worker + ["--queues", "notifications.email", "--pool", "fibers"], package)
+    assert commands.problems(["celery", "-A", "notification_service.no_such_module", "worker"], package)
+    assert commands.problems(["celery", "-A", "notification_service.celery_app", "flower", "--no-such-flag"], package)
+    assert commands.problems(["celery", "-A", "notification_service.celery_app", "worker", "-Q", "notifications.email"],
+                             "booking_service")
+
+
+@pytest.mark.parametrize("name", sorted(our_services()))
+def test_service_sets_only_variables_its_code_reads(name):
+    package = repo.IMAGE_PACKAGES[our_services()[name]]
+    assert repo.unknown_env(package, env_of(name)) == []
+
+
+def test_every_interpolated_setting_is_documented_for_operators():
+    text = repo.COMPOSE_FILE.read_text()
+    used = set(re.findall(r"\$\{(\w+)", text))
+    documented = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", (repo.DEPLOY / "compose.env.example").read_text(), re.M))
+    assert used == documented
+
+
+def test_api_port_matches_the_bind_address_the_code_defaults_to():
+    api = services()["booking-api"]
+    default_bind = repo.env_example("booking_service")["BOOKING_BIND"]
+    port = int(default_bind.rsplit(":", 1)[1])
+    assert port == 8000
+    assert int(env_of("booking-api").get("BOOKING_BIND", default_bind).rsplit(":", 1)[1]) == port
+    assert [p.rsplit(":", 1)[1] for p in map(interpolate, api["ports"])] == [str(port)]
+    assert f"127.0.0.1:{port}/healthz" in " ".join(api["healthcheck"]["test"])
+    assert port in dockerfiles.load("booking").exposed_ports()
+
+
+def test_worker_healthcheck_probes_the_metrics_port_the_workers_serve():
+    default_port = repo.env_example("notification_service")["NOTIFICATION_METRICS_PORT"]
+    for name, image in our_services().items():
+        argv = argv_of(name)
+        if image != "notification" or "worker" not in argv:
+            continue
+        port = env_of(name).get("NOTIFICATION_METRICS_PORT", default_port)
+        assert port == default_port, name
+        assert f"127.0.0.1:{port}/metrics" in " ".join(services()[name]["healthcheck"]["test"]), name
+
+
+def test_flower_port_and_email_workers_smtp_target_match_their_services():
+    flower = services()["flower"]
+    port = commands.option(argv_of("flower"), "--port")
+    assert [p.rsplit(":", 1)[1] for p in map(interpolate, flower["ports"])] == [port]
+    assert f"127.0.0.1:{port}/" in " ".join(flower["healthcheck"]["test"])
+    assert env_of("flower")["FLOWER_BASIC_AUTH"], "Flower must be password protected"
+    smtp = env_of("email-worker")
+    assert smtp["EMAIL_BACKEND"] == "smtp"
+    assert smtp["SMTP_HOST"] in services()
+    assert smtp["SMTP_PORT"] in {str(p) for p in services()[smtp["SMTP_HOST"]].get("expose", [])}
+    assert smtp["SMTP_STARTTLS"] == "false"
+
+
+def _healthchecked(name: str) -> bool:
+    spec = services()[name]
+    if "healthcheck" in spec:
+        return not spec["healthcheck"].get("disable", False)
+    return name in our_services() and bool(dockerfiles.load(our_services()[name]).runtime.values("HEALTHCHECK"))
+
+
+def test_start_order_waits_for_health_and_for_migrations():
+    for name, spec in services().items():
+        for dependency, condition in (spec.get("depends_on") or {}).items():
+            assert dependency in services(), f"{name} depends on unknown {dependency}"
+            if condition["condition"] == "service_healthy":
+                assert _healthchecked(dependency), f"{name} waits for {dependency}, which has no healthcheck"
+    for name, image in our_services().items():
+        argv = argv_of(name)
+        deps = services()[name].get("depends_on") or {}
+        if argv[-1] == "migrate":
+            assert deps["postgres"]["condition"] == "service_healthy"
+            assert services()[name].get("restart") == "no", "a migration is a one-shot job"
+            continue
+        if "flower" in argv:  # reads only the broker, never the database
+            assert deps == {"rabbitmq": {"condition": "service_healthy"}}
+            continue
+        migrate = f"{image}-migrate"
+        assert deps[migrate]["condition"] == "service_completed_successfully", name
+        if name != "booking-api":  # a booking must succeed while the broker is down
+            assert deps["rabbitmq"]["condition"] == "service_healthy", name
+
+
+def test_rabbitmq_loads_the_committed_definitions_through_its_config():
+    mounts = {}
+    for volume in services()["rabbitmq"]["volumes"]:
+        source, target, *_ = volume.split(":")
+        mounts[target] = source
+    conf_source = mounts["/etc/rabbitmq/rabbitmq.conf"]
+    conf = (repo.ROOT / conf_source).read_text()
+    setting = re.search(r"^(?:management\.)?load_definitions\s*=\s*(\S+)", conf, re.M)
+    assert setting, "rabbitmq.conf must load the definitions file on boot"
+    assert (repo.ROOT / mounts[setting.group(1)]).resolve() == repo.DEFINITIONS_FILE
+
+
+def _rabbit_password_matches(user: dict, password: str) -> bool:
+    """RabbitMQ's stored hash: base64(salt(4) + H(salt + password))."""
+    algorithm = {"rabbit_password_hashing_sha256": hashlib.sha256, "rabbit_password_hashing_sha512": hashlib.sha512}
+    raw = base64.b64decode(user["password_hash"])
+    salt, digest = raw[:4], raw[4:]
+    return algorithm[user.get("hashing_algorithm", "rabbit_password_hashing_sha256")](salt + password.encode()).digest() == digest
+
+
+def test_services_log_in_as_their_least_privilege_user_with_the_password_the_broker_holds():
+    if not repo.DEFINITIONS_FILE.exists():
+        pytest.fail("deploy/rabbitmq/definitions.json is missing (notification-service topology export)")
+    definitions = json.loads(repo.DEFINITIONS_FILE.read_text())
+    users = {u["name"]: u for u in definitions["users"]}
+    for name, image in our_services().items():
+        url = urllib.parse.urlsplit(env_of(name)["AMQP_URL"])
+        assert url.username == AMQP_USER[image], f"{name} must log in as {AMQP_USER[image]}"
+        assert url.hostname == "rabbitmq"
+        assert _rabbit_password_matches(users[url.username], urllib.parse.unquote(url.password)), (
+            f"{name}: the development password in its AMQP_URL is not the one definitions.json holds"
+        )
+
+
+def test_database_urls_match_the_roles_and_databases_postgres_creates():
+    postgres_env = env_of("postgres")
+    init = repo.DEPLOY / "postgres" / "init-databases.sh"
+    created = re.findall(r'^\s*create (\w+) "\$\{(\w+):\?\}" (\w+)$', init.read_text(), re.M)
+    roles = {role: (postgres_env[var], db) for role, var, db in created}
+    for name, image in our_services().items():
+        key = f"{image.upper()}_DATABASE_URL"
+        url = urllib.parse.urlsplit(env_of(name)[key])
+        assert url.scheme == "postgresql+psycopg" and url.hostname == "postgres", name
+        assert roles[url.username] == (url.password, url.path.lstrip("/")), name
+
+
+def test_postgres_init_script_creates_a_private_database_per_role(postgres_admin_url):
+    import sqlalchemy as sa
+
+    admin = sa.engine.make_url(postgres_admin_url)
+    suffix = uuid.uuid4().hex[:8]
+    mine, theirs = (f"t_role_a_{suffix}", f"t_db_a_{suffix}"), (f"t_role_b_{suffix}", f"t_db_b_{suffix}")
+    script = repo.DEPLOY / "postgres" / "init-databases.sh"
+    env = {**os.environ, "INIT_DATABASES_DEFINE_ONLY": "1", "POSTGRES_USER": admin.username or "postgres",
+           "PGHOST": admin.host or "localhost", "PGPORT": str(admin.port or 5432)}
+    if admin.password:
+        env["PGPASSWORD"] = admin.password
+    calls = " && ".join(f"create {role} pw-{role} {db}" for role, db in (mine, theirs))
+    try:
+        run = subprocess.run(["bash", "-c", f'source "{script}" && {calls}'],
+                             env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        own = sa.create_engine(admin.set(username=mine[0], password=f"pw-{mine[0]}", database=mine[1]))
+        with own.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE bookings_probe (id int)"))
+        own.dispose()
+        # The other service's role may not even connect (CONNECT revoked from PUBLIC).
+        other = sa.create_engine(admin.set(username=theirs[0], password=f"pw-{theirs[0]}", database=mine[1]))
+        with pytest.raises(sa.exc.OperationalError, match="permission denied"):
+            other.connect()
+        other.dispose()
+    finally:
+        engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            for role, db in (mine, theirs):
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+                conn.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
+        engine.dispose()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_flower_as_composed_refuses_visitors_without_the_password(vhost_url, tmp_path):
+    port = _free_port()
+    argv = [a for a in argv_of("flower") if not a.startswith("--port")] + [f"--port={port}", "--address=127.0.0.1"]
+    env = {**os.environ, **env_of("flower"), "AMQP_URL": vhost_url,
+           "NOTIFICATION_DATABASE_URL": f"sqlite:///{tmp_path / 'n.db'}", "NOTIFICATION_LOG_FORMAT": "console"}
+    env.pop("NOTIFICATION_METRICS_PORT", None)
+    user, password = env["FLOWER_BASIC_AUTH"].split(",")[0].split(":", 1)
+    proc = subprocess.Popen([str(repo.BIN / argv[0]), *argv[1:]], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
+            try:
+                health = requests.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "flower did not start"
+                time.sleep(0.2)
+        assert health.status_code == 200
+        assert requests.get(f"http://127.0.0.1:{port}/workers", timeout=5).status_code == 401
+        assert requests.get(f"http://127.0.0.1:{port}/workers", auth=(user, "wrong"), timeout=5).status_code == 401
+        assert requests.get(f"http://127.0.0.1:{port}/workers", auth=(user, password), timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
