@@ -277,10 +277,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_flower_as_composed_refuses_visitors_without_the_password(vhost_url, tmp_path):
+def test_flower_as_composed_refuses_visitors_without_the_password(least_privilege, tmp_path):
+    """Flower with the compose command and env, logged in as the least-privilege notification user."""
     port = _free_port()
     argv = [a for a in argv_of("flower") if not a.startswith("--port")] + [f"--port={port}", "--address=127.0.0.1"]
-    env = {**os.environ, **env_of("flower"), "AMQP_URL": vhost_url,
+    env = {**os.environ, **env_of("flower"), "AMQP_URL": least_privilege.url("notification"),
            "NOTIFICATION_DATABASE_URL": f"sqlite:///{tmp_path / 'n.db'}", "NOTIFICATION_LOG_FORMAT": "console"}
     env.pop("NOTIFICATION_METRICS_PORT", None)
     user, password = env["FLOWER_BASIC_AUTH"].split(",")[0].split(":", 1)

@@ -1,0 +1,233 @@
+"""Least-privilege broker users, proven on the real RabbitMQ with the permissions committed in definitions.json.
+
+The booking service may publish to ``notifications`` and nothing else; the
+notification service may declare its topology, consume, publish and
+dead-letter. Each test runs in a fresh vhost holding the committed topology,
+logged in as throwaway users carrying exactly the committed permissions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import subprocess
+import time
+import uuid
+
+import pika
+import pika.exceptions
+import pytest
+
+import shared
+
+from . import repo
+
+ACCESS_REFUSED = 403
+
+
+@contextlib.contextmanager
+def channel(url: str):
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        yield connection.channel()
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def refused(action) -> bool:
+    """True when the broker closes the channel with ACCESS_REFUSED while ``action`` runs."""
+    try:
+        action()
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        assert exc.reply_code == ACCESS_REFUSED, exc
+        return True
+    return False
+
+
+def dispatch_message(notification_id: str | None = None) -> shared.TaskMessage:
+    notification_id = notification_id or str(uuid.uuid4())
+    return shared.task_message(
+        task=shared.DISPATCH_TASK, task_id=notification_id, routing_key=shared.DISPATCH_QUEUE,
+        kwargs={"message": {"notification_id": notification_id}}, priority=shared.Priority.HIGH.value,
+        kwargsrepr="{'message': '<notification.requested>'}",
+    )
+
+
+def publish(ch, message: shared.TaskMessage, exchange: str = shared.EXCHANGE) -> None:
+    """Publish like the relay does: confirms on, mandatory, persistent."""
+    ch.confirm_delivery()
+    ch.basic_publish(
+        exchange=exchange, routing_key=message.routing_key, body=message.body, mandatory=True,
+        properties=pika.BasicProperties(headers=message.headers, **message.properties),
+    )
+
+
+def get_one(ch, queue: str, deadline: float = 10.0):
+    """basic_get with a deadline (a dead-lettered message arrives asynchronously)."""
+    end = time.monotonic() + deadline
+    while True:
+        method, properties, body = ch.basic_get(queue, auto_ack=False)
+        if method is not None:
+            return method, properties, body
+        assert time.monotonic() < end, f"nothing arrived in {queue}"
+        time.sleep(0.05)
+
+
+def test_file_defines_both_service_users_for_vhost_root(definitions):
+    users = {u["name"]: u for u in definitions["users"]}
+    for name in ("booking", "notification"):
+        assert name in users
+        assert "administrator" not in str(users[name].get("tags", "")), f"{name} must not be an administrator"
+        assert [p for p in definitions["permissions"] if p["user"] == name and p["vhost"] == "/"]
+
+
+# ---- booking: publish to `notifications`, nothing else ------------------------
+
+def test_booking_user_publishes_a_routed_confirmed_message_to_notifications(least_privilege):
+    message = dispatch_message()
+    with channel(least_privilege.url("booking")) as ch:
+        publish(ch, message)  # raises UnroutableError / NackError if not confirmed and routed
+    with channel(least_privilege.admin_url) as admin:
+        method, properties, _ = get_one(admin, shared.DISPATCH_QUEUE)
+        admin.basic_ack(method.delivery_tag)
+    assert properties.headers["id"] == message.headers["id"]
+    assert properties.priority == shared.Priority.HIGH.value
+
+
+def _queue_arguments(definitions: dict, queue: str) -> dict:
+    (found,) = [q for q in definitions["queues"] if q["name"] == queue and q["vhost"] == "/"]
+    return found["arguments"]
+
+
+def _confirmed(ch, exchange: str, routing_key: str) -> None:
+    """Publish with confirms so a refusal surfaces here rather than on a later call."""
+    ch.confirm_delivery()
+    ch.basic_publish(exchange, routing_key, b"{}", properties=pika.BasicProperties(content_type="application/json"))
+
+
+#: Everything the booking service must not be able to do. Each is something
+#: a fully privileged user *can* do in the same vhost (checked below), so a
+#: refusal can only come from the permissions.
+FORBIDDEN_TO_BOOKING = {
+    "declare-queue": lambda ch, d: ch.queue_declare(f"booking-own-{uuid.uuid4().hex[:6]}"),
+    "declare-exchange": lambda ch, d: ch.exchange_declare(f"booking-own-{uuid.uuid4().hex[:6]}"),
+    "redeclare-work-queue": lambda ch, d: ch.queue_declare(
+        shared.DISPATCH_QUEUE, durable=True, arguments=_queue_arguments(d, shared.DISPATCH_QUEUE)),
+    "consume-work-queue": lambda ch, d: ch.basic_consume(shared.DISPATCH_QUEUE, lambda *a: None),
+    "read-dead-letters": lambda ch, d: ch.basic_get(shared.dead_letter_queue(shared.EMAIL_QUEUE)),
+    "purge-work-queue": lambda ch, d: ch.queue_purge(shared.EMAIL_QUEUE),
+    "publish-to-dead-letter-exchange": lambda ch, d: _confirmed(ch, shared.DEAD_LETTER_EXCHANGE, shared.EMAIL_QUEUE),
+    "publish-to-amq.direct": lambda ch, d: _confirmed(ch, "amq.direct", "anything"),
+    "publish-via-default-exchange": lambda ch, d: _confirmed(ch, "", shared.EMAIL_QUEUE),
+}
+
+
+@pytest.mark.parametrize("action", sorted(FORBIDDEN_TO_BOOKING))
+def test_booking_user_is_refused_everything_but_publishing_to_notifications(least_privilege, action):
+    with channel(least_privilege.url("booking")) as ch:
+        assert refused(lambda: FORBIDDEN_TO_BOOKING[action](ch, least_privilege.definitions))
+
+
+@pytest.mark.parametrize("action", sorted(FORBIDDEN_TO_BOOKING))
+def test_each_refused_action_works_for_a_privileged_user(least_privilege, action):
+    """The control: with full permissions the very same call succeeds."""
+    with channel(least_privilege.admin_url) as ch:
+        assert not refused(lambda: FORBIDDEN_TO_BOOKING[action](ch, least_privilege.definitions))
+
+
+# ---- notification: topology, consume, publish, dead-letter -------------------
+
+def test_notification_user_consumes_publishes_onward_and_dead_letters(least_privilege):
+    with channel(least_privilege.url("booking")) as ch:
+        publish(ch, dispatch_message())
+    with channel(least_privilege.url("notification")) as ch:
+        method, _, _ = get_one(ch, shared.DISPATCH_QUEUE)
+        # What dispatch does: publish the channel task onward, with confirms.
+        onward = shared.task_message(task=shared.EMAIL_TASK, task_id=str(uuid.uuid4()), routing_key=shared.EMAIL_QUEUE)
+        publish(ch, onward)
+        ch.basic_ack(method.delivery_tag)
+        # What a permanent failure does: reject without requeue -> RabbitMQ dead-letters it.
+        method, _, _ = get_one(ch, shared.EMAIL_QUEUE)
+        ch.basic_reject(method.delivery_tag, requeue=False)
+        dlq = shared.dead_letter_queue(shared.EMAIL_QUEUE)
+        method, properties, _ = get_one(ch, dlq)
+        assert properties.headers["id"] == onward.headers["id"]
+        assert properties.headers["x-death"][0]["reason"] == "rejected"
+        # What `notification-service dlq replay` does: publish it back, then drop it from the DLQ.
+        replay = shared.task_message(task=shared.EMAIL_TASK, task_id=onward.headers["id"], routing_key=shared.EMAIL_QUEUE)
+        publish(ch, replay)
+        ch.basic_ack(method.delivery_tag)
+        assert ch.queue_declare(dlq, passive=True).method.message_count == 0
+
+
+def test_notification_user_is_refused_outside_its_names(least_privilege):
+    with channel(least_privilege.url("notification")) as ch:
+        assert refused(lambda: ch.queue_declare(f"bookings-{uuid.uuid4().hex[:6]}"))
+
+
+def _env(least_privilege, tmp_path: pathlib.Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "AMQP_URL": least_privilege.url("notification"),
+        "NOTIFICATION_DATABASE_URL": f"sqlite:///{tmp_path / 'notification.db'}",
+        "EMAIL_BACKEND": "file", "EMAIL_FILE_DIR": str(tmp_path / "email"),
+        "PUSH_BACKEND": "file", "PUSH_FILE_DIR": str(tmp_path / "push"),
+        "NOTIFICATION_LOG_FORMAT": "console",
+        "PATH": f"{repo.BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+def test_notification_user_declares_the_exported_topology_without_conflict(least_privilege, tmp_path):
+    """The service's own declare, run as the least-privilege user over the loaded file: no 403, no 406."""
+    run = subprocess.run([str(repo.BIN / "notification-service"), "topology", "declare"],
+                         env=_env(least_privilege, tmp_path), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_notification_user_runs_a_worker_that_delivers_what_the_booking_user_published(least_privilege, tmp_path, management):
+    env = _env(least_privilege, tmp_path)
+    subprocess.run([str(repo.BIN / "notification-service"), "migrate"], env=env, check=True,
+                   capture_output=True, timeout=120)
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [str(repo.BIN / "celery"), "-A", "notification_service.celery_app", "worker",
+         "--queues", ",".join(shared.WORK_QUEUES), "--pool", "threads", "--concurrency", "2",
+         "--hostname", f"perm-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "--events",
+         "--loglevel", "INFO"],
+        env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        payload = _example_payload()
+        message = shared.task_message(
+            task=shared.DISPATCH_TASK, task_id=payload["notification_id"], routing_key=shared.DISPATCH_QUEUE,
+            kwargs={"message": payload}, priority=shared.Priority.HIGH.value,
+            correlation_id=payload["correlation_id"],
+        )
+        with channel(least_privilege.url("booking")) as ch:
+            publish(ch, message)
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / "email").glob("*")):
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+            assert time.monotonic() < deadline, "no e-mail delivered:\n" + (tmp_path / "worker.log").read_text()
+            time.sleep(0.2)
+        log_text = (tmp_path / "worker.log").read_text()
+        assert "ACCESS_REFUSED" not in log_text, log_text
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        log.close()
+
+
+def _example_payload() -> dict:
+    import json
+
+    path = repo.ROOT / "shared" / "examples" / "notification.requested.v1.valid.confirmed.json"
+    payload = json.loads(path.read_text())
+    payload["notification_id"] = str(uuid.uuid4())
+    return payload
