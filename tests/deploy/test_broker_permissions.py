@@ -12,7 +12,6 @@ import contextlib
 import os
 import pathlib
 import subprocess
-import time
 import uuid
 
 import pika
@@ -21,7 +20,7 @@ import pytest
 
 import shared
 
-from . import repo
+from . import processes, repo
 
 ACCESS_REFUSED = 403
 
@@ -64,15 +63,14 @@ def publish(ch, message: shared.TaskMessage, exchange: str = shared.EXCHANGE) ->
     )
 
 
-def get_one(ch, queue: str, deadline: float = 10.0):
+def get_one(ch, queue: str, timeout: float = 10.0):
     """basic_get with a deadline (a dead-lettered message arrives asynchronously)."""
-    end = time.monotonic() + deadline
-    while True:
-        method, properties, body = ch.basic_get(queue, auto_ack=False)
-        if method is not None:
-            return method, properties, body
-        assert time.monotonic() < end, f"nothing arrived in {queue}"
-        time.sleep(0.05)
+
+    def attempt():
+        got = ch.basic_get(queue, auto_ack=False)
+        return got if got[0] is not None else None
+
+    return processes.wait_until(attempt, timeout=timeout, what=f"a message in {queue}")
 
 
 def test_file_defines_both_service_users_for_vhost_root(definitions):
@@ -190,14 +188,15 @@ def test_notification_user_runs_a_worker_that_delivers_what_the_booking_user_pub
     env = _env(least_privilege, tmp_path)
     subprocess.run([str(repo.BIN / "notification-service"), "migrate"], env=env, check=True,
                    capture_output=True, timeout=120)
-    log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        [str(repo.BIN / "celery"), "-A", "notification_service.celery_app", "worker",
-         "--queues", ",".join(shared.WORK_QUEUES), "--pool", "threads", "--concurrency", "2",
-         "--hostname", f"perm-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "--events",
-         "--loglevel", "INFO"],
-        env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-    )
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [str(repo.BIN / "celery"), "-A", "notification_service.celery_app", "worker",
+             "--queues", ",".join(shared.WORK_QUEUES), "--pool", "threads", "--concurrency", "2",
+             "--hostname", f"perm-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "--events",
+             "--loglevel", "INFO"],
+            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+        )
     try:
         payload = _example_payload()
         message = shared.task_message(
@@ -207,21 +206,11 @@ def test_notification_user_runs_a_worker_that_delivers_what_the_booking_user_pub
         )
         with channel(least_privilege.url("booking")) as ch:
             publish(ch, message)
-        deadline = time.monotonic() + 60
-        while not list((tmp_path / "email").glob("*")):
-            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
-            assert time.monotonic() < deadline, "no e-mail delivered:\n" + (tmp_path / "worker.log").read_text()
-            time.sleep(0.2)
-        log_text = (tmp_path / "worker.log").read_text()
-        assert "ACCESS_REFUSED" not in log_text, log_text
+        processes.wait_until(lambda: list((tmp_path / "email").glob("*")), timeout=60,
+                             what="the e-mail file", alive=worker, log=log.read_text)
+        assert "ACCESS_REFUSED" not in log.read_text(), log.read_text()
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-        log.close()
+        processes.stop(worker)
 
 
 def _example_payload() -> dict:

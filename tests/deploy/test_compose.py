@@ -16,7 +16,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import uuid
 
@@ -24,7 +23,7 @@ import pytest
 import requests
 import yaml
 
-from . import commands, dockerfiles, repo
+from . import commands, dockerfiles, processes, repo
 
 CHECK_JSONSCHEMA = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]
 #: Which of our images a service runs, from its Dockerfile path.
@@ -285,26 +284,24 @@ def test_flower_as_composed_refuses_visitors_without_the_password(least_privileg
            "NOTIFICATION_DATABASE_URL": f"sqlite:///{tmp_path / 'n.db'}", "NOTIFICATION_LOG_FORMAT": "console"}
     env.pop("NOTIFICATION_METRICS_PORT", None)
     user, password = env["FLOWER_BASIC_AUTH"].split(",")[0].split(":", 1)
-    proc = subprocess.Popen([str(repo.BIN / argv[0]), *argv[1:]], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "flower.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(repo.BIN / argv[0]), *argv[1:]], env=env, cwd=tmp_path,
+                                stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
-            try:
-                health = requests.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "flower did not start"
-                time.sleep(0.2)
+        health = processes.wait_until(lambda: _get(f"{base}/healthcheck"), timeout=30, what="flower to answer",
+                                      alive=proc, log=log.read_text)
         assert health.status_code == 200
-        assert requests.get(f"http://127.0.0.1:{port}/workers", timeout=5).status_code == 401
-        assert requests.get(f"http://127.0.0.1:{port}/workers", auth=(user, "wrong"), timeout=5).status_code == 401
-        assert requests.get(f"http://127.0.0.1:{port}/workers", auth=(user, password), timeout=5).status_code == 200
+        assert requests.get(f"{base}/workers", timeout=5).status_code == 401
+        assert requests.get(f"{base}/workers", auth=(user, "wrong"), timeout=5).status_code == 401
+        assert requests.get(f"{base}/workers", auth=(user, password), timeout=5).status_code == 200
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        processes.stop(proc)
+
+
+def _get(url: str):
+    try:
+        return requests.get(url, timeout=2)
+    except requests.ConnectionError:
+        return None
