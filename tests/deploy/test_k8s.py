@@ -187,12 +187,14 @@ def test_each_worker_scales_on_its_own_queue():
             assert ref["key"] in set(configured_env("notification", container))
 
 
-_CREDENTIAL = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|_KEYS$|URL$")
+_CREDENTIAL_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|_KEYS$")
+#: A URL with user:password@ in it (AMQP_URL, *_DATABASE_URL).
+_CREDENTIAL_VALUE = re.compile(r"://[^/@\s]+:[^/@\s]*@")
 
 
 def test_no_secret_values_in_the_manifests(team):
     for name, data in ((m["metadata"]["name"], m["data"]) for m in of_kind(team, "ConfigMap")):
-        leaked = [k for k in data if _CREDENTIAL.search(k)]
+        leaked = [k for k, v in data.items() if _CREDENTIAL_NAME.search(k) or _CREDENTIAL_VALUE.search(v)]
         assert not leaked, f"ConfigMap {name} carries credentials {leaked}: they belong in the Secret"
     for secret in of_kind(team, "Secret"):
         for key, value in secret["stringData"].items():
