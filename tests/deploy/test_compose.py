@@ -113,6 +113,13 @@ def test_command_check_rejects_what_would_not_start():
                              "booking_service")
 
 
+def test_variable_check_rejects_settings_nobody_reads():
+    """The env check itself must flag a made-up variable, or a typo would pass."""
+    assert repo.unknown_env("booking_service", ["BOOKING_DATABASE_URI"]) == ["BOOKING_DATABASE_URI"]
+    assert repo.unknown_env("notification_service", ["FLOWER_BASIC_AUTHENTICATION"]) == ["FLOWER_BASIC_AUTHENTICATION"]
+    assert repo.unknown_env("notification_service", ["FLOWER_BASIC_AUTH", "PYTHONUNBUFFERED"]) == []
+
+
 @pytest.mark.parametrize("name", sorted(our_services()))
 def test_service_sets_only_variables_its_code_reads(name):
     package = repo.IMAGE_PACKAGES[our_services()[name]]
