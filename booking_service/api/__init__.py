@@ -1,0 +1,1 @@
+"""HTTP layer: flask-smorest blueprints, HTTP schemas, auth and the one error shape."""

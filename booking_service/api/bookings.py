@@ -1,0 +1,147 @@
+"""/v1/bookings: create, read, list, cancel, reschedule."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+
+from flask import current_app, g, jsonify, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from sqlalchemy.exc import IntegrityError
+
+from .. import bookings
+from ..errors import Conflict, IdempotencyMismatch
+from ..models import IdempotencyKey
+from .auth import require_api_key
+from .schemas import (
+    BookingCreateSchema,
+    BookingQuerySchema,
+    BookingRescheduleSchema,
+    BookingSchema,
+    ApiErrorSchema,
+)
+
+blp = Blueprint("bookings", __name__, url_prefix="/v1/bookings", description="Bookings of resources")
+blp.before_request(require_api_key)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def _settings():
+    return current_app.config["BOOKING_SETTINGS"]
+
+
+def _lead() -> timedelta:
+    return timedelta(seconds=_settings().reminder_lead_seconds)
+
+
+def _request_hash() -> str:
+    canonical = json.dumps(request.get_json(silent=True), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(session, key: str, request_hash: str):
+    stored = session.get(IdempotencyKey, (g.client, key))
+    if stored is None:
+        return None
+    if stored.request_hash != request_hash:
+        raise IdempotencyMismatch(
+            f"Idempotency-Key {key!r} was already used with a different request body; use a new key for a new booking."
+        )
+    response = jsonify(stored.response)
+    response.status_code = stored.status_code
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@blp.route("")
+class BookingCollection(MethodView):
+    @blp.arguments(BookingQuerySchema, location="query")
+    @blp.response(200, BookingSchema(many=True))
+    @blp.paginate()
+    def get(self, query, pagination_parameters):
+        """List bookings, filtered by resource, status and time range (paginated)."""
+        select = bookings.search(g.session, **query)
+        from sqlalchemy import func, select as sa_select
+
+        pagination_parameters.item_count = g.session.execute(
+            sa_select(func.count()).select_from(select.order_by(None).subquery())
+        ).scalar_one()
+        page = select.offset(pagination_parameters.first_item).limit(pagination_parameters.page_size)
+        return g.session.execute(page).scalars().all()
+
+    @blp.arguments(BookingCreateSchema)
+    @blp.response(201, BookingSchema)
+    @blp.alt_response(409, schema=ApiErrorSchema, description="The resource is already booked for that time")
+    @blp.alt_response(422, schema=ApiErrorSchema, description="Invalid input, or Idempotency-Key reused with another body")
+    def post(self, data):
+        """Book a resource. Send an ``Idempotency-Key`` header to retry safely."""
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is not None and not (0 < len(key) <= 200):
+            raise IdempotencyMismatch("Idempotency-Key must be 1 to 200 characters.")
+        request_hash = _request_hash()
+        customer = data["customer"]
+        new = bookings.NewBooking(
+            resource_id=data["resource_id"],
+            starts_at=data["starts_at"],
+            ends_at=data["ends_at"],
+            customer_name=customer["name"],
+            customer_email=customer["email"],
+            customer_locale=customer["locale"],
+            customer_timezone=customer["timezone"],
+            push_tokens=tuple(customer["push_tokens"]),
+            notes=data.get("notes"),
+        )
+        session = g.session
+        try:
+            with session.begin():
+                if key and (replayed := _replay(session, key, request_hash)) is not None:
+                    return replayed
+                booking = bookings.create(session, new, g.request_id, _lead())
+                body = BookingSchema().dump(booking)
+                if key:
+                    session.add(IdempotencyKey(client=g.client, key=key, request_hash=request_hash,
+                                               status_code=201, response=body))
+        except (IntegrityError, Conflict):
+            # A concurrent request with the same key won the race: answer what it answered.
+            if key:
+                with session.begin():
+                    if (replayed := _replay(session, key, request_hash)) is not None:
+                        return replayed
+            raise
+        response = jsonify(body)
+        response.status_code = 201
+        response.headers["Location"] = f"/v1/bookings/{booking.id}"
+        return response
+
+
+@blp.route("/<uuid:booking_id>")
+class BookingItem(MethodView):
+    @blp.response(200, BookingSchema)
+    @blp.alt_response(404, schema=ApiErrorSchema)
+    def get(self, booking_id):
+        """Read one booking."""
+        return bookings.get(g.session, str(booking_id))
+
+    @blp.arguments(BookingRescheduleSchema)
+    @blp.response(200, BookingSchema)
+    @blp.alt_response(409, schema=ApiErrorSchema)
+    def patch(self, data, booking_id):
+        """Reschedule: move the booking; its reminder moves with it."""
+        with g.session.begin():
+            booking = bookings.reschedule(g.session, str(booking_id), data["starts_at"], data["ends_at"],
+                                          g.request_id, _lead())
+        return booking
+
+
+@blp.route("/<uuid:booking_id>/cancel")
+class BookingCancel(MethodView):
+    @blp.response(200, BookingSchema)
+    @blp.alt_response(409, schema=ApiErrorSchema)
+    def post(self, booking_id):
+        """Cancel: the customer is told, and the pending reminder is withdrawn."""
+        with g.session.begin():
+            booking = bookings.cancel(g.session, str(booking_id), g.request_id)
+        return booking

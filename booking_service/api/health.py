@@ -1,0 +1,57 @@
+"""/healthz, /readyz and /metrics: open, no API key."""
+
+from __future__ import annotations
+
+import socket
+import urllib.parse
+
+from flask import Blueprint, Response, current_app, g, jsonify
+
+from .. import metrics
+from ..outbox_stats import backlog
+
+blp = Blueprint("health", __name__)
+
+
+@blp.get("/healthz")
+def healthz():
+    """The process is alive."""
+    return jsonify({"status": "ok"})
+
+
+def _broker_reachable(url: str, timeout: float) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    try:
+        socket.create_connection((parts.hostname or "localhost", port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@blp.get("/readyz")
+def readyz():
+    """Ready when the database answers.
+
+    A broker outage is reported but does not make the API unready: bookings are
+    still accepted and wait in the outbox, which is the point of the outbox.
+    """
+    settings = current_app.config["BOOKING_SETTINGS"]
+    checks: dict = {}
+    try:
+        checks["outbox"] = backlog(g.session)
+        checks["database"] = "ok"
+    except Exception as exc:  # any driver error means "not ready"; reported, not hidden
+        checks["database"] = f"error: {type(exc).__name__}"
+    checks["broker"] = "ok" if _broker_reachable(settings.amqp_url, settings.ready_broker_timeout_seconds) else "unreachable"
+    ready = checks["database"] == "ok"
+    status = "ok" if ready and checks["broker"] == "ok" else ("degraded" if ready else "unavailable")
+    response = jsonify({"status": status, "checks": checks})
+    response.status_code = 200 if ready else 503
+    return response
+
+
+@blp.get("/metrics")
+def metrics_endpoint():
+    body, content_type = metrics.render(current_app.config["BOOKING_SESSION_FACTORY"])
+    return Response(body, content_type=content_type)

@@ -1,0 +1,52 @@
+"""Settings of the booking service, read from the environment only."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _keys(raw: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: SQLAlchemy URL; the default SQLite file needs nothing else installed.
+    database_url: str = "sqlite:///var/booking.db"
+    #: Broker the relay publishes to (the booking user only needs publish rights).
+    amqp_url: str = "amqp://guest:guest@localhost:5672//"
+    #: Bearer keys accepted by the API. Empty means every /v1 request is refused.
+    api_keys: tuple[str, ...] = field(default_factory=tuple)
+    #: How long before a booking starts its reminder is sent.
+    reminder_lead_seconds: int = 24 * 3600
+    #: Largest request body accepted (413 above it).
+    max_body_bytes: int = 64 * 1024
+    #: json (production) or console (development).
+    log_format: str = "console"
+    log_level: str = "INFO"
+    #: Relay: how long it sleeps when the outbox has nothing due (short poll).
+    relay_poll_seconds: float = 0.2
+    #: Relay: rows claimed per transaction.
+    relay_batch_size: int = 50
+    #: Relay: ceiling of the reconnect backoff.
+    relay_max_backoff_seconds: float = 30.0
+    #: Timeout of the broker check in /readyz.
+    ready_broker_timeout_seconds: float = 0.5
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        d = cls()
+        return cls(
+            database_url=env.get("BOOKING_DATABASE_URL", d.database_url),
+            amqp_url=env.get("AMQP_URL", d.amqp_url),
+            api_keys=_keys(env.get("BOOKING_API_KEYS", "")),
+            reminder_lead_seconds=int(env.get("BOOKING_REMINDER_LEAD_SECONDS", d.reminder_lead_seconds)),
+            max_body_bytes=int(env.get("BOOKING_MAX_BODY_BYTES", d.max_body_bytes)),
+            log_format=env.get("BOOKING_LOG_FORMAT", d.log_format),
+            log_level=env.get("BOOKING_LOG_LEVEL", d.log_level),
+            relay_poll_seconds=float(env.get("BOOKING_RELAY_POLL_SECONDS", d.relay_poll_seconds)),
+            relay_batch_size=int(env.get("BOOKING_RELAY_BATCH_SIZE", d.relay_batch_size)),
+            relay_max_backoff_seconds=float(env.get("BOOKING_RELAY_MAX_BACKOFF_SECONDS", d.relay_max_backoff_seconds)),
+        )

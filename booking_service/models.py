@@ -1,0 +1,104 @@
+"""Tables of the booking service: bookings, their outbox, idempotency keys."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware datetimes on every backend (SQLite stores naive UTC)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Resource(Base):
+    """One row per bookable resource; locked FOR UPDATE to serialise its bookings."""
+
+    __tablename__ = "resources"
+    id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+
+
+class Booking(Base):
+    __tablename__ = "bookings"
+    __table_args__ = (sa.Index("ix_bookings_resource_time", "resource_id", "starts_at", "ends_at"),)
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    resource_id: Mapped[str] = mapped_column(sa.String(200), sa.ForeignKey("resources.id"), nullable=False)
+    status: Mapped[str] = mapped_column(sa.String(20), nullable=False, default="confirmed", index=True)
+    version: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=1)
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    ends_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    customer_name: Mapped[str] = mapped_column(sa.String(200), nullable=False)
+    customer_email: Mapped[str] = mapped_column(sa.String(320), nullable=False)
+    customer_locale: Mapped[str] = mapped_column(sa.String(35), nullable=False, default="en")
+    customer_timezone: Mapped[str] = mapped_column(sa.String(64), nullable=False, default="UTC")
+    push_tokens: Mapped[list] = mapped_column(sa.JSON, nullable=False, default=list)
+    notes: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class OutboxMessage(Base):
+    """A notification promised by a booking change, waiting to be published."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (sa.Index("ix_outbox_due", "status", "available_at"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    #: Also the Celery task id: stable across republishing, the consumer's dedupe key.
+    notification_id: Mapped[str] = mapped_column(sa.String(36), unique=True, nullable=False)
+    booking_id: Mapped[str] = mapped_column(sa.String(36), sa.ForeignKey("bookings.id"), nullable=False, index=True)
+    event: Mapped[str] = mapped_column(sa.String(40), nullable=False)
+    priority: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    #: The contract message (JSON-ready dict), validated again before publishing.
+    payload: Mapped[dict] = mapped_column(sa.JSON, nullable=False)
+    correlation_id: Mapped[str] = mapped_column(sa.String(200), nullable=False)
+    #: pending → published | superseded | expired | invalid
+    status: Mapped[str] = mapped_column(sa.String(20), nullable=False, default="pending")
+    available_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
+    last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class IdempotencyKey(Base):
+    """The first response to a POST carrying an Idempotency-Key, replayed on retries."""
+
+    __tablename__ = "idempotency_keys"
+
+    #: sha256 of the API key, so two clients' keys never collide.
+    client: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    status_code: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    response: Mapped[dict] = mapped_column(sa.JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)

@@ -1,0 +1,216 @@
+"""The outbox relay: publishes due outbox rows as Celery v2 task messages.
+
+One thread owns one pika ``BlockingConnection`` (pika is not thread-safe) and
+uses publisher confirms with ``mandatory=True``: a row is marked published
+only after the broker confirmed it was routed to a queue. While the broker is
+away the relay backs off exponentially (with jitter) and resumes by itself;
+the rows wait in the database, so no booking is ever refused for it.
+
+Wake-up is a short poll (``BOOKING_RELAY_POLL_SECONDS``, 0.2 s by default):
+while idle the relay sleeps inside ``connection.sleep``, which keeps serving
+heartbeats, so an idle connection is never dropped by the broker.
+
+On PostgreSQL rows are claimed ``FOR UPDATE SKIP LOCKED``, so several relays
+can run at once and each row is published by one of them; on SQLite every
+write transaction is serialised, so the same holds.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pika
+import pika.exceptions
+import sqlalchemy as sa
+import structlog
+from marshmallow import ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+
+import shared
+
+from . import metrics
+from .models import OutboxMessage, utcnow
+
+log = structlog.get_logger(__name__)
+
+#: Hard and soft time limits the dispatch task runs under ([hard, soft] on the wire).
+DISPATCH_TIME_LIMIT = 120
+DISPATCH_SOFT_TIME_LIMIT = 100
+#: How long an unroutable row waits before it is tried again.
+UNROUTABLE_RETRY = timedelta(seconds=30)
+
+
+@dataclass
+class RelayStats:
+    published: int = 0
+    failed: int = 0
+
+
+def build_message(row: OutboxMessage) -> shared.TaskMessage:
+    """The Celery v2 envelope of one outbox row; raises ValidationError if the payload breaks the contract."""
+    payload = shared.StrictNotificationRequestedV1().load(row.payload)
+    del payload  # validated; the stored JSON-ready dict is what goes on the wire
+    return shared.task_message(
+        task=shared.DISPATCH_TASK,
+        task_id=row.notification_id,
+        routing_key=shared.DISPATCH_QUEUE,
+        kwargs={"message": row.payload},
+        priority=row.priority,
+        expires=row.expires_at,
+        time_limit=DISPATCH_TIME_LIMIT,
+        soft_time_limit=DISPATCH_SOFT_TIME_LIMIT,
+        # No personal data: operators see the event and ids only.
+        kwargsrepr=f"{{'message': <{row.event} notification={row.notification_id} booking={row.booking_id}>}}",
+        origin="booking-service-relay",
+        correlation_id=row.correlation_id,
+        message_type=shared.NOTIFICATION_REQUESTED,
+    )
+
+
+class Relay:
+    def __init__(self, session_factory: sessionmaker, amqp_url: str, *, poll_seconds: float = 0.2,
+                 batch_size: int = 50, max_backoff: float = 30.0):
+        self.session_factory = session_factory
+        self.amqp_url = amqp_url
+        self.poll_seconds = poll_seconds
+        self.batch_size = batch_size
+        self.max_backoff = max_backoff
+        self.stopping = threading.Event()
+        self.connection: pika.BlockingConnection | None = None
+        self.channel = None
+        self.stats = RelayStats()
+
+    # Connection ----------------------------------------------------------------
+    def _connect(self) -> None:
+        params = pika.URLParameters(self.amqp_url)
+        params.heartbeat = 30
+        params.blocked_connection_timeout = 30
+        params.connection_attempts = 1
+        params.socket_timeout = 5
+        self.connection = pika.BlockingConnection(params)
+        channel = self.connection.channel()
+        # The booking user may only publish: check the exchange exists, declare nothing.
+        channel.exchange_declare(shared.EXCHANGE, passive=True)
+        channel.confirm_delivery()
+        self.channel = channel
+        log.info("relay_connected")
+
+    def _disconnect(self) -> None:
+        connection, self.connection, self.channel = self.connection, None, None
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except pika.exceptions.AMQPError as exc:
+                log.warning("relay_close_failed", error=repr(exc))
+
+    def _sleep(self, seconds: float) -> None:
+        if self.connection is not None and self.connection.is_open:
+            self.connection.sleep(seconds)  # serves heartbeats while waiting
+        else:
+            self.stopping.wait(seconds)
+
+    # Work -----------------------------------------------------------------------
+    def _claim(self, session: Session) -> list[OutboxMessage]:
+        query = (
+            sa.select(OutboxMessage)
+            .where(OutboxMessage.status == "pending", OutboxMessage.available_at <= utcnow())
+            .order_by(OutboxMessage.priority.desc(), OutboxMessage.available_at, OutboxMessage.id)
+            .limit(self.batch_size)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        return list(session.execute(query).scalars())
+
+    def publish_due(self) -> int:
+        """Publish one batch of due rows; returns how many were confirmed.
+
+        Raises pika connection errors; rows confirmed before the error are
+        committed as published, the rest stay pending.
+        """
+        published = 0
+        with self.session_factory() as session, session.begin():
+            rows = self._claim(session)
+            for row in rows:
+                if row.expires_at is not None and row.expires_at <= utcnow():
+                    row.status, row.last_error = "expired", "due after the booking started; not sent"
+                    continue
+                try:
+                    message = build_message(row)
+                except ValidationError as exc:
+                    row.status, row.last_error = "invalid", f"contract violation: {exc.messages}"
+                    metrics.publish_failures().labels("invalid").inc()
+                    log.error("outbox_row_invalid", notification_id=row.notification_id, errors=exc.messages)
+                    continue
+                row.attempts += 1
+                try:
+                    self.channel.basic_publish(
+                        shared.EXCHANGE,
+                        message.routing_key,
+                        message.body,
+                        pika.BasicProperties(headers=message.headers, **message.properties),
+                        mandatory=True,
+                    )
+                except pika.exceptions.UnroutableError:
+                    row.available_at = utcnow() + UNROUTABLE_RETRY
+                    row.last_error = "unroutable: no queue bound for notifications.dispatch"
+                    metrics.publish_failures().labels("unroutable").inc()
+                    log.error("outbox_unroutable", notification_id=row.notification_id)
+                    continue
+                except pika.exceptions.NackError:
+                    row.last_error = "nacked by the broker"
+                    metrics.publish_failures().labels("nack").inc()
+                    log.error("outbox_nacked", notification_id=row.notification_id)
+                    continue
+                except (pika.exceptions.AMQPError, OSError):
+                    row.attempts -= 1  # not an attempt the broker saw; the row stays pending
+                    session.commit()  # keep what was confirmed before the connection broke
+                    raise
+                row.status, row.published_at, row.last_error = "published", utcnow(), None
+                published += 1
+                metrics.published().labels(row.event).inc()
+                log.info("outbox_published", notification_id=row.notification_id, event=row.event,
+                         correlation_id=row.correlation_id)
+        self.stats.published += published
+        return published
+
+    def run(self) -> None:
+        """Publish until ``stop()``; reconnect with backoff while the broker is away."""
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                if self.connection is None or not self.connection.is_open:
+                    self._connect()
+                count = self.publish_due()
+                failures = 0
+                if count < self.batch_size:
+                    self._sleep(self.poll_seconds)
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                failures += 1
+                self.stats.failed += 1
+                metrics.publish_failures().labels("broker_unavailable").inc()
+                self._disconnect()
+                delay = random.uniform(0, min(self.max_backoff, 0.5 * 2 ** min(failures, 10)))
+                log.warning("relay_broker_unavailable", error=repr(exc), retry_in=round(delay, 2))
+                self.stopping.wait(delay)
+        self._disconnect()
+        log.info("relay_stopped", published=self.stats.published)
+
+    def stop(self, *_args) -> None:
+        self.stopping.set()
+
+
+def run_forever(settings) -> None:
+    from .db import make_engine, make_session_factory
+
+    engine = make_engine(settings.database_url)
+    relay = Relay(make_session_factory(engine), settings.amqp_url, poll_seconds=settings.relay_poll_seconds,
+                  batch_size=settings.relay_batch_size, max_backoff=settings.relay_max_backoff_seconds)
+    signal.signal(signal.SIGTERM, relay.stop)
+    signal.signal(signal.SIGINT, relay.stop)
+    log.info("relay_started", poll_seconds=settings.relay_poll_seconds)
+    relay.run()
+    engine.dispose()
