@@ -172,7 +172,7 @@ class Relay:
                 row.status, row.published_at, row.last_error = "published", utcnow(), None
                 published += 1
                 metrics.published().labels(row.event).inc()
-                log.info("outbox_published", notification_id=row.notification_id, event=row.event,
+                log.info("outbox_published", notification_id=row.notification_id, booking_event=row.event,
                          correlation_id=row.correlation_id)
         self.stats.published += published
         return published

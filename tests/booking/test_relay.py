@@ -1,0 +1,230 @@
+"""The relay against the real broker: wire format, outage, unroutable, two relays at once."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import socket
+import threading
+import time
+import urllib.parse
+from datetime import datetime, timedelta, timezone
+
+import jsonschema
+import pika
+import pytest
+import sqlalchemy as sa
+
+import shared
+from booking_service.models import OutboxMessage
+from booking_service.relay import Relay
+
+from .conftest import AUTH, booking_body, drain
+
+SCHEMA = json.loads(
+    (pathlib.Path(shared.__file__).parent / "schemas" / "notification.requested.v1.schema.json").read_text()
+)
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+    return result
+
+
+def statuses(session_factory) -> dict[str, str]:
+    with session_factory() as s:
+        return {r.notification_id: r.status for r in s.execute(sa.select(OutboxMessage)).scalars()}
+
+
+def test_booking_over_http_produces_exactly_one_celery_v2_message(client, session_factory, bound_queue):
+    url, channel, queue = bound_queue
+    booking = client.post("/v1/bookings", json=booking_body(), headers={**AUTH, "X-Request-ID": "req-wire"}).json
+    relay = Relay(session_factory, url)
+    relay._connect()
+    assert relay.publish_due() == 1  # the confirmation; the reminder is not due yet
+    relay._disconnect()
+
+    messages = drain(channel, queue)
+    assert len(messages) == 1
+    _method, props, body = messages[0]
+    headers = props.headers
+    with session_factory() as s:
+        row = s.execute(sa.select(OutboxMessage).where(OutboxMessage.event == "booking.confirmed")).scalar_one()
+    assert row.status == "published" and row.published_at is not None
+    assert headers["task"] == "notifications.dispatch" and headers["id"] == row.notification_id
+    assert headers["lang"] == "py" and headers["root_id"] == row.notification_id and headers["parent_id"] is None
+    assert headers["retries"] == 0 and headers["timelimit"] == [120, 100] and headers["eta"] is None
+    assert headers["x-correlation-id"] == "req-wire"
+    assert "grace" not in headers["kwargsrepr"].lower() and booking["id"] in headers["kwargsrepr"]
+    assert props.content_type == "application/json" and props.content_encoding == "utf-8"
+    assert props.delivery_mode == 2 and props.priority == shared.Priority.HIGH
+    args, kwargs, embed = json.loads(body)
+    assert args == [] and embed == {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    message = kwargs["message"]
+    jsonschema.validate(message, SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert message["notification_id"] == row.notification_id and message["booking"]["id"] == booking["id"]
+    assert message["event"] == "booking.confirmed" and message["correlation_id"] == "req-wire"
+
+
+def test_reminder_carries_expires_and_low_priority(client, session_factory, bound_queue):
+    url, channel, queue = bound_queue
+    # The lead is 1 h in these tests, so this reminder falls due within about 2 s.
+    soon = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(hours=1, seconds=2)
+    client.post("/v1/bookings", json=booking_body(start=soon), headers=AUTH)
+    relay = Relay(session_factory, url)
+    relay._connect()
+    assert relay.publish_due() == 1  # the confirmation only: the reminder is not due yet
+    wait_for(lambda: relay.publish_due() == 1, timeout=10)
+    relay._disconnect()
+    by_event = {json.loads(b)[1]["message"]["event"]: p for _m, p, b in drain(channel, queue)}
+    reminder = by_event["booking.reminder"]
+    assert reminder.priority == shared.Priority.LOW < by_event["booking.confirmed"].priority
+    assert datetime.fromisoformat(reminder.headers["expires"]) == soon
+
+
+def test_unroutable_message_is_not_marked_published(client, session_factory, vhost_url):
+    connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
+    connection.channel().exchange_declare(shared.EXCHANGE, "direct", durable=True)  # no queue bound
+    connection.close()
+    client.post("/v1/bookings", json=booking_body(), headers=AUTH)
+    relay = Relay(session_factory, vhost_url)
+    relay._connect()
+    assert relay.publish_due() == 0
+    relay._disconnect()
+    with session_factory() as s:
+        row = s.execute(sa.select(OutboxMessage).where(OutboxMessage.event == "booking.confirmed")).scalar_one()
+    assert row.status == "pending" and "unroutable" in row.last_error
+    assert row.available_at > datetime.now(timezone.utc)
+
+
+class CuttableProxy:
+    """A TCP proxy to the broker that the test can cut and restore, like a network outage."""
+
+    def __init__(self, target_host: str, target_port: int):
+        self.target = (target_host, target_port)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.up = threading.Event()
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if not self.up.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass  # the other direction closed the pair; nothing left to forward
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass  # already closed by the other pipe thread
+
+    def cut(self):
+        self.up.clear()
+        with self.lock:
+            for s in self.sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already gone
+            self.sockets.clear()
+
+    def restore(self):
+        self.up.set()
+
+    def close(self):
+        self.cut()
+        self.server.close()
+
+
+def test_bookings_succeed_while_broker_is_away_and_are_published_once_when_it_returns(client, session_factory, bound_queue):
+    url, channel, queue = bound_queue
+    parts = urllib.parse.urlsplit(url)
+    proxy = CuttableProxy(parts.hostname, parts.port or 5672)
+    proxied = urllib.parse.urlunsplit((parts.scheme, f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}",
+                                       parts.path, "", ""))
+    relay = Relay(session_factory, proxied, poll_seconds=0.05, max_backoff=0.5)
+    thread = threading.Thread(target=relay.run, daemon=True)
+    try:
+        proxy.restore()
+        thread.start()
+        first = client.post("/v1/bookings", json=booking_body(), headers=AUTH)
+        assert first.status_code == 201
+        wait_for(lambda: len(drain_into(channel, queue, seen)) >= 1)
+        proxy.cut()  # the broker goes away mid-connection
+        during = [client.post("/v1/bookings", json=booking_body(), headers=AUTH) for _ in range(5)]
+        assert [r.status_code for r in during] == [201] * 5
+        time.sleep(0.5)  # the relay keeps trying while the broker is away
+        assert relay.stats.failed >= 1
+        proxy.restore()
+        wait_for(lambda: len(drain_into(channel, queue, seen)) >= 6)
+        time.sleep(0.3)  # anything published twice would arrive now
+        drain_into(channel, queue, seen)
+    finally:
+        relay.stop()
+        thread.join(10)
+        proxy.close()
+    ids = [json.loads(b)[1]["message"]["notification_id"] for b in seen]
+    assert len(ids) == 6 and len(set(ids)) == 6
+    confirmed = {k for k, v in statuses(session_factory).items() if v == "published"}
+    assert confirmed == set(ids)
+
+
+seen: list[bytes] = []
+
+
+@pytest.fixture(autouse=True)
+def _reset_seen():
+    seen.clear()
+
+
+def drain_into(channel, queue, into: list) -> list:
+    into.extend(body for _m, _p, body in drain(channel, queue))
+    return into
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_two_relays_on_postgresql_publish_each_row_once(client, session_factory, bound_queue):
+    url, channel, queue = bound_queue
+    for i in range(40):
+        start = datetime(2032, 1, 1, tzinfo=timezone.utc) + timedelta(hours=i)
+        assert client.post("/v1/bookings", json=booking_body(resource="room-r", start=start), headers=AUTH).status_code == 201
+    relays = [Relay(session_factory, url, poll_seconds=0.01, batch_size=5) for _ in range(2)]
+    threads = [threading.Thread(target=r.run, daemon=True) for r in relays]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(drain_into(channel, queue, seen)) >= 40)
+        time.sleep(0.3)
+        drain_into(channel, queue, seen)
+    finally:
+        for r in relays:
+            r.stop()
+        for t in threads:
+            t.join(10)
+    ids = [json.loads(b)[1]["message"]["notification_id"] for b in seen]
+    assert len(ids) == 40 and len(set(ids)) == 40
+    assert all(r.stats.published > 0 for r in relays), "both relays took a share"
