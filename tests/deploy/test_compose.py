@@ -144,6 +144,13 @@ def test_api_port_matches_the_bind_address_the_code_defaults_to():
     assert port in dockerfiles.load("booking").exposed_ports()
 
 
+def test_booking_processes_get_an_empty_prometheus_multiprocess_folder():
+    folder = dockerfiles.load("booking").env()["PROMETHEUS_MULTIPROC_DIR"]
+    for name in ("booking-api", "booking-relay"):
+        mounts = [m.split(":")[0] for m in services()[name].get("tmpfs", [])]
+        assert folder in mounts, f"{name}: {folder} must be a fresh tmpfs (multiprocess files must start empty)"
+
+
 def test_worker_healthcheck_probes_the_metrics_port_the_workers_serve():
     default_port = repo.env_example("notification_service")["NOTIFICATION_METRICS_PORT"]
     for name, image in our_services().items():

@@ -160,6 +160,16 @@ def test_api_probes_healthz_and_readyz_on_the_port_the_service_targets():
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
 
 
+def test_booking_pods_mount_a_fresh_prometheus_multiprocess_folder():
+    folder = dockerfiles.load("booking").env()["PROMETHEUS_MULTIPROC_DIR"]
+    for deployment in of_kind("booking", "Deployment"):
+        spec = deployment["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        (container,) = spec["containers"]
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
+        assert "emptyDir" in volumes[mount["name"]], deployment["metadata"]["name"]
+
+
 def test_workers_are_probed_on_the_metrics_port_they_serve():
     for deployment in of_kind("notification", "Deployment"):
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
