@@ -86,6 +86,8 @@ def test_file_defines_both_service_users_for_vhost_root(definitions):
 def test_booking_user_publishes_a_routed_confirmed_message_to_notifications(least_privilege):
     message = dispatch_message()
     with channel(least_privilege.url("booking")) as ch:
+        # The relay checks the exchange exists before publishing (booking_service/relay.py).
+        ch.exchange_declare(shared.EXCHANGE, passive=True)
         publish(ch, message)  # raises UnroutableError / NackError if not confirmed and routed
     with channel(least_privilege.admin_url) as admin:
         method, properties, _ = get_one(admin, shared.DISPATCH_QUEUE)
