@@ -1,0 +1,79 @@
+"""Celery app factory: every worker setting in one place (DESIGN.md "Worker semantics")."""
+
+from __future__ import annotations
+
+from celery import Celery, signals
+
+import shared
+
+from . import topology
+from .config import Settings
+
+TASK_MODULES = ["notification_service.tasks"]
+
+
+def celery_config(settings: Settings) -> dict:
+    return {
+        "broker_url": settings.amqp_url,
+        # Ack after the task ran: a killed worker's message is redelivered, and
+        # with prefetch 1 the broker can still reorder by priority.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "accept_content": ["json"],
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Messages the workers publish themselves (fan-out, retries) wait for the broker's confirm.
+        "broker_transport_options": {"confirm_publish": True},
+        "broker_connection_retry_on_startup": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "task_queues": topology.work_queues,
+        "task_default_queue": shared.DISPATCH_QUEUE,
+        "task_default_exchange": shared.EXCHANGE,
+        "task_default_exchange_type": "direct",
+        "task_default_routing_key": shared.DISPATCH_QUEUE,
+        "task_routes": {
+            task: {"queue": queue, "exchange": shared.EXCHANGE, "routing_key": queue}
+            for task, queue in shared.TASK_QUEUES.items()
+        },
+        "task_queue_max_priority": shared.MAX_PRIORITY,
+        "task_default_priority": int(shared.Priority.NORMAL),
+        "task_create_missing_queues": False,
+        # Flower needs events.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "worker_consumer": "notification_service.consumer:SafeConsumer",
+        "worker_enable_remote_control": True,
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.from_env()
+    app = Celery("notification_service", include=TASK_MODULES, set_as_current=True)
+    app.conf.update(celery_config(settings))
+    app.settings = settings  # type: ignore[attr-defined]
+    return app
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_kwargs) -> None:
+    # Connecting to this signal stops Celery from installing its own handlers.
+    from . import logs
+
+    logs.configure(Settings.from_env().log_format)
+
+
+@signals.worker_init.connect
+def _declare_topology(sender=None, **_kwargs) -> None:
+    """Declare DLX and DLQs (Celery only declares the queues it consumes) and start metrics."""
+    app = sender.app
+    with app.connection_for_write() as connection:
+        topology.declare(connection)
+    from . import metrics
+
+    metrics.start(app.settings.metrics_port)
