@@ -1,0 +1,30 @@
+"""Prometheus metrics of the worker.
+
+The worker runs the threads pool (one process), so the default registry and
+one ``start_http_server`` are correct; prefork would need multiprocess mode.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+TASKS = Counter("notification_tasks_total", "Tasks finished, by task name and outcome.", ["task", "outcome"])
+RETRIES = Counter("notification_task_retries_total", "Retries scheduled, by task name.", ["task"])
+DEAD_LETTERS = Counter("notification_dead_letters_total", "Messages rejected into a dead-letter queue.", ["queue", "kind"])
+PROVIDER_LATENCY = Histogram("notification_provider_seconds", "Provider call latency.", ["provider"])
+
+_started: set[int] = set()
+_lock = threading.Lock()
+
+
+def start(port: int) -> None:
+    """Serve /metrics on ``port`` once per process; 0 disables it."""
+    if not port:
+        return
+    with _lock:
+        if port in _started:
+            return
+        start_http_server(port)
+        _started.add(port)
