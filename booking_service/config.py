@@ -26,7 +26,7 @@ class Settings:
     log_format: str = "console"
     log_level: str = "INFO"
     #: Relay: how long it sleeps when the outbox has nothing due (short poll).
-    relay_poll_seconds: float = 0.2
+    relay_poll_seconds: float = 0.1
     #: Relay: rows claimed per transaction.
     relay_batch_size: int = 50
     #: Relay: ceiling of the reconnect backoff.

@@ -6,7 +6,7 @@ only after the broker confirmed it was routed to a queue. While the broker is
 away the relay backs off exponentially (with jitter) and resumes by itself;
 the rows wait in the database, so no booking is ever refused for it.
 
-Wake-up is a short poll (``BOOKING_RELAY_POLL_SECONDS``, 0.2 s by default):
+Wake-up is a short poll (``BOOKING_RELAY_POLL_SECONDS``, 0.1 s by default):
 while idle the relay sleeps inside ``connection.sleep``, which keeps serving
 heartbeats, so an idle connection is never dropped by the broker.
 
@@ -72,7 +72,7 @@ def build_message(row: OutboxMessage) -> shared.TaskMessage:
 
 
 class Relay:
-    def __init__(self, session_factory: sessionmaker, amqp_url: str, *, poll_seconds: float = 0.2,
+    def __init__(self, session_factory: sessionmaker, amqp_url: str, *, poll_seconds: float = 0.1,
                  batch_size: int = 50, max_backoff: float = 30.0):
         self.session_factory = session_factory
         self.amqp_url = amqp_url
