@@ -123,7 +123,7 @@ class DeliveryLog:
         """Mark the delivery ``sending`` and count the attempt; None when it was already sent (or final)."""
         with self.sessions.begin() as session:
             row = session.get(Delivery, did, with_for_update=True)
-            if row is None or row.status in ("sent", "stale", "expired", "dead"):
+            if row is None or row.status in ("sent", "stale", "expired"):
                 return None
             row.status = "sending"
             row.attempts = (row.attempts or 0) + 1

@@ -1,0 +1,89 @@
+"""A Celery consumer that dead-letters poison messages instead of dropping or crash-looping.
+
+Stock Celery 5.7 *acks and drops* a body it cannot decode and crashes in a
+loop on a message without ``content_type``, without ``id``, or with a
+two-item body. ``SafeConsumer`` checks the envelope before Celery's strategy
+sees it; anything malformed is ``basic.reject(requeue=False)``-ed, which makes
+RabbitMQ move it to ``<queue>.dlq`` (the queue's dead-letter exchange). The
+reason goes to the ``dead_letters`` table and the log first, so ``dlq list``
+can show it next to RabbitMQ's ``x-death`` header.
+"""
+
+from __future__ import annotations
+
+import json
+
+import structlog
+from celery.worker.consumer import Consumer
+
+from . import metrics
+from .config import Settings
+from .db import delivery_log
+
+log = structlog.get_logger("notification_service.consumer")
+JSON_CONTENT_TYPE = "application/json"
+
+
+def envelope_problem(message, known_tasks) -> str | None:
+    """Return why ``message`` is not a task message this worker can run, or None."""
+    headers = message.headers
+    if not isinstance(headers, dict):
+        return "no headers"
+    if message.content_type != JSON_CONTENT_TYPE:
+        return f"content_type must be {JSON_CONTENT_TYPE}, got {message.content_type!r}"
+    for name in ("id", "task"):
+        if not headers.get(name) or not isinstance(headers.get(name), str):
+            return f"missing '{name}' header"
+    if headers["task"] not in known_tasks:
+        return f"unknown task {headers['task']!r}"
+    body = message.body
+    try:
+        if isinstance(body, (bytes, bytearray)):
+            body = body.decode(message.content_encoding or "utf-8")
+        decoded = json.loads(body) if isinstance(body, str) else body
+    except (UnicodeDecodeError, ValueError) as exc:
+        return f"body is not JSON: {exc}"
+    if not (isinstance(decoded, list) and len(decoded) == 3):
+        return "body must be a 3-item JSON array [args, kwargs, embed]"
+    args, kwargs, embed = decoded
+    if not isinstance(args, list) or not isinstance(kwargs, dict) or not isinstance(embed, (dict, type(None))):
+        return "body items must be [list, object, object]"
+    return None
+
+
+class SafeConsumer(Consumer):
+    """Consumer whose task handler rejects poison messages into the dead-letter queue."""
+
+    def create_task_handler(self, *args, **kwargs):
+        handle = super().create_task_handler(*args, **kwargs)
+        known = self.app.tasks
+
+        def on_task_received(message):
+            problem = envelope_problem(message, known)
+            if problem is not None:
+                return self.dead_letter(message, problem)
+            return handle(message)
+
+        return on_task_received
+
+    def on_decode_error(self, message, exc):
+        # Stock Celery acks here, i.e. loses the message.
+        self.dead_letter(message, f"decode error: {exc}")
+
+    def dead_letter(self, message, reason: str) -> None:
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        delivery_info = message.delivery_info or {}
+        queue = delivery_info.get("routing_key")
+        message_id = headers.get("id") or (message.properties or {}).get("message_id")
+        task = headers.get("task")
+        try:
+            settings = getattr(self.app, "settings", None) or Settings.from_env()
+            delivery_log(settings.database_url).record_dead_letter(
+                message_id=message_id, queue=queue, task=task, reason=f"poison: {reason}"
+            )
+        except Exception as exc:  # noqa: BLE001 - the reject below must still happen; the reason is logged
+            log.error("could not store dead-letter reason", error=repr(exc), reason=reason)
+        log.error("poison message dead-lettered", reason=reason, queue=queue, message_id=message_id, task=task,
+                  correlation_id=headers.get("x-correlation-id"))
+        metrics.DEAD_LETTERS.labels(queue or "", "poison").inc()
+        message.reject(requeue=False)

@@ -1,0 +1,231 @@
+"""Celery tasks: dispatch a notification, send one e-mail, send one push.
+
+Failure policy (DESIGN.md "Worker semantics"):
+
+* ``TransientError`` → ``self.retry`` with full-jitter exponential backoff (or
+  the provider's ``Retry-After``), never more than NOTIFICATION_RETRY_MAX_SECONDS;
+* ``PermanentError``, a contract violation, or retries exhausted → the reason is
+  stored (``deliveries.last_error`` + ``dead_letters``) and the task raises
+  ``Reject(requeue=False)`` so RabbitMQ dead-letters the message into ``<queue>.dlq``.
+
+Expired reminders: Celery itself drops a message whose ``expires`` has passed
+(it acks it and sends ``task_revoked``); ``record_expired`` below stores that as
+status ``expired`` in the delivery log. Not a dead letter: nothing to repair.
+"""
+
+from __future__ import annotations
+
+import random
+
+import structlog
+from celery import shared_task, signals
+from celery.exceptions import Reject
+from marshmallow import ValidationError
+
+import shared
+
+from . import metrics
+from .config import Settings
+from .db import delivery_id as make_delivery_id
+from .db import delivery_log
+from .errors import PermanentError, TransientError
+from .providers import EmailContent, PushContent, email_provider, push_provider
+from .templates import render
+
+log = structlog.get_logger("notification_service.tasks")
+CORRELATION_HEADER = "x-correlation-id"
+
+
+def settings_of(task) -> Settings:
+    settings = getattr(task.app, "settings", None)
+    return settings if settings is not None else Settings.from_env()
+
+
+def backoff(retries: int, settings: Settings, retry_after: float | None = None) -> float:
+    """Seconds to wait before retry number ``retries + 1`` (full jitter, capped)."""
+    if retry_after is not None:
+        return max(0.0, min(settings.retry_max_seconds, retry_after))
+    ceiling = min(settings.retry_max_seconds, settings.retry_base_seconds * (2 ** retries))
+    return random.uniform(0, ceiling)
+
+
+def correlation_id_of(request) -> str | None:
+    """The correlation id of the current message: header first, then the payload."""
+    value = getattr(request, CORRELATION_HEADER, None) or (getattr(request, "headers", None) or {}).get(CORRELATION_HEADER)
+    if value:
+        return value
+    kwargs = getattr(request, "kwargs", None) or {}
+    message = kwargs.get("message")
+    if isinstance(message, dict) and message.get("correlation_id"):
+        return message["correlation_id"]
+    return kwargs.get("correlation_id")
+
+
+@signals.task_prerun.connect
+def _bind_context(task_id=None, task=None, **_kwargs) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        correlation_id=correlation_id_of(task.request), task_id=task_id, task=task.name
+    )
+
+
+@signals.task_postrun.connect
+def _unbind_context(**_kwargs) -> None:
+    structlog.contextvars.clear_contextvars()
+
+
+def dead_letter(task, reason: str, *, did: str | None = None) -> Reject:
+    """Record why the current message is given up and return the Reject to raise."""
+    settings = settings_of(task)
+    queue = (task.request.delivery_info or {}).get("routing_key") or shared.TASK_QUEUES.get(task.name)
+    store = delivery_log(settings.database_url)
+    if did:
+        store.mark(did, "dead", error=reason)
+    store.record_dead_letter(message_id=task.request.id, queue=queue, task=task.name, reason=reason)
+    metrics.DEAD_LETTERS.labels(queue or "", "task").inc()
+    metrics.TASKS.labels(task.name, "dead").inc()
+    log.error("dead-lettered", reason=reason, queue=queue)
+    return Reject(reason, requeue=False)
+
+
+def _addresses(message: dict) -> list[tuple[str, str]]:
+    recipient = message["recipient"]
+    pairs = [(shared.CHANNEL_EMAIL, recipient["email"])]
+    pairs += [(shared.CHANNEL_PUSH, token) for token in dict.fromkeys(recipient.get("push_tokens") or [])]
+    return pairs
+
+
+@shared_task(bind=True, name=shared.DISPATCH_TASK, acks_late=True)
+def dispatch(self, message=None, **_ignored):
+    """Validate, drop stale ones, render and fan out one send task per channel and address."""
+    settings = settings_of(self)
+    try:
+        data = shared.load_notification_requested(message)
+    except ValidationError as exc:
+        raise dead_letter(self, f"contract violation: {exc.messages}")
+    store = delivery_log(settings.database_url)
+    notification_id = str(data["notification_id"])
+    booking = data["booking"]
+    event = data["event"].value
+    cid = data["correlation_id"]
+    structlog.contextvars.bind_contextvars(correlation_id=cid, notification_id=notification_id)
+    cancelled = booking["status"] == "cancelled" or data["event"] is shared.Event.CANCELLED
+    common = dict(notification_id=notification_id, booking_id=str(booking["id"]),
+                  booking_version=booking["version"], event=event)
+    if store.observe_booking(str(booking["id"]), booking["version"], cancelled):
+        for channel, address in _addresses(data):
+            row = store.ensure(channel=channel, address=address, status="stale", **common)
+            if row.status not in ("sent", "stale"):
+                store.mark(row.delivery_id, "stale", error="older than a processed cancellation")
+        metrics.TASKS.labels(self.name, "stale").inc()
+        log.info("stale notification dropped", booking_version=booking["version"])
+        return "stale"
+    priority = int(shared.Priority.from_name(data["priority"]))
+    try:
+        email_parts = render(data, shared.CHANNEL_EMAIL)
+        push_parts = render(data, shared.CHANNEL_PUSH) if data["recipient"].get("push_tokens") else None
+    except PermanentError as exc:
+        raise dead_letter(self, str(exc))
+    sent = 0
+    for channel, address in _addresses(data):
+        row = store.ensure(channel=channel, address=address, **common)
+        if row.status == "sent":
+            continue  # dispatch redelivered after a partial fan-out: never send twice
+        ids = dict(delivery_id=row.delivery_id, correlation_id=cid, **common)
+        if channel == shared.CHANNEL_EMAIL:
+            task, kwargs = shared.EMAIL_TASK, dict(ids, to=address, subject=email_parts["subject"],
+                                                     text=email_parts["txt"], html=email_parts["html"])
+        else:
+            task, kwargs = shared.PUSH_TASK, dict(ids, token=address, title=push_parts["title"], body=push_parts["body"])
+        self.app.tasks[task].apply_async(
+            kwargs=kwargs,
+            task_id=row.delivery_id,
+            priority=priority,
+            queue=shared.TASK_QUEUES[task],
+            headers={CORRELATION_HEADER: cid},
+            # Flower and logs show these: ids only, never addresses or content.
+            argsrepr="()",
+            kwargsrepr=f"{{'delivery_id': '{row.delivery_id}', 'notification_id': '{notification_id}'}}",
+        )
+        sent += 1
+    metrics.TASKS.labels(self.name, "dispatched").inc()
+    log.info("dispatched", deliveries=sent, event=event, priority=data["priority"])
+    return sent
+
+
+def _send(task, did: str, provider, content) -> str:
+    settings = settings_of(task)
+    store = delivery_log(settings.database_url)
+    structlog.contextvars.bind_contextvars(delivery_id=did)
+    row = store.claim(did)
+    if row is None:
+        metrics.TASKS.labels(task.name, "skipped").inc()
+        log.info("already sent or dropped; skipping")
+        return "skipped"
+    try:
+        provider_id = provider.send(content)
+    except PermanentError as exc:
+        raise dead_letter(task, f"permanent: {exc}", did=did)
+    except TransientError as exc:
+        retries = task.request.retries or 0
+        if retries >= settings.max_retries:
+            raise dead_letter(task, f"retries exhausted after {retries + 1} attempts: {exc}", did=did)
+        countdown = backoff(retries, settings, exc.retry_after)
+        store.mark(did, "failed", error=str(exc))
+        metrics.RETRIES.labels(task.name).inc()
+        metrics.TASKS.labels(task.name, "retry").inc()
+        log.warning("transient failure; retrying", error=str(exc), countdown=round(countdown, 3), retries=retries)
+        raise task.retry(countdown=countdown, max_retries=settings.max_retries, exc=exc)
+    store.mark(did, "sent", provider_message_id=str(provider_id)[:500])
+    metrics.TASKS.labels(task.name, "sent").inc()
+    log.info("sent")
+    return "sent"
+
+
+@shared_task(bind=True, name=shared.EMAIL_TASK, acks_late=True)
+def send_email(self, *, delivery_id, notification_id, to, subject, text, html, correlation_id=None,
+               booking_id=None, booking_version=None, event=None, **_ignored):
+    headers = {
+        "X-Notification-Id": notification_id,
+        "X-Notification-Event": event or "",
+        "X-Booking-Id": booking_id or "",
+        "X-Booking-Version": str(booking_version or ""),
+        "X-Correlation-Id": correlation_id or "",
+    }
+    content = EmailContent(delivery_id=delivery_id, to=to, subject=subject, text=text, html=html, headers=headers)
+    return _send(self, delivery_id, email_provider(settings_of(self)), content)
+
+
+@shared_task(bind=True, name=shared.PUSH_TASK, acks_late=True)
+def send_push(self, *, delivery_id, notification_id, token, title, body, correlation_id=None,
+              booking_id=None, booking_version=None, event=None, **_ignored):
+    data = {"notification_id": notification_id, "event": event or "", "booking_id": booking_id or ""}
+    content = PushContent(delivery_id=delivery_id, token=token, title=title, body=body, data=data)
+    return _send(self, delivery_id, push_provider(settings_of(self)), content)
+
+
+@signals.task_revoked.connect
+def record_expired(request=None, expired=False, sender=None, **_kwargs) -> None:
+    """An expired message (e.g. a reminder after the booking started) is acked by Celery: log it."""
+    if not expired or request is None:
+        return
+    settings = Settings.from_env()
+    store = delivery_log(settings.database_url)
+    kwargs = getattr(request, "kwargs", None) or {}
+    name = getattr(sender, "name", None)
+    if name == shared.DISPATCH_TASK:
+        try:
+            data = shared.load_notification_requested(kwargs.get("message"))
+        except ValidationError as exc:
+            log.warning("expired message broke the contract", task_id=request.id, error=str(exc.messages))
+            return
+        for channel, address in _addresses(data):
+            row = store.ensure(channel=channel, address=address, notification_id=str(data["notification_id"]),
+                               booking_id=str(data["booking"]["id"]), booking_version=data["booking"]["version"],
+                               event=data["event"].value, status="expired")
+            if row.status != "sent":
+                store.mark(row.delivery_id, "expired", error="expired before it was processed")
+    elif kwargs.get("delivery_id"):
+        store.mark(kwargs["delivery_id"], "expired", error="expired before it was processed")
+    metrics.TASKS.labels(name or "", "expired").inc()
+    log.info("expired message dropped", task_id=request.id)
