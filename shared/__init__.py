@@ -9,6 +9,7 @@ from .messages import (
     StrictNotificationRequestedV1,
     dump_notification_requested,
     load_notification_requested,
+    validate_notification_requested,
 )
 from .names import (
     CHANNEL_EMAIL,
@@ -57,4 +58,5 @@ __all__ = [
     "dump_notification_requested",
     "load_notification_requested",
     "task_message",
+    "validate_notification_requested",
 ]

@@ -123,6 +123,11 @@ StrictNotificationRequestedV1 = _schemas(RAISE)
 NotificationRequestedV1 = _schemas(EXCLUDE)
 
 
+#: Schema instances are stateless and safe to share; building one costs more than a load.
+_STRICT = StrictNotificationRequestedV1()
+_TOLERANT = NotificationRequestedV1()
+
+
 def load_notification_requested(payload: Any) -> dict:
     """Load a notification-requested message as a consumer (tolerant of new fields).
 
@@ -137,7 +142,7 @@ def load_notification_requested(payload: Any) -> dict:
             f"Unsupported schema_version {version!r}; supported: {list(NOTIFICATION_REQUESTED_VERSIONS)}.",
             field_name="schema_version",
         )
-    return NotificationRequestedV1().load(payload)
+    return _TOLERANT.load(payload)
 
 
 def dump_notification_requested(data: dict) -> dict:
@@ -146,10 +151,14 @@ def dump_notification_requested(data: dict) -> dict:
     ``data`` holds Python values (UUIDs, aware datetimes, Event); the result is
     JSON-ready. Raises ``ValidationError`` when it would break the contract.
     """
-    schema = StrictNotificationRequestedV1()
-    wire = schema.dump(data)
-    schema.load(wire)  # round-trip: dump does not validate, load does
+    wire = _STRICT.dump(data)
+    validate_notification_requested(wire)  # dump does not validate, load does
     return wire
+
+
+def validate_notification_requested(wire: Any) -> None:
+    """Raise ``ValidationError`` unless ``wire`` is a valid message by the producer's strict rules."""
+    _STRICT.load(wire)
 
 
 def new_notification_id() -> uuid.UUID:

@@ -27,6 +27,7 @@ blp = Blueprint("bookings", __name__, url_prefix="/v1/bookings", description="Bo
 blp.before_request(require_api_key)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+_BOOKING = BookingSchema()
 
 
 def _settings():
@@ -100,7 +101,7 @@ class BookingCollection(MethodView):
                 if key and (replayed := _replay(session, key, request_hash)) is not None:
                     return replayed
                 booking = bookings.create(session, new, g.request_id, _lead())
-                body = BookingSchema().dump(booking)
+                body = _BOOKING.dump(booking)
                 if key:
                     session.add(IdempotencyKey(client=g.client, key=key, request_hash=request_hash,
                                                status_code=201, response=body))
