@@ -1,0 +1,186 @@
+"""End-to-end through a real worker subprocess: delivery, retries, dead letters, replay, poison messages."""
+
+from __future__ import annotations
+
+import email
+import json
+import uuid
+
+import pika
+import pytest
+
+import shared
+from notification_service.db import delivery_id
+
+from .conftest import Worker, declare_topology, dispatch_message, notification, publish, queue_depth, wait_for
+
+
+@pytest.fixture(scope="module")
+def worker(module_vhost, fake_push, tmp_path_factory):
+    declare_topology(module_vhost)
+    w = Worker(module_vhost, tmp_path_factory.mktemp("worker"), fake_push).start()
+    yield w
+    w.stop()
+
+
+def statuses(worker: Worker, notification_id: str) -> dict[str, str]:
+    return {row["channel"]: row["status"] for row in worker.status(notification_id)}
+
+
+def test_pika_published_message_reaches_email_sink_and_push_api(worker, fake_push):
+    payload = notification(tokens=("tok-happy",))
+    publish(worker.url, dispatch_message(payload))
+    nid = payload["notification_id"]
+    (eml,) = wait_for(lambda: worker.email_for(nid), what="e-mail file")
+    wait_for(lambda: fake_push.for_token("tok-happy"), what="push request")
+    parsed = email.message_from_bytes(eml.read_bytes())
+    assert eml.name == f"{delivery_id(nid, 'email', 'ada@example.org')}.eml"
+    assert parsed["To"] == "ada@example.org"
+    assert parsed["X-Notification-Event"] == "booking.confirmed"
+    assert parsed["X-Booking-Id"] == payload["booking"]["id"]
+    assert parsed["X-Booking-Version"] == "1"
+    assert parsed["X-Correlation-Id"] == payload["correlation_id"]
+    assert delivery_id(nid, "email", "ada@example.org") in parsed["Message-ID"]
+    (request,) = fake_push.for_token("tok-happy")
+    push_id = delivery_id(nid, "push", "tok-happy")
+    assert request["headers"]["Idempotency-Key"] == push_id
+    assert request["headers"]["Authorization"] == "Bearer test-token"
+    assert request["json"]["message"]["data"] == {"notification_id": nid, "event": "booking.confirmed",
+                                                  "booking_id": payload["booking"]["id"]}
+    assert request["json"]["message"]["notification"]["title"].startswith("Booking confirmed")
+    wait_for(lambda: statuses(worker, nid) == {"email": "sent", "push": "sent"}, what="both sent")
+    # every log line of the task carries the correlation id
+    lines = [json.loads(line) for line in worker.log_text().splitlines() if line.startswith("{")]
+    mine = [line for line in lines if line.get("notification_id") == nid]
+    assert mine and all(line.get("correlation_id") == payload["correlation_id"] for line in mine)
+    assert "ada@example.org" not in worker.log_text()
+
+
+def test_503_then_200_is_delivered_once(worker, fake_push):
+    fake_push.script["tok-503"] = [(503, {})]
+    payload = notification(tokens=("tok-503",))
+    publish(worker.url, dispatch_message(payload))
+    wait_for(lambda: statuses(worker, payload["notification_id"]).get("push") == "sent", what="push sent")
+    calls = fake_push.for_token("tok-503")
+    assert len(calls) == 2
+    assert calls[0]["headers"]["Idempotency-Key"] == calls[1]["headers"]["Idempotency-Key"]
+    (row,) = [r for r in worker.status(payload["notification_id"]) if r["channel"] == "push"]
+    assert row["attempts"] == 2
+
+
+def test_retry_after_is_honoured(worker, fake_push):
+    fake_push.script["tok-429"] = [(429, {"Retry-After": "2"})]
+    payload = notification(tokens=("tok-429",))
+    publish(worker.url, dispatch_message(payload))
+    wait_for(lambda: statuses(worker, payload["notification_id"]).get("push") == "sent", what="push sent")
+    first, second = fake_push.for_token("tok-429")
+    # base backoff is 0.2 s (jitter ≤ 0.2 s); only Retry-After explains a gap of two seconds
+    assert second["time"] - first["time"] >= 1.9
+
+
+def test_400_goes_to_push_dlq_with_reason(worker, fake_push):
+    fake_push.script["tok-400"] = [(400, {})]
+    payload = notification(tokens=("tok-400",))
+    publish(worker.url, dispatch_message(payload))
+    push_id = delivery_id(payload["notification_id"], "push", "tok-400")
+    entry = wait_for(lambda: [m for m in worker.dlq(shared.PUSH_QUEUE) if m["message_id"] == push_id], what="dead letter")[0]
+    assert entry["origin_queue"] == shared.PUSH_QUEUE
+    assert "400" in entry["reason"] and entry["task"] == shared.PUSH_TASK
+    assert entry["priority"] == shared.Priority.HIGH.value
+    assert len(fake_push.for_token("tok-400")) == 1
+    assert statuses(worker, payload["notification_id"]) == {"email": "sent", "push": "dead"}
+
+
+def test_exhausted_retries_dead_letter_and_replay_delivers_once(worker, fake_push):
+    # max retries is 3: four 500s exhaust it
+    fake_push.script["tok-500"] = [(500, {})] * 4
+    payload = notification(tokens=("tok-500",))
+    publish(worker.url, dispatch_message(payload))
+    push_id = delivery_id(payload["notification_id"], "push", "tok-500")
+    entry = wait_for(lambda: [m for m in worker.dlq() if m["message_id"] == push_id], what="dead letter")[0]
+    assert "exhausted" in entry["reason"]
+    assert len(fake_push.for_token("tok-500")) == 4
+    shown = json.loads(worker.cli(["dlq", "show", push_id]).stdout)[0]
+    assert shown["headers"]["task"] == shared.PUSH_TASK
+    # the provider is healthy again: replay
+    replayed = json.loads(worker.cli(["dlq", "replay", push_id]).stdout)["replayed"]
+    assert replayed == [push_id]
+    wait_for(lambda: statuses(worker, payload["notification_id"]).get("push") == "sent", what="replayed push sent")
+    assert len(fake_push.for_token("tok-500")) == 5
+    assert not [m for m in worker.dlq() if m["message_id"] == push_id]
+    # a second replay of an already-sent delivery (e.g. duplicate) sends nothing more
+    publish(worker.url, dispatch_message(payload))
+    wait_for(lambda: queue_depth(worker.url, shared.DISPATCH_QUEUE) == 0, what="dispatch drained")
+    wait_for(lambda: queue_depth(worker.url, shared.PUSH_QUEUE) == 0, what="push drained")
+    assert len(fake_push.for_token("tok-500")) == 5
+    assert len(worker.email_for(payload["notification_id"])) == 1
+
+
+def test_stale_message_after_cancellation_is_dropped(worker, fake_push):
+    booking = str(uuid.uuid4())
+    cancel = notification(event="booking.cancelled", booking_id=booking, version=3, status="cancelled", tokens=())
+    publish(worker.url, dispatch_message(cancel))
+    wait_for(lambda: statuses(worker, cancel["notification_id"]).get("email") == "sent", what="cancellation sent")
+    old = notification(event="booking.confirmed", booking_id=booking, version=2, tokens=("tok-stale",))
+    publish(worker.url, dispatch_message(old))
+    wait_for(lambda: statuses(worker, old["notification_id"]) == {"email": "stale", "push": "stale"}, what="stale")
+    assert not worker.email_for(old["notification_id"])
+    assert not fake_push.for_token("tok-stale")
+
+
+def _raw(headers=None, body=b"[]", content_type="application/json", **extra):
+    return dict(body=body, properties=pika.BasicProperties(headers=headers, content_type=content_type,
+                                                           content_encoding="utf-8", delivery_mode=2, **extra))
+
+
+def _poison_cases():
+    good = dispatch_message(notification(tokens=()))
+    h = dict(good.headers)
+    return {
+        "not-json": _raw(dict(h, id="p-notjson"), body=b"{not json"),
+        "no-content-type": _raw(dict(h, id="p-noct"), body=good.body, content_type=None),
+        "no-id": _raw({k: v for k, v in h.items() if k != "id"}, body=good.body, message_id="p-noid"),
+        "no-task": _raw({k: v for k, v in dict(h, id="p-notask").items() if k != "task"}, body=good.body),
+        "two-item-body": _raw(dict(h, id="p-two"), body=json.dumps([[], {}]).encode()),
+        "unknown-task": _raw(dict(h, id="p-unknown", task="notifications.nope"), body=good.body),
+        "contract-violation": _raw(dict(h, id="p-contract"), body=json.dumps(
+            [[], {"message": json.load(open(pytest_examples() / "notification.requested.v1.invalid.bad-email.json"))},
+             {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]).encode()),
+    }
+
+
+def pytest_examples():
+    import pathlib
+
+    return pathlib.Path(shared.__file__).parent / "examples"
+
+
+POISON_IDS = {"not-json": "p-notjson", "no-content-type": "p-noct", "no-id": "p-noid", "no-task": "p-notask",
+              "two-item-body": "p-two", "unknown-task": "p-unknown", "contract-violation": "p-contract"}
+
+
+def test_every_poison_kind_is_dead_lettered_and_the_worker_keeps_serving(worker, fake_push):
+    for kind, raw in _poison_cases().items():
+        publish(worker.url, **raw)
+    wait_for(lambda: {m["message_id"] for m in worker.dlq(shared.DISPATCH_QUEUE)} >= set(POISON_IDS.values()),
+             timeout=60, what="all poison in the DLQ")
+    listed = {m["message_id"]: m for m in worker.dlq(shared.DISPATCH_QUEUE)}
+    for kind, mid in POISON_IDS.items():
+        assert listed[mid]["reason"], kind
+        assert listed[mid]["origin_queue"] == shared.DISPATCH_QUEUE
+    assert "not JSON" in listed["p-notjson"]["reason"]
+    assert "content_type" in listed["p-noct"]["reason"]
+    assert "'id'" in listed["p-noid"]["reason"]
+    assert "'task'" in listed["p-notask"]["reason"]
+    assert "3-item" in listed["p-two"]["reason"]
+    assert "unknown task" in listed["p-unknown"]["reason"]
+    assert "contract violation" in listed["p-contract"]["reason"]
+    # and the worker still serves a valid message
+    payload = notification(tokens=("tok-after-poison",))
+    publish(worker.url, dispatch_message(payload))
+    wait_for(lambda: worker.email_for(payload["notification_id"]), what="e-mail after poison")
+    wait_for(lambda: fake_push.for_token("tok-after-poison"), what="push after poison")
+    # purge empties the DLQ only with --yes
+    assert worker.cli(["dlq", "purge", "--queue", shared.DISPATCH_QUEUE], check=False).returncode == 2
+    worker.cli(["dlq", "purge", "--queue", shared.DISPATCH_QUEUE, "--yes"])
+    assert queue_depth(worker.url, shared.dead_letter_queue(shared.DISPATCH_QUEUE)) == 0
