@@ -19,7 +19,9 @@ import random
 
 import structlog
 from celery import shared_task, signals
-from celery.exceptions import Reject
+import functools
+
+from celery.exceptions import Reject, Retry
 from marshmallow import ValidationError
 
 import shared
@@ -78,14 +80,43 @@ def dead_letter(task, reason: str, *, did: str | None = None) -> Reject:
     """Record why the current message is given up and return the Reject to raise."""
     settings = settings_of(task)
     queue = (task.request.delivery_info or {}).get("routing_key") or shared.TASK_QUEUES.get(task.name)
-    store = delivery_log(settings.database_url)
-    if did:
-        store.mark(did, "dead", error=reason)
-    store.record_dead_letter(message_id=task.request.id, queue=queue, task=task.name, reason=reason)
+    try:
+        store = delivery_log(settings.database_url)
+        if did:
+            store.mark(did, "dead", error=reason)
+        store.record_dead_letter(message_id=task.request.id, queue=queue, task=task.name, reason=reason)
+    except Exception as exc:  # noqa: BLE001 - the message must still be dead-lettered; the reason is logged
+        log.error("could not store dead-letter reason", error=repr(exc))
     metrics.DEAD_LETTERS.labels(queue or "", "task").inc()
     metrics.TASKS.labels(task.name, "dead").inc()
     log.error("dead-lettered", reason=reason, queue=queue)
     return Reject(reason, requeue=False)
+
+
+def guarded(body):
+    """Unexpected exceptions (a bug, the database down) retry like transient ones, then dead-letter.
+
+    Stock Celery would ack a task that raised, i.e. lose the notification.
+    """
+
+    @functools.wraps(body)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return body(self, *args, **kwargs)
+        except (Retry, Reject):
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified right here
+            settings = settings_of(self)
+            retries = self.request.retries or 0
+            if retries >= settings.max_retries:
+                raise dead_letter(self, f"unexpected error after {retries + 1} attempts: {exc!r}",
+                                  did=kwargs.get("delivery_id")) from exc
+            log.exception("unexpected error; retrying", retries=retries)
+            metrics.RETRIES.labels(self.name).inc()
+            metrics.TASKS.labels(self.name, "retry").inc()
+            raise self.retry(countdown=backoff(retries, settings), max_retries=settings.max_retries, exc=exc)
+
+    return wrapper
 
 
 def _addresses(message: dict) -> list[tuple[str, str]]:
@@ -96,6 +127,7 @@ def _addresses(message: dict) -> list[tuple[str, str]]:
 
 
 @shared_task(bind=True, name=shared.DISPATCH_TASK, acks_late=True)
+@guarded
 def dispatch(self, message=None, **_ignored):
     """Validate, drop stale ones, render and fan out one send task per channel and address."""
     settings = settings_of(self)
@@ -149,7 +181,7 @@ def dispatch(self, message=None, **_ignored):
         )
         sent += 1
     metrics.TASKS.labels(self.name, "dispatched").inc()
-    log.info("dispatched", deliveries=sent, event=event, priority=data["priority"])
+    log.info("dispatched", deliveries=sent, notification_event=event, priority=data["priority"])
     return sent
 
 
@@ -183,6 +215,7 @@ def _send(task, did: str, provider, content) -> str:
 
 
 @shared_task(bind=True, name=shared.EMAIL_TASK, acks_late=True)
+@guarded
 def send_email(self, *, delivery_id, notification_id, to, subject, text, html, correlation_id=None,
                booking_id=None, booking_version=None, event=None, **_ignored):
     headers = {
@@ -197,6 +230,7 @@ def send_email(self, *, delivery_id, notification_id, to, subject, text, html, c
 
 
 @shared_task(bind=True, name=shared.PUSH_TASK, acks_late=True)
+@guarded
 def send_push(self, *, delivery_id, notification_id, token, title, body, correlation_id=None,
               booking_id=None, booking_version=None, event=None, **_ignored):
     data = {"notification_id": notification_id, "event": event or "", "booking_id": booking_id or ""}

@@ -184,3 +184,10 @@ def test_every_poison_kind_is_dead_lettered_and_the_worker_keeps_serving(worker,
     assert worker.cli(["dlq", "purge", "--queue", shared.DISPATCH_QUEUE], check=False).returncode == 2
     worker.cli(["dlq", "purge", "--queue", shared.DISPATCH_QUEUE, "--yes"])
     assert queue_depth(worker.url, shared.dead_letter_queue(shared.DISPATCH_QUEUE)) == 0
+
+
+def test_zz_worker_log_shows_no_unexpected_task_error(worker):
+    """Runs last in the module: no task of the scenarios above crashed (stock Celery would ack those)."""
+    text = worker.log_text()
+    assert "raised unexpected" not in text
+    assert "unexpected error" not in text
