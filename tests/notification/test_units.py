@@ -1,0 +1,251 @@
+"""Unit-level tests: providers (HTTP faked with responses, SMTP with a local server), templates, config, topology."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import socketserver
+import threading
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
+import pytest
+import requests
+import responses
+
+import shared
+from notification_service import cli, tasks, topology
+from notification_service.config import ConfigError, Settings
+from notification_service.errors import PermanentError, TransientError
+from notification_service.providers import (
+    EmailContent, FileEmailProvider, HttpEmailProvider, HttpPushProvider, PushContent, SmtpEmailProvider,
+    parse_retry_after,
+)
+from notification_service.templates import locale_chain, render
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+PUSH_URL = "https://push.invalid/v1/projects/p/messages:send"
+EMAIL_URL = "https://mail.invalid/send"
+
+
+def settings(**overrides) -> Settings:
+    base = dict(push_backend="http", push_http_url=PUSH_URL, push_http_token="secret",
+                email_backend="http", email_http_url=EMAIL_URL, email_http_token="mail-secret")
+    base.update(overrides)
+    return Settings(**base)
+
+
+PUSH = PushContent(delivery_id="d-1", token="tok", title="T", body="B", data={"notification_id": "n"})
+MAIL = EmailContent(delivery_id="d-2", to="ada@example.org", subject="S", text="t", html="<p>h</p>",
+                    headers={"X-Notification-Id": "n"})
+
+
+@responses.activate
+def test_http_push_sends_fcm_shape_with_auth_and_idempotency_key():
+    responses.post(PUSH_URL, json={"name": "projects/p/messages/1"})
+    assert HttpPushProvider(settings()).send(PUSH) == "projects/p/messages/1"
+    call = responses.calls[0].request
+    assert call.headers["Authorization"] == "Bearer secret"
+    assert call.headers["Idempotency-Key"] == "d-1"
+    assert json.loads(call.body) == {"message": {"token": "tok", "notification": {"title": "T", "body": "B"},
+                                                 "data": {"notification_id": "n"}}}
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503])
+@responses.activate
+def test_http_transient_statuses(status):
+    responses.post(PUSH_URL, status=status, headers={"Retry-After": "7"})
+    with pytest.raises(TransientError) as info:
+        HttpPushProvider(settings()).send(PUSH)
+    assert info.value.retry_after == 7
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+@responses.activate
+def test_http_permanent_statuses(status):
+    responses.post(PUSH_URL, status=status)
+    with pytest.raises(PermanentError):
+        HttpPushProvider(settings()).send(PUSH)
+
+
+@responses.activate
+def test_http_connection_error_and_timeout_are_transient():
+    responses.post(PUSH_URL, body=requests.ConnectionError("refused"))
+    responses.post(EMAIL_URL, body=requests.Timeout("slow"))
+    with pytest.raises(TransientError):
+        HttpPushProvider(settings()).send(PUSH)
+    with pytest.raises(TransientError):
+        HttpEmailProvider(settings()).send(MAIL)
+
+
+@responses.activate
+def test_http_email_idempotency_key_and_invalid_address():
+    responses.post(EMAIL_URL, json={"id": "m-1"})
+    assert HttpEmailProvider(settings()).send(MAIL) == "m-1"
+    assert responses.calls[0].request.headers["Idempotency-Key"] == "d-2"
+    with pytest.raises(PermanentError):
+        HttpEmailProvider(settings()).send(EmailContent("d-3", "not-an-address", "S", "t", "h"))
+
+
+def test_retry_after_parsing():
+    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    assert parse_retry_after("120") == 120
+    assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now=now) == 30
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_backoff_caps_and_honours_retry_after():
+    s = Settings(retry_base_seconds=2, retry_max_seconds=900)
+    assert tasks.backoff(3, s, retry_after=5) == 5
+    assert tasks.backoff(0, s, retry_after=5000) == 900
+    assert all(0 <= tasks.backoff(20, s) <= 900 for _ in range(50))
+    assert all(0 <= tasks.backoff(1, s) <= 4 for _ in range(50))
+
+
+def test_file_sink_overwrites_same_delivery(tmp_path):
+    provider = FileEmailProvider(settings(email_file_dir=str(tmp_path)))
+    provider.send(MAIL)
+    provider.send(MAIL)
+    assert [p.name for p in tmp_path.iterdir()] == ["d-2.eml"]
+    text = (tmp_path / "d-2.eml").read_text()
+    assert "X-Notification-Id: n" in text and "Message-ID: <d-2@example.org>" in text
+
+
+class _SmtpHandler(socketserver.StreamRequestHandler):
+    def handle(self):
+        out = self.wfile
+        out.write(b"220 fake ESMTP\r\n")
+        data_mode, lines = False, []
+        for raw in self.rfile:
+            line = raw.decode().rstrip("\r\n")
+            if data_mode:
+                if line == ".":
+                    data_mode = False
+                    self.server.messages.append("\n".join(lines))
+                    out.write(b"250 queued\r\n")
+                else:
+                    lines.append(line)
+                continue
+            verb = line.split(" ")[0].upper()
+            if verb == "EHLO":
+                out.write(b"250-fake\r\n250 AUTH PLAIN LOGIN\r\n")
+            elif verb == "AUTH":
+                self.server.auth.append(line)
+                out.write(b"235 ok\r\n")
+            elif verb == "RCPT" and "reject" in line:
+                out.write(b"550 no such user\r\n")
+            elif verb == "DATA":
+                data_mode = True
+                out.write(b"354 go\r\n")
+            elif verb == "QUIT":
+                out.write(b"221 bye\r\n")
+                return
+            else:
+                out.write(b"250 ok\r\n")
+
+
+@pytest.fixture
+def smtp_server():
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SmtpHandler)
+    server.messages, server.auth = [], []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_smtp_provider_authenticates_and_sends(smtp_server):
+    s = settings(email_backend="smtp", smtp_host="127.0.0.1", smtp_port=smtp_server.server_address[1],
+                 smtp_username="u", smtp_password="p", smtp_timeout=5)
+    SmtpEmailProvider(s).send(MAIL)
+    assert smtp_server.auth and "X-Notification-Id: n" in smtp_server.messages[0]
+    with pytest.raises(PermanentError):
+        SmtpEmailProvider(s).send(EmailContent("d-4", "reject@example.org", "S", "t", "h"))
+
+
+def test_smtp_unreachable_is_transient():
+    s = settings(email_backend="smtp", smtp_host="127.0.0.1", smtp_port=1, smtp_timeout=2)
+    with pytest.raises(TransientError):
+        SmtpEmailProvider(s).send(MAIL)
+
+
+def _example(name: str) -> dict:
+    return shared.load_notification_requested(
+        json.loads((pathlib.Path(shared.__file__).parent / "examples" / f"notification.requested.v1.valid.{name}.json").read_text()))
+
+
+@pytest.mark.parametrize("event", ["confirmed", "cancelled", "rescheduled", "reminder"])
+@pytest.mark.parametrize("locale", ["en", "de"])
+def test_every_event_renders_in_both_locales(event, locale):
+    message = _example(event)
+    message["recipient"]["locale"] = locale
+    email_parts, push_parts = render(message, "email"), render(message, "push")
+    assert set(email_parts) == {"subject", "txt", "html"} and set(push_parts) == {"title", "body"}
+    assert all(email_parts.values()) and all(push_parts.values())
+
+
+def test_times_are_in_booking_timezone_and_locale_falls_back():
+    message = _example("confirmed")
+    message["recipient"]["locale"] = "de-AT"
+    message["booking"]["timezone"] = "America/New_York"
+    starts = message["booking"]["starts_at"].astimezone(__import__("zoneinfo").ZoneInfo("America/New_York"))
+    parts = render(message, "email")
+    assert "bestätigt" in parts["subject"] and starts.strftime("%H:%M") in parts["txt"]
+    message["recipient"]["locale"] = "fr"
+    assert "confirmed" in render(message, "email")["subject"].lower()
+    assert locale_chain("de-AT") == ["de-AT", "de", "en"]
+
+
+def test_html_is_autoescaped_text_is_not():
+    message = _example("confirmed")
+    message["recipient"]["name"] = "<script>x</script>"
+    parts = render(message, "email")
+    assert "&lt;script&gt;" in parts["html"] and "<script>" not in parts["html"]
+    assert "<script>x</script>" in parts["txt"]
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ConfigError):
+        Settings.from_env({"EMAIL_BACKEND": "pigeon"})
+    with pytest.raises(ConfigError):
+        Settings.from_env({"PUSH_BACKEND": "http"})
+    with pytest.raises(ConfigError):
+        Settings.from_env({"NOTIFICATION_RETRY_MAX_SECONDS": "3600"})
+    with pytest.raises(ConfigError):
+        Settings.from_env({"NOTIFICATION_MAX_RETRIES": "many"})
+    s = Settings.from_env({})
+    assert (s.database_url, s.email_file_dir, s.metrics_port, s.max_retries) == (
+        "sqlite:///var/notification.db", "var/outbox/email", 9808, 8)
+    assert "secret" not in repr(Settings(smtp_password="secret", push_http_token="secret"))
+
+
+def test_committed_definitions_equal_the_export():
+    committed = (REPO / "deploy" / "rabbitmq" / "definitions.json").read_text()
+    assert committed == cli.render_definitions()
+    data = json.loads(committed)
+    queues = {q["name"]: q["arguments"] for q in data["queues"]}
+    assert queues[shared.EMAIL_QUEUE] == {"x-max-priority": 9, "x-dead-letter-exchange": "notifications.dlx",
+                                          "x-dead-letter-routing-key": "notifications.email.dlq"}
+    assert {e["name"]: e["arguments"] for e in data["exchanges"]}[shared.EXCHANGE] == {}
+
+
+def test_password_hash_is_rabbitmq_sha256_format():
+    import base64
+    import hashlib
+
+    raw = base64.b64decode(topology.password_hash("booking", "booking"))
+    salt, digest = raw[:4], raw[4:]
+    assert hashlib.sha256(salt + b"booking").digest() == digest
+
+
+def test_topology_declare_twice_is_idempotent(vhost_url):
+    from kombu import Connection
+
+    with Connection(vhost_url) as connection:
+        topology.declare(connection)
+        topology.declare(connection)
+    from .conftest import queue_depth
+
+    for q in shared.WORK_QUEUES:
+        assert queue_depth(vhost_url, shared.dead_letter_queue(q)) == 0
