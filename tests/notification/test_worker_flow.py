@@ -18,7 +18,14 @@ from .conftest import Worker, declare_topology, dispatch_message, notification, 
 @pytest.fixture(scope="module")
 def worker(module_vhost, fake_push, tmp_path_factory):
     declare_topology(module_vhost)
-    w = Worker(module_vhost, tmp_path_factory.mktemp("worker"), fake_push).start()
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    w = Worker(module_vhost, tmp_path_factory.mktemp("worker"), fake_push, NOTIFICATION_METRICS_PORT=str(port))
+    w.metrics_url = f"http://127.0.0.1:{port}/metrics"
+    w.start()
     yield w
     w.stop()
 
@@ -184,6 +191,27 @@ def test_every_poison_kind_is_dead_lettered_and_the_worker_keeps_serving(worker,
     assert worker.cli(["dlq", "purge", "--queue", shared.DISPATCH_QUEUE], check=False).returncode == 2
     worker.cli(["dlq", "purge", "--queue", shared.DISPATCH_QUEUE, "--yes"])
     assert queue_depth(worker.url, shared.dead_letter_queue(shared.DISPATCH_QUEUE)) == 0
+
+
+def test_expired_reminder_is_acked_and_recorded_not_dead_lettered(worker, fake_push):
+    from datetime import datetime, timedelta, timezone
+
+    payload = notification(event="booking.reminder", tokens=("tok-expired",))
+    publish(worker.url, dispatch_message(payload, expires=datetime.now(timezone.utc) - timedelta(minutes=1)))
+    wait_for(lambda: statuses(worker, payload["notification_id"]) == {"email": "expired", "push": "expired"},
+             what="expired recorded")
+    assert not worker.email_for(payload["notification_id"]) and not fake_push.for_token("tok-expired")
+    assert payload["notification_id"] not in {m["message_id"] for m in worker.dlq()}
+
+
+def test_metrics_count_tasks_retries_dead_letters_and_latency(worker):
+    import requests
+
+    text = requests.get(worker.metrics_url, timeout=5).text
+    assert 'notification_tasks_total{outcome="sent",task="notifications.email.send"}' in text
+    assert 'notification_task_retries_total{task="notifications.push.send"}' in text
+    assert 'notification_dead_letters_total{kind="poison",queue="notifications.dispatch"}' in text
+    assert 'notification_provider_seconds_count{provider="push_http"}' in text
 
 
 def test_zz_worker_log_shows_no_unexpected_task_error(worker):
