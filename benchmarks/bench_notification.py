@@ -1,0 +1,106 @@
+"""Benchmark: raw broker rate vs dispatch → e-mail (file sink) through real workers.
+
+Usage: .venv/bin/python benchmarks/bench_notification.py [N]
+Loopback only; creates and deletes its own vhost (needs the management API).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+
+import pika
+import requests
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import shared  # noqa: E402
+from tests.notification.conftest import declare_topology, dispatch_message, notification  # noqa: E402
+
+AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672//")
+MGMT = "http://localhost:15672/api"
+
+
+def raw_rate(url: str, n: int) -> tuple[float, float]:
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("", exclusive=True, arguments={"x-max-priority": 9}).method.queue
+    body = b"x" * 400
+    start = time.perf_counter()
+    for _ in range(n):
+        ch.basic_publish("", q, body, pika.BasicProperties(delivery_mode=2, priority=5))
+    pub = n / (time.perf_counter() - start)
+    ch.basic_qos(prefetch_count=1)
+    got = 0
+    start = time.perf_counter()
+    for method, _props, _body in ch.consume(q, inactivity_timeout=5):
+        if method is None:
+            break
+        ch.basic_ack(method.delivery_tag)
+        got += 1
+        if got == n:
+            break
+    cons = got / (time.perf_counter() - start)
+    conn.close()
+    return pub, cons
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    vhost = f"bench-{uuid.uuid4().hex[:8]}"
+    session = requests.Session()
+    session.auth = ("guest", "guest")
+    session.put(f"{MGMT}/vhosts/{vhost}").raise_for_status()
+    session.put(f"{MGMT}/permissions/{vhost}/guest", json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
+    parts = urllib.parse.urlsplit(AMQP)
+    url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + urllib.parse.quote(vhost, safe=""), "", ""))
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-notif-"))
+    worker = None
+    try:
+        pub, cons = raw_rate(url, n)
+        declare_topology(url)
+        env = {**os.environ, "AMQP_URL": url, "NOTIFICATION_DATABASE_URL": f"sqlite:///{tmp / 'n.db'}",
+               "EMAIL_FILE_DIR": str(tmp / "email"), "PUSH_BACKEND": "file", "PUSH_FILE_DIR": str(tmp / "push"),
+               "NOTIFICATION_METRICS_PORT": "0", "NOTIFICATION_LOG_FORMAT": "json"}
+        bin_dir = pathlib.Path(sys.executable).parent
+        subprocess.run([str(bin_dir / "notification-service"), "migrate"], env=env, check=True, capture_output=True)
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+        ch = conn.channel()
+        ch.confirm_delivery()
+        for _ in range(n):
+            m = dispatch_message(notification(tokens=()))
+            ch.basic_publish(shared.EXCHANGE, m.routing_key, m.body, pika.BasicProperties(headers=m.headers, **m.properties))
+        conn.close()
+        log = open(tmp / "worker.log", "wb")
+        start = time.perf_counter()
+        worker = subprocess.Popen([str(bin_dir / "celery"), "-A", "notification_service.celery_app", "worker", "-P", "threads",
+                                   "-c", "8", "-Q", ",".join(shared.WORK_QUEUES), "--without-gossip", "--without-mingle"],
+                                  env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600
+        while len(list((tmp / "email").glob("*.eml"))) < n if (tmp / "email").exists() else True:
+            if time.monotonic() > deadline:
+                raise SystemExit("timed out")
+            time.sleep(0.1)
+        tasks = n / (time.perf_counter() - start)  # includes worker start-up (~1-2 s)
+        print(f"{'measure':<48}{'rate/s':>10}")
+        print(f"{'raw pika publish, confirms, 400 B persistent':<48}{pub:>10.0f}")
+        print(f"{'raw consume, manual ack, prefetch 1':<48}{cons:>10.0f}")
+        print(f"{'dispatch -> e-mail (file sink), threads -c 8':<48}{tasks:>10.1f}")
+        print(f"{'ratio notifications / raw consume':<48}{tasks / cons:>10.3f}")
+    finally:
+        if worker:
+            worker.terminate()
+            worker.wait(30)
+        session.delete(f"{MGMT}/vhosts/{vhost}")
+
+
+if __name__ == "__main__":
+    main()
