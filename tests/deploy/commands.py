@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import click
 
@@ -57,7 +58,10 @@ def _celery(args: list[str]) -> list[str]:
     if not isinstance(app, Celery):
         return [f"{module}.app is not a Celery application"]
     ctx.obj = CLIContext(app=app, no_color=True, workdir=None, quiet=True)
-    sub, *sub_args = ctx.args
+    with warnings.catch_warnings():
+        # Click 8.2 keeps the subcommand in protected_args (deprecated, not yet gone).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        sub, *sub_args = [*ctx.protected_args, *ctx.args]
     if sub == "worker":
         return _worker(cli, ctx, sub_args)
     if sub == "flower":

@@ -209,11 +209,25 @@ def test_rabbitmq_loads_the_committed_definitions_through_its_config():
     for volume in services()["rabbitmq"]["volumes"]:
         source, target, *_ = volume.split(":")
         mounts[target] = source
-    conf_source = mounts["/etc/rabbitmq/rabbitmq.conf"]
-    conf = (repo.ROOT / conf_source).read_text()
-    setting = re.search(r"^(?:management\.)?load_definitions\s*=\s*(\S+)", conf, re.M)
-    assert setting, "rabbitmq.conf must load the definitions file on boot"
-    assert (repo.ROOT / mounts[setting.group(1)]).resolve() == repo.DEFINITIONS_FILE
+    conf = (repo.ROOT / mounts["/etc/rabbitmq/rabbitmq.conf"]).read_text()
+    setting = re.search(r"^load_definitions\s*=\s*(\S+)", conf, re.M)
+    assert setting, "rabbitmq.conf must load the definitions on boot"
+    folder = setting.group(1).rstrip("/") + "/"
+    # A folder: RabbitMQ imports its *.json files in name order, topology first.
+    loaded = sorted((t, s) for t, s in mounts.items() if t.startswith(folder) and t.endswith(".json"))
+    assert (repo.ROOT / loaded[0][1]).resolve() == repo.DEFINITIONS_FILE
+    for _, source in loaded:
+        definitions = json.loads((repo.ROOT / source).read_text())
+        assert definitions.get("users"), source
+
+
+def test_management_ui_has_a_development_login_that_is_not_a_service_user():
+    """Boot-time import skips `guest`; without an administrator nobody could open the UI."""
+    admin_file = repo.DEPLOY / "rabbitmq" / "compose-admin.json"
+    (admin,) = json.loads(admin_file.read_text())["users"]
+    assert "administrator" in admin["tags"] and _rabbit_password_matches(admin, "admin")
+    service_users = {u["name"] for u in json.loads(repo.DEFINITIONS_FILE.read_text())["users"]}
+    assert admin["name"] not in service_users
 
 
 def _rabbit_password_matches(user: dict, password: str) -> bool:
