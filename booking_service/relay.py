@@ -31,6 +31,7 @@ from marshmallow import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 import shared
+from shared.amqp_url import for_pika
 
 from . import metrics
 from .models import OutboxMessage, utcnow
@@ -85,7 +86,7 @@ class Relay:
 
     # Connection ----------------------------------------------------------------
     def _connect(self) -> None:
-        params = pika.URLParameters(self.amqp_url)
+        params = pika.URLParameters(for_pika(self.amqp_url))
         params.heartbeat = 30
         params.blocked_connection_timeout = 30
         params.connection_attempts = 1

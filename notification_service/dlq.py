@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import pika
 
 import shared
+from shared.amqp_url import for_pika
 
 #: Headers RabbitMQ adds on dead-lettering; dropped on replay.
 DEATH_HEADERS = ("x-death", "x-first-death-queue", "x-first-death-reason", "x-first-death-exchange",
@@ -83,7 +84,7 @@ def dlq_names(queue: str | None) -> list[str]:
 
 
 def connect(amqp_url: str) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(amqp_url))
+    return pika.BlockingConnection(pika.URLParameters(for_pika(amqp_url)))
 
 
 def _fetch_all(channel, dlq: str) -> Iterator[DeadMessage]:

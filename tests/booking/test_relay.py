@@ -228,3 +228,15 @@ def test_two_relays_on_postgresql_publish_each_row_once(client, session_factory,
     ids = [json.loads(b)[1]["message"]["notification_id"] for b in seen]
     assert len(ids) == 40 and len(set(ids)) == 40
     assert all(r.stats.published > 0 for r in relays), "both relays took a share"
+
+
+def test_relay_understands_the_celery_style_default_vhost_url(session_factory, amqp_url):
+    """``amqp://…//`` is vhost "/" for Celery; pika needs "%2F" or the broker refuses the connection."""
+    assert amqp_url.endswith("//") or pytest.skip("AMQP_URL names a vhost of its own")
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url.rstrip("/") + "/%2F"))
+    connection.channel().exchange_declare(shared.EXCHANGE, "direct", durable=True)  # idempotent: same arguments
+    connection.close()
+    relay = Relay(session_factory, amqp_url)
+    relay._connect()
+    assert relay.channel.is_open
+    relay._disconnect()

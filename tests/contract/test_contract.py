@@ -143,3 +143,19 @@ def test_names_and_priorities():
     assert shared.dead_letter_queue(shared.EMAIL_QUEUE) == "notifications.email.dlq"
     assert shared.DEFAULT_PRIORITY[shared.Event.CONFIRMED] > shared.DEFAULT_PRIORITY[shared.Event.REMINDER]
     assert max(shared.Priority) <= shared.MAX_PRIORITY
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("amqp://guest:guest@localhost:5672//", "amqp://guest:guest@localhost:5672/%2F"),
+        ("amqp://guest:guest@localhost:5672/", "amqp://guest:guest@localhost:5672/%2F"),
+        ("amqp://guest:guest@localhost", "amqp://guest:guest@localhost/%2F"),
+        ("amqps://u:p@h:5671/%2F?heartbeat=30", "amqps://u:p@h:5671/%2F?heartbeat=30"),
+        ("amqp://u:p@h/test-1", "amqp://u:p@h/test-1"),
+    ],
+)
+def test_amqp_url_default_vhost_is_spelled_for_pika(url, expected):
+    from shared.amqp_url import for_pika
+
+    assert for_pika(url) == expected
