@@ -11,6 +11,7 @@ import copy
 import json
 import pathlib
 import re
+import urllib.parse
 
 import jsonschema
 import kubernetes_validate
@@ -145,6 +146,16 @@ def test_containers_get_only_variables_their_code_reads(team):
         for container in spec["containers"]:
             env = set(configured_env(team, container)) - {"POD_NAME"}  # only used in the worker's --hostname
             assert repo.unknown_env(repo.IMAGE_PACKAGES[team], env) == [], name
+
+
+def test_every_process_gets_its_broker_and_database(team):
+    """Unset, both fall back to development defaults (guest, a SQLite file in the pod): never in a cluster."""
+    for name, spec in pod_specs(team):
+        for container in spec["containers"]:
+            env = configured_env(team, container)
+            assert env["AMQP_URL"].startswith(("amqp://", "amqps://")), name
+            assert urllib.parse.urlsplit(env["AMQP_URL"]).username == team, f"{name} must log in as {team}"
+            assert env[f"{team.upper()}_DATABASE_URL"].startswith("postgresql+psycopg://"), name
 
 
 def test_api_probes_healthz_and_readyz_on_the_port_the_service_targets():
