@@ -43,9 +43,12 @@ def celery_config(settings: Settings) -> dict:
         "task_queue_max_priority": shared.MAX_PRIORITY,
         "task_default_priority": int(shared.Priority.NORMAL),
         "task_create_missing_queues": False,
-        # Flower needs events.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events are for Flower: turn them on with `worker --events` (the Procfile,
+        # compose and the image do). Off by default because, with confirm_publish,
+        # every event is a confirmed publish from the consumer's event loop: with
+        # events on, that loop spent most of its time waiting for event confirms.
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "worker_consumer": "notification_service.consumer:SafeConsumer",
         "worker_enable_remote_control": True,

@@ -73,8 +73,9 @@ def cmd_dlq(args, settings: Settings) -> int:
             reasons = _reasons(settings)
             _print_json([dlq.show(m, reasons) for m in matches])
         elif args.dlq_command == "replay":
-            if not (args.message_id or args.all or args.task):
-                print("give a message id, --task T or --all", file=sys.stderr)
+            if not (args.message_id or args.all or args.task or args.queue):
+                # Replaying everything must be asked for explicitly.
+                print("give a message id, --task T, --queue Q or --all", file=sys.stderr)
                 return 2
             replayed = dlq.replay(settings.amqp_url, message_id=args.message_id, queue=args.queue, task=args.task)
             if args.message_id and not replayed:

@@ -16,6 +16,8 @@ import json
 import structlog
 from celery.worker.consumer import Consumer
 
+from shared.wire import CORRELATION_HEADER
+
 from . import metrics
 from .config import Settings
 from .db import delivery_log
@@ -24,31 +26,46 @@ log = structlog.get_logger("notification_service.consumer")
 JSON_CONTENT_TYPE = "application/json"
 
 
-def envelope_problem(message, known_tasks) -> str | None:
-    """Return why ``message`` is not a task message this worker can run, or None."""
+def inspect_envelope(message, known_tasks) -> tuple[str | None, list | None]:
+    """Return ``(problem, decoded_body)``: why ``message`` is not a task message this worker can run, or None."""
     headers = message.headers
     if not isinstance(headers, dict):
-        return "no headers"
+        return "no headers", None
     if message.content_type != JSON_CONTENT_TYPE:
-        return f"content_type must be {JSON_CONTENT_TYPE}, got {message.content_type!r}"
+        return f"content_type must be {JSON_CONTENT_TYPE}, got {message.content_type!r}", None
     for name in ("id", "task"):
         if not headers.get(name) or not isinstance(headers.get(name), str):
-            return f"missing '{name}' header"
+            return f"missing '{name}' header", None
     if headers["task"] not in known_tasks:
-        return f"unknown task {headers['task']!r}"
+        return f"unknown task {headers['task']!r}", None
     body = message.body
     try:
         if isinstance(body, (bytes, bytearray)):
             body = body.decode(message.content_encoding or "utf-8")
         decoded = json.loads(body) if isinstance(body, str) else body
     except (UnicodeDecodeError, ValueError) as exc:
-        return f"body is not JSON: {exc}"
+        return f"body is not JSON: {exc}", None
     if not (isinstance(decoded, list) and len(decoded) == 3):
-        return "body must be a 3-item JSON array [args, kwargs, embed]"
+        return "body must be a 3-item JSON array [args, kwargs, embed]", None
     args, kwargs, embed = decoded
     if not isinstance(args, list) or not isinstance(kwargs, dict) or not isinstance(embed, (dict, type(None))):
-        return "body items must be [list, object, object]"
-    return None
+        return "body items must be [list, object, object]", None
+    return None, decoded
+
+
+def correlation_id_of(headers: dict, decoded: list | None) -> str | None:
+    """The message's correlation id: ``x-correlation-id`` header, else the payload's ``correlation_id``."""
+    if headers.get(CORRELATION_HEADER):
+        return str(headers[CORRELATION_HEADER])
+    kwargs = decoded[1] if decoded else {}
+    payload = kwargs.get("message")
+    if isinstance(payload, dict) and payload.get("correlation_id"):
+        return str(payload["correlation_id"])
+    return kwargs.get("correlation_id")
+
+
+def _wake() -> None:
+    """Timer callback that only makes the event loop go round."""
 
 
 class SafeConsumer(Consumer):
@@ -59,12 +76,25 @@ class SafeConsumer(Consumer):
         known = self.app.tasks
 
         def on_task_received(message):
-            problem = envelope_problem(message, known)
+            problem, decoded = inspect_envelope(message, known)
             if problem is not None:
                 return self.dead_letter(message, problem)
-            return handle(message)
+            # Celery logs "Task ... received" (and drops expired/revoked ones) right here,
+            # on the consumer thread: bind the correlation id so those lines carry it too.
+            headers = message.headers
+            with structlog.contextvars.bound_contextvars(
+                correlation_id=correlation_id_of(headers, decoded), task_id=headers["id"], task=headers["task"]
+            ):
+                return handle(message)
 
         return on_task_received
+
+    def register_with_event_loop(self, hub):
+        super().register_with_event_loop(hub)
+        # kombu's hub may sleep in poll() for up to 10 s when no timer is due, and a
+        # warm shutdown (SIGTERM) is only noticed between polls: a 1 s no-op tick
+        # lets a deploy or a scale-down stop the worker within about a second.
+        hub.call_repeatedly(1.0, _wake)
 
     def on_decode_error(self, message, exc):
         # Stock Celery acks here, i.e. loses the message.
@@ -84,6 +114,6 @@ class SafeConsumer(Consumer):
         except Exception as exc:  # noqa: BLE001 - the reject below must still happen; the reason is logged
             log.error("could not store dead-letter reason", error=repr(exc), reason=reason)
         log.error("poison message dead-lettered", reason=reason, queue=queue, message_id=message_id, task=task,
-                  correlation_id=headers.get("x-correlation-id"))
+                  correlation_id=headers.get(CORRELATION_HEADER))
         metrics.DEAD_LETTERS.labels(queue or "", "poison").inc()
         message.reject(requeue=False)

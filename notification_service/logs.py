@@ -17,6 +17,7 @@ def configure(log_format: str = "console", level: int = logging.INFO) -> None:
     shared_processors = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
+        structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     structlog.configure(

@@ -15,27 +15,26 @@ status ``expired`` in the delivery log. Not a dead letter: nothing to repair.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import random
 
 import structlog
 from celery import shared_task, signals
-import functools
-
 from celery.exceptions import Reject, Retry
 from marshmallow import ValidationError
 
 import shared
+from shared.wire import CORRELATION_HEADER
 
 from . import metrics
 from .config import Settings
-from .db import delivery_id as make_delivery_id
 from .db import delivery_log
 from .errors import PermanentError, TransientError
 from .providers import EmailContent, PushContent, email_provider, push_provider
 from .templates import render
 
 log = structlog.get_logger("notification_service.tasks")
-CORRELATION_HEADER = "x-correlation-id"
 
 
 def settings_of(task) -> Settings:
@@ -96,11 +95,18 @@ def dead_letter(task, reason: str, *, did: str | None = None) -> Reject:
 def guarded(body):
     """Unexpected exceptions (a bug, the database down) retry like transient ones, then dead-letter.
 
-    Stock Celery would ack a task that raised, i.e. lose the notification.
+    Stock Celery would ack a task that raised, i.e. lose the notification. A
+    message whose arguments do not fit the task is dead-lettered at once:
+    retrying cannot make them fit.
     """
+    signature = inspect.signature(body)
 
     @functools.wraps(body)
     def wrapper(self, *args, **kwargs):
+        try:
+            signature.bind(self, *args, **kwargs)
+        except TypeError as exc:
+            raise dead_letter(self, f"contract violation: bad task arguments: {exc}")
         try:
             return body(self, *args, **kwargs)
         except (Retry, Reject):
@@ -146,9 +152,7 @@ def dispatch(self, message=None, **_ignored):
                   booking_version=booking["version"], event=event)
     if store.observe_booking(str(booking["id"]), booking["version"], cancelled):
         for channel, address in _addresses(data):
-            row = store.ensure(channel=channel, address=address, status="stale", **common)
-            if row.status not in ("sent", "stale"):
-                store.mark(row.delivery_id, "stale", error="older than a processed cancellation")
+            store.mark_stale(store.ensure(channel=channel, address=address, **common).delivery_id)
         metrics.TASKS.labels(self.name, "stale").inc()
         log.info("stale notification dropped", booking_version=booking["version"])
         return "stale"
@@ -185,10 +189,17 @@ def dispatch(self, message=None, **_ignored):
     return sent
 
 
-def _send(task, did: str, provider, content) -> str:
+def _send(task, did: str, provider, content, booking_id=None, booking_version=None) -> str:
     settings = settings_of(task)
     store = delivery_log(settings.database_url)
     structlog.contextvars.bind_contextvars(delivery_id=did)
+    if booking_id and booking_version and store.is_stale(booking_id, booking_version):
+        # Fanned out before the cancellation was processed (e.g. waiting for a retry):
+        # the customer must not get "confirmed" after "cancelled".
+        if store.mark_stale(did):
+            metrics.TASKS.labels(task.name, "stale").inc()
+            log.info("stale delivery dropped", booking_version=booking_version)
+            return "stale"
     row = store.claim(did)
     if row is None:
         metrics.TASKS.labels(task.name, "skipped").inc()
@@ -226,7 +237,7 @@ def send_email(self, *, delivery_id, notification_id, to, subject, text, html, c
         "X-Correlation-Id": correlation_id or "",
     }
     content = EmailContent(delivery_id=delivery_id, to=to, subject=subject, text=text, html=html, headers=headers)
-    return _send(self, delivery_id, email_provider(settings_of(self)), content)
+    return _send(self, delivery_id, email_provider(settings_of(self)), content, booking_id, booking_version)
 
 
 @shared_task(bind=True, name=shared.PUSH_TASK, acks_late=True)
@@ -235,7 +246,7 @@ def send_push(self, *, delivery_id, notification_id, token, title, body, correla
               booking_id=None, booking_version=None, event=None, **_ignored):
     data = {"notification_id": notification_id, "event": event or "", "booking_id": booking_id or ""}
     content = PushContent(delivery_id=delivery_id, token=token, title=title, body=body, data=data)
-    return _send(self, delivery_id, push_provider(settings_of(self)), content)
+    return _send(self, delivery_id, push_provider(settings_of(self)), content, booking_id, booking_version)
 
 
 @signals.task_revoked.connect
@@ -243,7 +254,7 @@ def record_expired(request=None, expired=False, sender=None, **_kwargs) -> None:
     """An expired message (e.g. a reminder after the booking started) is acked by Celery: log it."""
     if not expired or request is None:
         return
-    settings = Settings.from_env()
+    settings = settings_of(sender) if sender is not None else Settings.from_env()
     store = delivery_log(settings.database_url)
     kwargs = getattr(request, "kwargs", None) or {}
     name = getattr(sender, "name", None)
