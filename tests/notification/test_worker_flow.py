@@ -56,10 +56,14 @@ def test_pika_published_message_reaches_email_sink_and_push_api(worker, fake_pus
                                                   "booking_id": payload["booking"]["id"]}
     assert request["json"]["message"]["notification"]["title"].startswith("Booking confirmed")
     wait_for(lambda: statuses(worker, nid) == {"email": "sent", "push": "sent"}, what="both sent")
-    # every log line of the task carries the correlation id
+    # every log line about this notification's three tasks carries the correlation id,
+    # Celery's own "received"/"succeeded" lines included
+    ids = {nid, delivery_id(nid, "email", "ada@example.org"), push_id}
     lines = [json.loads(line) for line in worker.log_text().splitlines() if line.startswith("{")]
-    mine = [line for line in lines if line.get("notification_id") == nid]
-    assert mine and all(line.get("correlation_id") == payload["correlation_id"] for line in mine)
+    mine = [line for line in lines if line.get("task_id") in ids or any(i in line.get("event", "") for i in ids)]
+    assert sum(" received" in line["event"] for line in mine) == 3
+    assert sum(" succeeded " in line["event"] for line in mine) == 3
+    assert all(line.get("correlation_id") == payload["correlation_id"] for line in mine)
     assert "ada@example.org" not in worker.log_text()
 
 
@@ -107,6 +111,8 @@ def test_exhausted_retries_dead_letter_and_replay_delivers_once(worker, fake_pus
     entry = wait_for(lambda: [m for m in worker.dlq() if m["message_id"] == push_id], what="dead letter")[0]
     assert "exhausted" in entry["reason"]
     assert len(fake_push.for_token("tok-500")) == 4
+    # three retries later the message still has its id and its priority
+    assert entry["priority"] == shared.Priority.HIGH.value and entry["task"] == shared.PUSH_TASK
     shown = json.loads(worker.cli(["dlq", "show", push_id]).stdout)[0]
     assert shown["headers"]["task"] == shared.PUSH_TASK
     # the provider is healthy again: replay
@@ -133,6 +139,36 @@ def test_stale_message_after_cancellation_is_dropped(worker, fake_push):
     wait_for(lambda: statuses(worker, old["notification_id"]) == {"email": "stale", "push": "stale"}, what="stale")
     assert not worker.email_for(old["notification_id"])
     assert not fake_push.for_token("tok-stale")
+
+
+def test_delivery_waiting_for_a_retry_is_dropped_once_the_booking_is_cancelled(worker, fake_push):
+    booking = str(uuid.uuid4())
+    # the confirmation's push fails once and must wait 4 s before its retry
+    fake_push.script["tok-late"] = [(503, {"Retry-After": "4"})]
+    confirmed = notification(booking_id=booking, version=1, tokens=("tok-late",))
+    publish(worker.url, dispatch_message(confirmed))
+    wait_for(lambda: fake_push.for_token("tok-late"), what="first push attempt")
+    cancel = notification(event="booking.cancelled", booking_id=booking, version=2, status="cancelled", tokens=())
+    publish(worker.url, dispatch_message(cancel))
+    wait_for(lambda: statuses(worker, cancel["notification_id"]).get("email") == "sent", what="cancellation sent")
+    # the retry runs after the cancellation was processed: "confirmed" must not follow "cancelled"
+    wait_for(lambda: statuses(worker, confirmed["notification_id"]).get("push") == "stale", what="retry dropped")
+    assert len(fake_push.for_token("tok-late")) == 1
+
+
+def test_task_with_arguments_that_do_not_fit_is_dead_lettered_at_once(worker):
+    bad = shared.task_message(task=shared.EMAIL_TASK, task_id="p-badargs", routing_key=shared.EMAIL_QUEUE,
+                              kwargs={"unexpected": 1}, priority=5)
+    publish(worker.url, bad)
+    entry = wait_for(lambda: [m for m in worker.dlq(shared.EMAIL_QUEUE) if m["message_id"] == "p-badargs"],
+                     what="dead letter")[0]
+    assert "bad task arguments" in entry["reason"] and entry["death_count"] == 1
+    # replay by queue puts it back on notifications.email; it fails the same way and returns
+    assert json.loads(worker.cli(["dlq", "replay", "--queue", shared.EMAIL_QUEUE]).stdout)["replayed"] == ["p-badargs"]
+    wait_for(lambda: [m for m in worker.dlq(shared.EMAIL_QUEUE) if m["message_id"] == "p-badargs"],
+             what="dead letter again")
+    assert worker.cli(["dlq", "replay"], check=False).returncode == 2  # replaying everything needs --all
+    worker.cli(["dlq", "purge", "--queue", shared.EMAIL_QUEUE, "--yes"])
 
 
 def _raw(headers=None, body=b"[]", content_type="application/json", **extra):
