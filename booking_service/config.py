@@ -31,6 +31,10 @@ class Settings:
     relay_batch_size: int = 50
     #: Relay: ceiling of the reconnect backoff.
     relay_max_backoff_seconds: float = 30.0
+    #: Relay: port of its own /metrics (0 = off). Where the relay does not share
+    #: PROMETHEUS_MULTIPROC_DIR with the API (its own container), this is how its
+    #: publish counters are scraped.
+    relay_metrics_port: int = 0
     #: Timeout of the broker check in /readyz.
     ready_broker_timeout_seconds: float = 0.5
 
@@ -49,4 +53,5 @@ class Settings:
             relay_poll_seconds=float(env.get("BOOKING_RELAY_POLL_SECONDS", d.relay_poll_seconds)),
             relay_batch_size=int(env.get("BOOKING_RELAY_BATCH_SIZE", d.relay_batch_size)),
             relay_max_backoff_seconds=float(env.get("BOOKING_RELAY_MAX_BACKOFF_SECONDS", d.relay_max_backoff_seconds)),
+            relay_metrics_port=int(env.get("BOOKING_RELAY_METRICS_PORT", d.relay_metrics_port)),
         )

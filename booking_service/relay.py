@@ -209,6 +209,11 @@ def run_forever(settings) -> None:
     engine = make_engine(settings.database_url)
     relay = Relay(make_session_factory(engine), settings.amqp_url, poll_seconds=settings.relay_poll_seconds,
                   batch_size=settings.relay_batch_size, max_backoff=settings.relay_max_backoff_seconds)
+    if settings.relay_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.relay_metrics_port)
+        log.info("relay_metrics_serving", port=settings.relay_metrics_port)
     signal.signal(signal.SIGTERM, relay.stop)
     signal.signal(signal.SIGINT, relay.stop)
     log.info("relay_started", poll_seconds=settings.relay_poll_seconds)
