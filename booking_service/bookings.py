@@ -91,10 +91,15 @@ def create(session: Session, new: NewBooking, correlation_id: str, reminder_lead
     return booking
 
 
-def _get_for_change(session: Session, booking_id: str) -> Booking:
+def get(session: Session, booking_id: str) -> Booking:
     booking = session.get(Booking, booking_id)
     if booking is None:
         raise NotFound(f"Booking {booking_id} does not exist.")
+    return booking
+
+
+def _get_for_change(session: Session, booking_id: str) -> Booking:
+    booking = get(session, booking_id)
     _lock_resource(session, booking.resource_id)
     session.refresh(booking)
     if booking.status != ACTIVE:
@@ -123,13 +128,6 @@ def reschedule(session: Session, booking_id: str, starts_at: datetime, ends_at: 
     outbox.supersede_reminders(session, booking.id)
     outbox.enqueue(session, booking, shared.Event.RESCHEDULED, correlation_id, previous_starts_at=previous)
     outbox.schedule_reminder(session, booking, correlation_id, reminder_lead)
-    return booking
-
-
-def get(session: Session, booking_id: str) -> Booking:
-    booking = session.get(Booking, booking_id)
-    if booking is None:
-        raise NotFound(f"Booking {booking_id} does not exist.")
     return booking
 
 
