@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ssl
+import urllib.parse
+
 from celery import Celery, signals
 
 import shared
@@ -12,9 +15,23 @@ from .config import Settings
 TASK_MODULES = ["notification_service.tasks"]
 
 
+def broker_tls(amqp_url: str) -> dict | bool:
+    """``broker_use_ssl`` for an ``amqps://`` URL: verify the CA and the host name.
+
+    py-amqp checks the certificate's host name only when given
+    ``server_hostname``; pika does it by itself. The CA comes from the system
+    store or ``SSL_CERT_FILE``.
+    """
+    parts = urllib.parse.urlsplit(amqp_url)
+    if parts.scheme != "amqps":
+        return False
+    return {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": parts.hostname}
+
+
 def celery_config(settings: Settings) -> dict:
     return {
         "broker_url": settings.amqp_url,
+        "broker_use_ssl": broker_tls(settings.amqp_url),
         # Ack after the task ran: a killed worker's message is redelivered, and
         # with prefetch 1 the broker can still reorder by priority.
         "task_acks_late": True,

@@ -147,3 +147,19 @@ def test_kombu_refuses_a_broker_whose_ca_is_not_trusted(amqps_url, tmp_path, mon
         with pytest.raises(OperationalError, match="CERTIFICATE_VERIFY_FAILED"):
             connection.ensure_connection(max_retries=1)
     assert proxy.handshakes == 0
+
+
+def test_worker_app_checks_the_broker_host_name_over_amqps(amqps_url, pki, monkeypatch):
+    """The notification app's own broker settings verify the host name, which py-amqp skips by default."""
+    from notification_service.app_factory import create_app
+    from notification_service.config import Settings
+
+    url, proxy = amqps_url
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki / "ca.pem"))
+    good = create_app(Settings(amqp_url=url))
+    with good.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1)
+    by_ip = create_app(Settings(amqp_url=url.replace("@localhost:", "@127.0.0.1:")))
+    with by_ip.connection_for_write() as connection:
+        with pytest.raises(OperationalError, match="CERTIFICATE_VERIFY_FAILED|match"):
+            connection.ensure_connection(max_retries=1)
