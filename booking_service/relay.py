@@ -41,8 +41,20 @@ log = structlog.get_logger(__name__)
 #: Hard and soft time limits the dispatch task runs under ([hard, soft] on the wire).
 DISPATCH_TIME_LIMIT = 120
 DISPATCH_SOFT_TIME_LIMIT = 100
-#: How long an unroutable row waits before it is tried again.
-UNROUTABLE_RETRY = timedelta(seconds=30)
+#: First wait before an unroutable or nacked row is tried again; doubles per attempt.
+RETRY_BASE = timedelta(seconds=30)
+#: Longest wait between two attempts of one row.
+RETRY_CEILING = timedelta(hours=1)
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """Exponential backoff with jitter for a row the broker refused ``attempts`` times.
+
+    Jitter spreads rows refused together (a missing binding refuses them all)
+    over time, so they do not come back as one burst.
+    """
+    ceiling = min(RETRY_BASE * 2 ** min(max(attempts - 1, 0), 16), RETRY_CEILING)
+    return ceiling * random.uniform(0.5, 1.0)
 
 
 @dataclass
@@ -155,12 +167,13 @@ class Relay:
                         mandatory=True,
                     )
                 except pika.exceptions.UnroutableError:
-                    row.available_at = utcnow() + UNROUTABLE_RETRY
+                    row.available_at = utcnow() + retry_delay(row.attempts)
                     row.last_error = "unroutable: no queue bound for notifications.dispatch"
                     metrics.publish_failures().labels("unroutable").inc()
                     log.error("outbox_unroutable", notification_id=row.notification_id)
                     continue
                 except pika.exceptions.NackError:
+                    row.available_at = utcnow() + retry_delay(row.attempts)
                     row.last_error = "nacked by the broker"
                     metrics.publish_failures().labels("nack").inc()
                     log.error("outbox_nacked", notification_id=row.notification_id)
