@@ -229,7 +229,8 @@ class Worker:
         self.process = subprocess.Popen(
             [str(CELERY), "-A", "notification_service.celery_app", "worker", "-P", "threads",
              "-c", str(self.concurrency), "-Q", ",".join(shared.WORK_QUEUES), "--without-gossip",
-             "--without-mingle", "--without-heartbeat", "-n", f"test-{uuid.uuid4().hex[:6]}@%h", "-l", "INFO"],
+             "--without-mingle", "--events", "-n", f"test-{uuid.uuid4().hex[:6]}@%h",
+             "-l", "INFO"],  # --events as in the Procfile, compose and the image
             env=self.env, cwd=self.tmp, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         wait_for(self.consuming, timeout=60, interval=0.2, what="worker consuming")

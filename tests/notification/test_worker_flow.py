@@ -240,6 +240,35 @@ def test_expired_reminder_is_acked_and_recorded_not_dead_lettered(worker, fake_p
     assert payload["notification_id"] not in {m["message_id"] for m in worker.dlq()}
 
 
+def test_task_events_reach_an_event_receiver_like_flower_without_personal_data(worker):
+    import threading
+
+    from celery import Celery
+
+    events: list[dict] = []
+    app = Celery(broker=worker.url, set_as_current=False)
+    with app.connection_for_read() as connection:
+        receiver = app.events.Receiver(connection, handlers={"*": events.append})
+        thread = threading.Thread(target=receiver.capture, kwargs={"limit": None, "timeout": None, "wakeup": False},
+                                  daemon=True)
+        thread.start()
+        try:
+            # the worker's heartbeat shows the receiver is bound (Flower lists workers from these)
+            wait_for(lambda: any(e["type"] == "worker-heartbeat" for e in events), what="worker heartbeat event")
+            payload = notification(tokens=())
+            publish(worker.url, dispatch_message(payload))
+            ids = {payload["notification_id"], delivery_id(payload["notification_id"], "email", "ada@example.org")}
+            wait_for(lambda: ids <= {e.get("uuid") for e in events if e["type"] == "task-succeeded"},
+                     what="task-succeeded events")
+        finally:
+            receiver.should_stop = True
+            thread.join(10)
+    received = [e for e in events if e["type"] == "task-received" and e.get("uuid") in ids]
+    assert {e["name"] for e in received} == {shared.DISPATCH_TASK, shared.EMAIL_TASK}
+    # Flower shows args/kwargs from argsrepr/kwargsrepr: ids only, never the address
+    assert all("ada@example.org" not in json.dumps(e) for e in events)
+
+
 def test_metrics_count_tasks_retries_dead_letters_and_latency(worker):
     import requests
 
