@@ -1,6 +1,7 @@
 """Benchmark: raw broker rate vs dispatch → e-mail (file sink) through real workers.
 
 Usage: .venv/bin/python benchmarks/bench_notification.py [N]
+       BENCH_CONCURRENCY=8 sets the worker's threads (-c)
        BENCH_NOTIFICATION_DATABASE_URL=postgresql+psycopg://... to put the delivery log on PostgreSQL
 Loopback only; creates and deletes its own vhost (needs the management API).
 """
@@ -54,8 +55,15 @@ def raw_rate(url: str, n: int) -> tuple[float, float]:
     return pub, cons
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    concurrency = os.environ.get("BENCH_CONCURRENCY", "8")
     vhost = f"bench-{uuid.uuid4().hex[:8]}"
     session = requests.Session()
     session.auth = ("guest", "guest")
@@ -75,7 +83,7 @@ def main() -> None:
         subprocess.run([str(bin_dir / "notification-service"), "migrate"], env=env, check=True, capture_output=True)
         log = open(tmp / "worker.log", "wb")
         worker = subprocess.Popen([str(bin_dir / "celery"), "-A", "notification_service.celery_app", "worker", "-P", "threads",
-                                   "-c", "8", "-Q", ",".join(shared.WORK_QUEUES), "--without-gossip", "--without-mingle"],
+                                   "-c", concurrency, "-Q", ",".join(shared.WORK_QUEUES), "--without-gossip", "--without-mingle"],
                                   env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
         conn = pika.BlockingConnection(pika.URLParameters(url))
         ch = conn.channel()
@@ -97,17 +105,21 @@ def main() -> None:
         publish(1)  # warm-up: the worker is up and connected before the clock starts
         wait_files(1)
         messages = [dispatch_message(notification(tokens=())) for _ in range(n)]
+        cpu_before = cpu_seconds(worker.pid)
         start = time.perf_counter()
         for m in messages:
             ch.basic_publish(shared.EXCHANGE, m.routing_key, m.body, pika.BasicProperties(headers=m.headers, **m.properties))
-        wait_files(n + 1)
         conn.close()
+        wait_files(n + 1)
         tasks = n / (time.perf_counter() - start)  # publish + dispatch + e-mail, worker already running
+        cpu_ms = (cpu_seconds(worker.pid) - cpu_before) * 1000 / n
         print(f"{'measure':<48}{'rate/s':>10}")
         print(f"{'raw pika publish, confirms, 400 B persistent':<48}{pub:>10.0f}")
         print(f"{'raw consume, manual ack, prefetch 1':<48}{cons:>10.0f}")
-        print(f"{'dispatch -> e-mail (file sink), threads -c 8':<48}{tasks:>10.1f}")
+        print(f"{f'dispatch -> e-mail (file sink), threads -c {concurrency}':<48}{tasks:>10.1f}")
         print(f"{'ratio notifications / raw consume':<48}{tasks / cons:>10.3f}")
+        print(f"{'worker CPU per notification (2 tasks), ms':<48}{cpu_ms:>10.1f}")
+        print(f"load average while measuring: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     finally:
         if worker:
             worker.terminate()
