@@ -134,15 +134,28 @@ class DeliveryLog:
         with self.sessions() as session:
             return session.get(Delivery, did)
 
-    def claim(self, did: str) -> Delivery | None:
-        """Mark the delivery ``sending`` and count the attempt; None when it was already sent (or final)."""
+    def claim(self, did: str, *, redelivered: bool = False) -> tuple[str, Delivery | None]:
+        """Take the delivery for one send attempt; returns ``(outcome, row)``.
+
+        * ``claimed``: the row is now ``sending`` and the attempt is counted: go and send;
+        * ``done``: already sent, stale or expired: never send again;
+        * ``in_flight``: another attempt holds it (``sending``) and this message is not a
+          broker redelivery, i.e. a duplicate task from a re-run dispatch: it must not send
+          in parallel (SMTP has no idempotency key). A *redelivered* message that finds
+          ``sending`` carries the attempt of a worker that died mid-send and takes over;
+        * ``missing``: the log has no such delivery.
+        """
         with self.sessions.begin() as session:
             row = session.get(Delivery, did, with_for_update=True)
-            if row is None or row.status in ("sent", "stale", "expired"):
-                return None
+            if row is None:
+                return "missing", None
+            if row.status in ("sent", "stale", "expired"):
+                return "done", row
+            if row.status == "sending" and not redelivered:
+                return "in_flight", row
             row.status = "sending"
             row.attempts = (row.attempts or 0) + 1
-            return row
+            return "claimed", row
 
     def mark(self, did: str, status: str, *, error: str | None = None, provider_message_id: str | None = None) -> None:
         with self.sessions.begin() as session:

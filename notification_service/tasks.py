@@ -118,11 +118,21 @@ def guarded(body):
                 raise dead_letter(self, f"unexpected error after {retries + 1} attempts: {exc!r}",
                                   did=kwargs.get("delivery_id")) from exc
             log.exception("unexpected error; retrying", retries=retries)
+            if kwargs.get("delivery_id"):
+                _release(settings, kwargs["delivery_id"], repr(exc))
             metrics.RETRIES.labels(self.name).inc()
             metrics.TASKS.labels(self.name, "retry").inc()
             raise self.retry(countdown=backoff(retries, settings), max_retries=settings.max_retries, exc=exc)
 
     return wrapper
+
+
+def _release(settings: Settings, did: str, error: str) -> None:
+    """Mark a delivery ``failed`` so that its retry (a fresh message) may claim it again."""
+    try:
+        delivery_log(settings.database_url).mark(did, "failed", error=error)
+    except Exception as exc:  # noqa: BLE001 - the database may be what failed; the retry still goes out
+        log.error("could not record the failed attempt", error=repr(exc))
 
 
 def _addresses(message: dict) -> list[tuple[str, str]]:
@@ -165,8 +175,10 @@ def dispatch(self, message=None, **_ignored):
     sent = 0
     for channel, address in _addresses(data):
         row = store.ensure(channel=channel, address=address, **common)
-        if row.status == "sent":
-            continue  # dispatch redelivered after a partial fan-out: never send twice
+        if row.status != "pending":
+            # A re-run dispatch (broker redelivery, relay resend): a delivery past `pending`
+            # already has its task (in flight, waiting for a retry, done, or dead-lettered).
+            continue
         ids = dict(delivery_id=row.delivery_id, correlation_id=cid, **common)
         if channel == shared.CHANNEL_EMAIL:
             task, kwargs = shared.EMAIL_TASK, dict(ids, to=address, subject=email_parts["subject"],
@@ -200,10 +212,12 @@ def _send(task, did: str, provider, content, booking_id=None, booking_version=No
             metrics.TASKS.labels(task.name, "stale").inc()
             log.info("stale delivery dropped", booking_version=booking_version)
             return "stale"
-    row = store.claim(did)
-    if row is None:
+    outcome, _row = store.claim(did, redelivered=bool((task.request.delivery_info or {}).get("redelivered")))
+    if outcome == "missing":
+        raise dead_letter(task, f"delivery {did} is not in the delivery log (log reset or wrong database?)")
+    if outcome != "claimed":
         metrics.TASKS.labels(task.name, "skipped").inc()
-        log.info("already sent or dropped; skipping")
+        log.info("not sending", reason="already sent or dropped" if outcome == "done" else "another attempt in flight")
         return "skipped"
     try:
         provider_id = provider.send(content)

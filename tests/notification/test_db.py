@@ -18,10 +18,18 @@ def test_migration_and_claim_once_semantics(database_url):
     row = log.ensure(notification_id=nid, channel="email", address="a@example.org", booking_version=1)
     assert row.delivery_id == delivery_id(nid, "email", "a@example.org")
     assert log.ensure(notification_id=nid, channel="email", address="a@example.org").delivery_id == row.delivery_id
-    assert log.claim(row.delivery_id).attempts == 1
-    assert log.claim(row.delivery_id).attempts == 2  # a crashed attempt is claimable again
+    outcome, claimed = log.claim(row.delivery_id)
+    assert (outcome, claimed.attempts) == ("claimed", 1)
+    # a duplicate task while the first attempt is in flight must not send in parallel ...
+    assert log.claim(row.delivery_id)[0] == "in_flight"
+    # ... but the broker's redelivery after the worker died takes the attempt over
+    outcome, claimed = log.claim(row.delivery_id, redelivered=True)
+    assert (outcome, claimed.attempts) == ("claimed", 2)
+    log.mark(row.delivery_id, "failed", error="503")
+    assert log.claim(row.delivery_id)[0] == "claimed"  # the retry of a failed attempt
     log.mark(row.delivery_id, "sent", provider_message_id="p-1")
-    assert log.claim(row.delivery_id) is None  # already sent: never again
+    assert log.claim(row.delivery_id, redelivered=True)[0] == "done"  # already sent: never again
+    assert log.claim(delivery_id(nid, "email", "b@example.org")) == ("missing", None)
     assert [r.status for r in log.for_notification(nid)] == ["sent"]
     with log.engine.connect() as conn:
         tables = set(sa.inspect(conn).get_table_names())

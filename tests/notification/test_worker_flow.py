@@ -156,6 +156,29 @@ def test_delivery_waiting_for_a_retry_is_dropped_once_the_booking_is_cancelled(w
     assert len(fake_push.for_token("tok-late")) == 1
 
 
+def test_dispatch_resent_while_a_send_is_in_flight_sends_once(worker, fake_push):
+    import threading
+
+    token = "tok-resend"
+    gate = fake_push.block[token] = threading.Event()
+    fake_push.arrived[token] = threading.Event()
+    payload = notification(tokens=(token,))
+    nid = payload["notification_id"]
+    publish(worker.url, dispatch_message(payload))
+    assert fake_push.arrived[token].wait(30), "push never reached the provider"
+    # the relay resends the same message (e.g. it died before recording the confirm)
+    publish(worker.url, dispatch_message(payload))
+    wait_for(lambda: worker.log_text().count(f"Task notifications.dispatch[{nid}] succeeded") == 2,
+             what="resent dispatch done")
+    wait_for(lambda: queue_depth(worker.url, shared.PUSH_QUEUE) == 0, what="push queue drained")
+    # three threads are idle: a duplicate push task would have reached the provider by now
+    assert len(fake_push.for_token(token)) == 1
+    gate.set()  # the held attempt ends without an answer (transient) and retries
+    wait_for(lambda: statuses(worker, nid).get("push") == "sent", what="push sent")
+    assert len(fake_push.for_token(token)) == 2
+    assert len(worker.email_for(nid)) == 1
+
+
 def test_task_with_arguments_that_do_not_fit_is_dead_lettered_at_once(worker):
     bad = shared.task_message(task=shared.EMAIL_TASK, task_id="p-badargs", routing_key=shared.EMAIL_QUEUE,
                               kwargs={"unexpected": 1}, priority=5)
