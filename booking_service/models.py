@@ -84,6 +84,8 @@ class OutboxMessage(Base):
     status: Mapped[str] = mapped_column(sa.String(20), nullable=False, default="pending")
     available_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Set while a relay is publishing the row; another relay leaves it alone until then.
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     attempts: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
     last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)

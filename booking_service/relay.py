@@ -10,9 +10,12 @@ Wake-up is a short poll (``BOOKING_RELAY_POLL_SECONDS``, 0.1 s by default):
 while idle the relay sleeps inside ``connection.sleep``, which keeps serving
 heartbeats, so an idle connection is never dropped by the broker.
 
-On PostgreSQL rows are claimed ``FOR UPDATE SKIP LOCKED``, so several relays
-can run at once and each row is published by one of them; on SQLite every
-write transaction is serialised, so the same holds.
+A batch is claimed in one short transaction that leases its rows
+(``locked_until``), published outside any transaction, and its outcomes
+recorded in a second short one; no database lock is held while waiting for
+the broker. On PostgreSQL the claim reads ``FOR UPDATE SKIP LOCKED`` and on
+SQLite claims are serialised (``BEGIN IMMEDIATE``), so several relays can run
+at once and each row is published by one of them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import random
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -28,7 +32,7 @@ import pika.exceptions
 import sqlalchemy as sa
 import structlog
 from marshmallow import ValidationError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 import shared
 from shared.amqp_url import for_pika
@@ -41,6 +45,10 @@ log = structlog.get_logger(__name__)
 #: Hard and soft time limits the dispatch task runs under ([hard, soft] on the wire).
 DISPATCH_TIME_LIMIT = 120
 DISPATCH_SOFT_TIME_LIMIT = 100
+#: How long a claimed row belongs to the relay that claimed it. A relay that
+#: dies mid-batch leaves its rows to the others (or to itself after a restart)
+#: once this passes; a live one gives unsent rows back after half of it.
+CLAIM_LEASE = timedelta(seconds=120)
 #: First wait before an unroutable or nacked row is tried again; doubles per attempt.
 RETRY_BASE = timedelta(seconds=30)
 #: Longest wait between two attempts of one row.
@@ -120,34 +128,39 @@ class Relay:
                 log.warning("relay_close_failed", error=repr(exc))
 
     def _sleep(self, seconds: float) -> None:
-        if self.connection is not None and self.connection.is_open:
-            self.connection.sleep(seconds)  # serves heartbeats while waiting
-        else:
-            self.stopping.wait(seconds)
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            if self.connection is not None and self.connection.is_open:
+                self.connection.sleep(min(left, 0.5))  # serves heartbeats while waiting; wakes for SIGTERM
+            else:
+                self.stopping.wait(left)
 
     # Work -----------------------------------------------------------------------
-    def _claim(self, session: Session) -> list[OutboxMessage]:
-        query = (
-            sa.select(OutboxMessage)
-            .where(OutboxMessage.status == "pending", OutboxMessage.available_at <= utcnow())
-            .order_by(OutboxMessage.priority.desc(), OutboxMessage.available_at, OutboxMessage.id)
-            .limit(self.batch_size)
-        )
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        return list(session.execute(query).scalars())
+    def _claim(self) -> list[tuple[OutboxMessage, shared.TaskMessage]]:
+        """Lease a batch of due rows in one short transaction; settle the ones that must never be sent.
 
-    def publish_due(self) -> int:
-        """Publish one batch of due rows; returns how many were confirmed.
-
-        Raises pika connection errors; rows confirmed before the error are
-        committed as published, the rest stay pending.
+        The lease (``locked_until``) is what keeps a second relay off these rows
+        while this one publishes them outside any transaction, so no database
+        lock is held across network waits: on SQLite a stalled broker would
+        otherwise hold the one write lock and stall every booking.
         """
-        published = 0
+        now = utcnow()
+        claimed = []
         with self.session_factory() as session, session.begin():
-            rows = self._claim(session)
-            for row in rows:
-                if row.expires_at is not None and row.expires_at <= utcnow():
+            query = (
+                sa.select(OutboxMessage)
+                .where(
+                    OutboxMessage.status == "pending",
+                    OutboxMessage.available_at <= now,
+                    sa.or_(OutboxMessage.locked_until.is_(None), OutboxMessage.locked_until <= now),
+                )
+                .order_by(OutboxMessage.priority.desc(), OutboxMessage.available_at, OutboxMessage.id)
+                .limit(self.batch_size)
+            )
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)  # a second relay takes the next rows
+            for row in session.execute(query).scalars():
+                if row.expires_at is not None and row.expires_at <= now:
                     row.status, row.last_error = "expired", "due after the booking started; not sent"
                     continue
                 try:
@@ -158,6 +171,41 @@ class Relay:
                     log.error("outbox_row_invalid", notification_id=row.notification_id, errors=exc.messages)
                     continue
                 row.attempts += 1
+                row.locked_until = now + CLAIM_LEASE
+                claimed.append((row, message))
+        return claimed
+
+    def _record(self, outcomes: list[tuple[OutboxMessage, str]]) -> None:
+        """Write what the broker said about each leased row, and drop the leases."""
+        now = utcnow()
+        with self.session_factory() as session, session.begin():
+            for row, outcome in outcomes:
+                where = OutboxMessage.id == row.id
+                if outcome == "published":
+                    # Recorded even if the row was superseded meanwhile: it did go out.
+                    values = {"status": "published", "published_at": now, "last_error": None}
+                elif outcome == "release":
+                    values = {}
+                    where = sa.and_(where, OutboxMessage.status == "pending")
+                else:
+                    values = {"available_at": now + retry_delay(row.attempts), "last_error": outcome}
+                    where = sa.and_(where, OutboxMessage.status == "pending")
+                session.execute(sa.update(OutboxMessage).where(where).values(locked_until=None, **values))
+
+    def publish_due(self) -> int:
+        """Publish one batch of due rows; returns how many were confirmed.
+
+        Raises pika connection errors; rows confirmed before the error are
+        recorded as published, the rest are released to be tried again.
+        """
+        claimed = self._claim()
+        outcomes: list[tuple[OutboxMessage, str]] = []
+        deadline = time.monotonic() + CLAIM_LEASE.total_seconds() / 2
+        try:
+            for index, (row, message) in enumerate(claimed):
+                if time.monotonic() > deadline:  # a slow broker: give the rest back well before the lease ends
+                    outcomes += [(r, "release") for r, _m in claimed[index:]]
+                    break
                 try:
                     self.channel.basic_publish(
                         shared.EXCHANGE,
@@ -167,26 +215,28 @@ class Relay:
                         mandatory=True,
                     )
                 except pika.exceptions.UnroutableError:
-                    row.available_at = utcnow() + retry_delay(row.attempts)
-                    row.last_error = "unroutable: no queue bound for notifications.dispatch"
+                    outcomes.append((row, "unroutable: no queue bound for notifications.dispatch"))
                     metrics.publish_failures().labels("unroutable").inc()
                     log.error("outbox_unroutable", notification_id=row.notification_id)
                     continue
                 except pika.exceptions.NackError:
-                    row.available_at = utcnow() + retry_delay(row.attempts)
-                    row.last_error = "nacked by the broker"
+                    outcomes.append((row, "nacked by the broker"))
                     metrics.publish_failures().labels("nack").inc()
                     log.error("outbox_nacked", notification_id=row.notification_id)
                     continue
                 except (pika.exceptions.AMQPError, OSError):
-                    row.attempts -= 1  # not an attempt the broker saw; the row stays pending
-                    session.commit()  # keep what was confirmed before the connection broke
+                    # This row may or may not have reached the broker; it is sent again
+                    # after the reconnect (at-least-once; notification_id is the dedupe key).
+                    outcomes += [(r, "release") for r, _m in claimed[index:]]
                     raise
-                row.status, row.published_at, row.last_error = "published", utcnow(), None
-                published += 1
+                outcomes.append((row, "published"))
                 metrics.published().labels(row.event).inc()
                 log.info("outbox_published", notification_id=row.notification_id, booking_event=row.event,
                          correlation_id=row.correlation_id)
+        finally:
+            if outcomes:
+                self._record(outcomes)
+        published = sum(1 for _r, outcome in outcomes if outcome == "published")
         self.stats.published += published
         return published
 
@@ -206,11 +256,24 @@ class Relay:
                 self.stats.failed += 1
                 metrics.publish_failures().labels("broker_unavailable").inc()
                 self._disconnect()
-                delay = random.uniform(0, min(self.max_backoff, 0.5 * 2 ** min(failures, 10)))
+                delay = self._backoff(failures)
                 log.warning("relay_broker_unavailable", error=repr(exc), retry_in=round(delay, 2))
                 self.stopping.wait(delay)
+            except sa.exc.DBAPIError as exc:
+                # The database is away: nothing can be claimed or recorded. Rows
+                # published but not recorded go out again after their lease.
+                failures += 1
+                self.stats.failed += 1
+                metrics.publish_failures().labels("database_unavailable").inc()
+                delay = self._backoff(failures)
+                log.warning("relay_database_unavailable", error=type(exc).__name__, retry_in=round(delay, 2))
+                self._sleep(delay)
         self._disconnect()
         log.info("relay_stopped", published=self.stats.published)
+
+    def _backoff(self, failures: int) -> float:
+        """Full-jitter exponential backoff, capped at ``max_backoff``."""
+        return random.uniform(0, min(self.max_backoff, 0.5 * 2 ** min(failures, 10)))
 
     def stop(self, *_args) -> None:
         self.stopping.set()

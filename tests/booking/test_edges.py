@@ -134,3 +134,26 @@ def test_retry_delay_grows_and_is_capped():
     assert timedelta(seconds=15) <= retry_delay(1) <= timedelta(seconds=30)
     assert timedelta(seconds=60) <= retry_delay(3) <= timedelta(seconds=120)
     assert retry_delay(10_000) <= timedelta(hours=1)
+
+
+def test_relay_keeps_going_while_the_database_is_away_and_stops_on_request(bound_queue):
+    import threading
+
+    from booking_service.db import make_engine, make_session_factory
+
+    url, _channel, _queue = bound_queue
+    engine = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{closed_port()}/nowhere")
+    relay = Relay(make_session_factory(engine), url, poll_seconds=0.01, max_backoff=0.05)
+    thread = threading.Thread(target=relay.run, daemon=True)
+    thread.start()
+    try:
+        deadline = datetime.now(timezone.utc) + timedelta(seconds=20)
+        while relay.stats.failed < 3 and datetime.now(timezone.utc) < deadline:
+            thread.join(0.05)
+        assert relay.stats.failed >= 3 and thread.is_alive()
+        assert relay.connection is not None and relay.connection.is_open  # the broker side stayed up
+    finally:
+        relay.stop()
+        thread.join(10)
+        engine.dispose()
+    assert not thread.is_alive()

@@ -42,13 +42,21 @@ def test_metrics_aggregate_all_gunicorn_workers(settings, tmp_path):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+        # A half-sent request keeps the sync worker that accepted it busy (the
+        # listen queue is FIFO, so it is accepted first), so the next calls are
+        # served by other workers: at least two processes count requests.
+        held = socket.create_connection(("127.0.0.1", port), timeout=10)
+        head = f"GET /v1/bookings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+        held.sendall(head.encode())
         for _ in range(30):
-            # A new connection each time, so gunicorn spreads the calls over its workers.
             assert requests.get(base + "/v1/bookings", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5).ok
+        held.sendall(b"Connection: close\r\n\r\n")
+        assert held.makefile("rb").readline().split()[1] == b"200"
+        held.close()
         for _ in range(6):
             text = requests.get(base + "/metrics", timeout=5).text
             match = re.search(r'booking_http_requests_total\{method="GET",route="/v1/bookings",status="200"\} (\S+)', text)
-            assert match and float(match.group(1)) == 30.0
+            assert match and float(match.group(1)) == 31.0
         pids = {p.name for p in prom_dir.iterdir()}
         assert len({name.rsplit("_", 1)[-1] for name in pids}) >= 2, "several worker processes wrote metrics"
     finally:

@@ -109,6 +109,8 @@ class CuttableProxy:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.up = threading.Event()
+        self.flowing = threading.Event()  # cleared: bytes are held, like a stalled broker
+        self.flowing.set()
         self.sockets: list[socket.socket] = []
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -128,10 +130,10 @@ class CuttableProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src, dst):
+    def _pipe(self, src, dst):
         try:
             while data := src.recv(65536):
+                self.flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass  # the other direction closed the pair; nothing left to forward
@@ -155,7 +157,14 @@ class CuttableProxy:
     def restore(self):
         self.up.set()
 
+    def freeze(self):
+        self.flowing.clear()
+
+    def thaw(self):
+        self.flowing.set()
+
     def close(self):
+        self.thaw()
         self.cut()
         self.server.close()
 
@@ -191,6 +200,50 @@ def test_bookings_succeed_while_broker_is_away_and_are_published_once_when_it_re
     assert len(ids) == 6 and len(set(ids)) == 6
     confirmed = {k for k, v in statuses(session_factory).items() if v == "published"}
     assert confirmed == set(ids)
+
+
+def proxied_url(url: str, proxy: CuttableProxy) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}",
+                                    parts.path, "", ""))
+
+
+def test_a_stalled_broker_never_holds_up_bookings(client, session_factory, bound_queue):
+    """The relay waits for the broker's confirm outside any transaction: a booking
+    made meanwhile commits at once (on SQLite a held write lock would stall it)."""
+    url, channel, queue = bound_queue
+    parts = urllib.parse.urlsplit(url)
+    proxy = CuttableProxy(parts.hostname, parts.port or 5672)
+    proxy.restore()
+    relay = Relay(session_factory, proxied_url(url, proxy))
+    relay._connect()
+    assert client.post("/v1/bookings", json=booking_body(), headers=AUTH).status_code == 201
+    results: list[int] = []
+    publishing = threading.Thread(target=lambda: results.append(relay.publish_due()), daemon=True)
+    try:
+        proxy.freeze()
+        publishing.start()
+
+        def leased():
+            with session_factory() as s:
+                return s.execute(sa.select(OutboxMessage.locked_until).where(
+                    OutboxMessage.event == "booking.confirmed")).scalar_one() is not None
+
+        wait_for(leased)  # the relay is now waiting for the broker
+        during = client.post("/v1/bookings", json=booking_body(), headers=AUTH)
+        assert during.status_code == 201
+        assert publishing.is_alive(), "the booking committed while the publish was still unconfirmed"
+    finally:
+        proxy.thaw()
+        publishing.join(30)
+        relay._disconnect()
+        proxy.close()
+    assert results == [1]
+    assert len(drain(channel, queue)) == 1
+    with session_factory() as s:
+        rows = s.execute(sa.select(OutboxMessage).where(OutboxMessage.event == "booking.confirmed")
+                         .order_by(OutboxMessage.id)).scalars().all()
+    assert [(r.status, r.locked_until) for r in rows] == [("published", None), ("pending", None)]
 
 
 seen: list[bytes] = []
