@@ -139,7 +139,8 @@ class FileEmailProvider:
 
     def send(self, content: EmailContent) -> str:
         message = build_email(content, self.sender)
-        _atomic_write(self.directory, f"{content.delivery_id}.eml", message.as_bytes())
+        with metrics.PROVIDER_LATENCY.labels("email_file").time():
+            _atomic_write(self.directory, f"{content.delivery_id}.eml", message.as_bytes())
         return message["Message-ID"]
 
 
@@ -197,7 +198,8 @@ class FilePushProvider:
     def send(self, content: PushContent) -> str:
         document = fcm_payload(content)
         data = json.dumps(document, sort_keys=True, indent=2).encode("utf-8")
-        _atomic_write(self.directory, f"{content.delivery_id}.json", data)
+        with metrics.PROVIDER_LATENCY.labels("push_file").time():
+            _atomic_write(self.directory, f"{content.delivery_id}.json", data)
         return content.delivery_id
 
 

@@ -48,3 +48,16 @@ def test_booking_versions_older_than_a_cancellation_are_stale(database_url):
     log.record_dead_letter(message_id="m-1", queue="q", task="t", reason="why")
     assert log.dead_letter_reasons() == {"m-1": "why"}
     log.engine.dispose()
+
+
+def test_migration_matches_the_models(database_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from notification_service.db import Base
+
+    upgrade(database_url)
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    engine.dispose()

@@ -300,6 +300,7 @@ def test_metrics_count_tasks_retries_dead_letters_and_latency(worker):
     assert 'notification_task_retries_total{task="notifications.push.send"}' in text
     assert 'notification_dead_letters_total{kind="poison",queue="notifications.dispatch"}' in text
     assert 'notification_provider_seconds_count{provider="push_http"}' in text
+    assert 'notification_provider_seconds_count{provider="email_file"}' in text
 
 
 def test_zz_worker_log_shows_no_unexpected_task_error(worker):
