@@ -208,15 +208,18 @@ class DeliveryLog:
         with self.sessions() as session:
             return _older_than_cancellation(session.get(BookingState, str(booking_id)), int(version))
 
-    def mark_stale(self, did: str) -> bool:
-        """Record an unsent delivery as ``stale``; False when it was already sent (or is unknown)."""
+    def drop(self, did: str, status: str, reason: str) -> bool:
+        """Record an unsent delivery as dropped (``stale`` or ``expired``).
+
+        False when it was already sent (or is unknown): then nothing changes.
+        """
         with self.sessions.begin() as session:
             row = session.get(Delivery, did, with_for_update=True)
             if row is None or row.status == "sent":
                 return False
-            if row.status != "stale":
-                row.status = "stale"
-                row.last_error = "older than a processed cancellation"
+            if row.status not in ("stale", "expired"):
+                row.status = status
+                row.last_error = reason
             return True
 
     # -- dead letters ----------------------------------------------------------

@@ -10,7 +10,9 @@ Failure policy (DESIGN.md "Worker semantics"):
 
 Expired reminders: Celery itself drops a message whose ``expires`` has passed
 (it acks it and sends ``task_revoked``); ``record_expired`` below stores that as
-status ``expired`` in the delivery log. Not a dead letter: nothing to repair.
+status ``expired`` in the delivery log. The fan-out carries the expiry to the send
+tasks, which drop (and record) a send that waited for retries past it. Not a dead
+letter: nothing to repair.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import functools
 import inspect
 import random
+from datetime import datetime, timezone
 
 import structlog
 from celery import shared_task, signals
@@ -35,6 +38,10 @@ from .providers import EmailContent, PushContent, email_provider, push_provider
 from .templates import render
 
 log = structlog.get_logger("notification_service.tasks")
+#: ``last_error`` of deliveries dropped because a newer cancellation was processed.
+STALE = "older than a processed cancellation"
+#: ``last_error`` of deliveries dropped because their message expired (a reminder after the start).
+EXPIRED = "expired before it was sent"
 
 
 def settings_of(task) -> Settings:
@@ -135,6 +142,16 @@ def _release(settings: Settings, did: str, error: str) -> None:
         log.error("could not record the failed attempt", error=repr(exc))
 
 
+def _is_past(iso_timestamp: str) -> bool:
+    try:
+        moment = datetime.fromisoformat(iso_timestamp)
+    except ValueError:
+        return False  # unreadable: send rather than drop a notification
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment <= datetime.now(timezone.utc)
+
+
 def _addresses(message: dict) -> list[tuple[str, str]]:
     recipient = message["recipient"]
     pairs = [(shared.CHANNEL_EMAIL, recipient["email"])]
@@ -162,7 +179,7 @@ def dispatch(self, message=None, **_ignored):
                   booking_version=booking["version"], event=event)
     if store.observe_booking(str(booking["id"]), booking["version"], cancelled):
         for channel, address in _addresses(data):
-            store.mark_stale(store.ensure(channel=channel, address=address, **common).delivery_id)
+            store.drop(store.ensure(channel=channel, address=address, **common).delivery_id, "stale", STALE)
         metrics.TASKS.labels(self.name, "stale").inc()
         log.info("stale notification dropped", booking_version=booking["version"])
         return "stale"
@@ -180,6 +197,10 @@ def dispatch(self, message=None, **_ignored):
             # already has its task (in flight, waiting for a retry, done, or dead-lettered).
             continue
         ids = dict(delivery_id=row.delivery_id, correlation_id=cid, **common)
+        if self.request.expires:
+            # Carried as an argument, not as Celery's `expires`: that would also set an AMQP TTL,
+            # and RabbitMQ would dead-letter an expired reminder instead of it being recorded.
+            ids["expires_at"] = str(self.request.expires)
         if channel == shared.CHANNEL_EMAIL:
             task, kwargs = shared.EMAIL_TASK, dict(ids, to=address, subject=email_parts["subject"],
                                                      text=email_parts["txt"], html=email_parts["html"])
@@ -201,14 +222,19 @@ def dispatch(self, message=None, **_ignored):
     return sent
 
 
-def _send(task, did: str, provider, content, booking_id=None, booking_version=None) -> str:
+def _send(task, did: str, provider, content, booking_id=None, booking_version=None, expires_at=None) -> str:
     settings = settings_of(task)
     store = delivery_log(settings.database_url)
     structlog.contextvars.bind_contextvars(delivery_id=did)
+    if expires_at and _is_past(expires_at) and store.drop(did, "expired", EXPIRED):
+        # e.g. a reminder whose send waited for retries until after the booking started
+        metrics.TASKS.labels(task.name, "expired").inc()
+        log.info("expired delivery dropped")
+        return "expired"
     if booking_id and booking_version and store.is_stale(booking_id, booking_version):
         # Fanned out before the cancellation was processed (e.g. waiting for a retry):
         # the customer must not get "confirmed" after "cancelled".
-        if store.mark_stale(did):
+        if store.drop(did, "stale", STALE):
             metrics.TASKS.labels(task.name, "stale").inc()
             log.info("stale delivery dropped", booking_version=booking_version)
             return "stale"
@@ -242,7 +268,7 @@ def _send(task, did: str, provider, content, booking_id=None, booking_version=No
 @shared_task(bind=True, name=shared.EMAIL_TASK, acks_late=True)
 @guarded
 def send_email(self, *, delivery_id, notification_id, to, subject, text, html, correlation_id=None,
-               booking_id=None, booking_version=None, event=None, **_ignored):
+               booking_id=None, booking_version=None, event=None, expires_at=None, **_ignored):
     headers = {
         "X-Notification-Id": notification_id,
         "X-Notification-Event": event or "",
@@ -251,16 +277,16 @@ def send_email(self, *, delivery_id, notification_id, to, subject, text, html, c
         "X-Correlation-Id": correlation_id or "",
     }
     content = EmailContent(delivery_id=delivery_id, to=to, subject=subject, text=text, html=html, headers=headers)
-    return _send(self, delivery_id, email_provider(settings_of(self)), content, booking_id, booking_version)
+    return _send(self, delivery_id, email_provider(settings_of(self)), content, booking_id, booking_version, expires_at)
 
 
 @shared_task(bind=True, name=shared.PUSH_TASK, acks_late=True)
 @guarded
 def send_push(self, *, delivery_id, notification_id, token, title, body, correlation_id=None,
-              booking_id=None, booking_version=None, event=None, **_ignored):
+              booking_id=None, booking_version=None, event=None, expires_at=None, **_ignored):
     data = {"notification_id": notification_id, "event": event or "", "booking_id": booking_id or ""}
     content = PushContent(delivery_id=delivery_id, token=token, title=title, body=body, data=data)
-    return _send(self, delivery_id, push_provider(settings_of(self)), content, booking_id, booking_version)
+    return _send(self, delivery_id, push_provider(settings_of(self)), content, booking_id, booking_version, expires_at)
 
 
 @signals.task_revoked.connect
@@ -281,10 +307,9 @@ def record_expired(request=None, expired=False, sender=None, **_kwargs) -> None:
         for channel, address in _addresses(data):
             row = store.ensure(channel=channel, address=address, notification_id=str(data["notification_id"]),
                                booking_id=str(data["booking"]["id"]), booking_version=data["booking"]["version"],
-                               event=data["event"].value, status="expired")
-            if row.status != "sent":
-                store.mark(row.delivery_id, "expired", error="expired before it was processed")
+                               event=data["event"].value)
+            store.drop(row.delivery_id, "expired", EXPIRED)
     elif kwargs.get("delivery_id"):
-        store.mark(kwargs["delivery_id"], "expired", error="expired before it was processed")
+        store.drop(kwargs["delivery_id"], "expired", EXPIRED)
     metrics.TASKS.labels(name or "", "expired").inc()
     log.info("expired message dropped", task_id=request.id)

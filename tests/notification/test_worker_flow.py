@@ -292,6 +292,18 @@ def test_task_events_reach_an_event_receiver_like_flower_without_personal_data(w
     assert all("ada@example.org" not in json.dumps(e) for e in events)
 
 
+def test_reminder_push_retried_past_its_expiry_is_dropped_and_recorded(worker, fake_push):
+    from datetime import datetime, timedelta, timezone
+
+    fake_push.script["tok-expiring"] = [(503, {"Retry-After": "5"})]
+    payload = notification(event="booking.reminder", tokens=("tok-expiring",))
+    nid = payload["notification_id"]
+    publish(worker.url, dispatch_message(payload, expires=datetime.now(timezone.utc) + timedelta(seconds=3)))
+    wait_for(lambda: statuses(worker, nid) == {"email": "sent", "push": "expired"}, what="push expired")
+    assert len(fake_push.for_token("tok-expiring")) == 1
+    assert delivery_id(nid, "push", "tok-expiring") not in {m["message_id"] for m in worker.dlq()}
+
+
 def test_metrics_count_tasks_retries_dead_letters_and_latency(worker):
     import requests
 
