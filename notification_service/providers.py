@@ -107,7 +107,9 @@ def build_email(content: EmailContent, sender: str) -> EmailMessage:
     return message
 
 
-def _http_post(url: str, *, token: str, key: str, payload: dict, timeout: float, kind: str) -> str:
+def _http_post(url: str, *, token: str, key: str, payload: dict, timeout: float, kind: str, personal: str) -> str:
+    """POST ``payload``; ``personal`` (the address or push token) is scrubbed from error texts,
+    which end up in logs and the dead-letter reason."""
     headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -122,7 +124,8 @@ def _http_post(url: str, *, token: str, key: str, payload: dict, timeout: float,
         raise TransientError(f"{kind} provider answered {response.status_code}",
                              retry_after=parse_retry_after(response.headers.get("Retry-After")))
     if response.status_code >= 400:
-        raise PermanentError(f"{kind} provider answered {response.status_code}: {response.text[:200]}")
+        detail = (response.text.replace(personal, "<recipient>") if personal else response.text)[:200]
+        raise PermanentError(f"{kind} provider answered {response.status_code}: {detail}")
     try:
         body = response.json()
     except ValueError:
@@ -187,7 +190,7 @@ class HttpEmailProvider:
         s = self.settings
         payload = {"from": s.email_from, "to": content.to, "subject": content.subject, "text": content.text,
                    "html": content.html, "headers": content.headers}
-        return _http_post(s.email_http_url, token=s.email_http_token, key=content.delivery_id,
+        return _http_post(s.email_http_url, token=s.email_http_token, key=content.delivery_id, personal=content.to,
                           payload=payload, timeout=s.http_timeout, kind="email_http")
 
 
@@ -215,7 +218,7 @@ class HttpPushProvider:
 
     def send(self, content: PushContent) -> str:
         s = self.settings
-        return _http_post(s.push_http_url, token=s.push_http_token, key=content.delivery_id,
+        return _http_post(s.push_http_url, token=s.push_http_token, key=content.delivery_id, personal=content.token,
                           payload=fcm_payload(content), timeout=s.http_timeout, kind="push_http")
 
 

@@ -69,6 +69,14 @@ def test_http_permanent_statuses(status):
 
 
 @responses.activate
+def test_http_error_text_never_carries_the_recipient():
+    responses.post(PUSH_URL, status=400, json={"error": {"message": "token tok is not registered"}})
+    with pytest.raises(PermanentError) as info:
+        HttpPushProvider(settings()).send(PushContent(delivery_id="d-9", token="tok", title="T", body="B"))
+    assert "tok " not in str(info.value) and "<recipient>" in str(info.value)
+
+
+@responses.activate
 def test_http_connection_error_and_timeout_are_transient():
     responses.post(PUSH_URL, body=requests.ConnectionError("refused"))
     responses.post(EMAIL_URL, body=requests.Timeout("slow"))
