@@ -27,7 +27,7 @@ class Settings:
     log_level: str = "INFO"
     #: Relay: how long it sleeps when the outbox has nothing due (short poll).
     relay_poll_seconds: float = 0.1
-    #: Relay: rows claimed per transaction.
+    #: Relay: rows leased per batch (one short claim transaction, then published outside it).
     relay_batch_size: int = 50
     #: Relay: ceiling of the reconnect backoff.
     relay_max_backoff_seconds: float = 30.0
