@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import socketserver
+import ssl
+import subprocess
+import sys
 import threading
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -22,6 +26,8 @@ from notification_service.providers import (
     parse_retry_after,
 )
 from notification_service.templates import locale_chain, render
+
+from .conftest import wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PUSH_URL = "https://push.invalid/v1/projects/p/messages:send"
@@ -120,44 +126,83 @@ def test_file_sink_overwrites_same_delivery(tmp_path):
 
 
 class _SmtpHandler(socketserver.StreamRequestHandler):
+    """A tiny ESMTP server: EHLO, STARTTLS (when the server has a TLS context), AUTH, MAIL/RCPT/DATA."""
+
     def handle(self):
-        out = self.wfile
-        out.write(b"220 fake ESMTP\r\n")
+        tls = self.server.tls
+        self.wfile.write(b"220 fake ESMTP\r\n")
         data_mode, lines = False, []
-        for raw in self.rfile:
+        while True:
+            raw = self.rfile.readline()
+            if not raw:
+                return
             line = raw.decode().rstrip("\r\n")
             if data_mode:
                 if line == ".":
                     data_mode = False
                     self.server.messages.append("\n".join(lines))
-                    out.write(b"250 queued\r\n")
+                    self.wfile.write(b"250 queued\r\n")
                 else:
                     lines.append(line)
                 continue
             verb = line.split(" ")[0].upper()
             if verb == "EHLO":
-                out.write(b"250-fake\r\n250 AUTH PLAIN LOGIN\r\n")
+                starttls = b"250-STARTTLS\r\n" if tls and not isinstance(self.connection, ssl.SSLSocket) else b""
+                self.wfile.write(b"250-fake\r\n" + starttls + b"250 AUTH PLAIN LOGIN\r\n")
+            elif verb == "STARTTLS":
+                self.wfile.write(b"220 go ahead\r\n")
+                self.connection = tls.wrap_socket(self.connection, server_side=True)
+                self.rfile = self.connection.makefile("rb")
+                self.wfile = socketserver._SocketWriter(self.connection)
             elif verb == "AUTH":
-                self.server.auth.append(line)
-                out.write(b"235 ok\r\n")
+                self.server.auth.append((line, isinstance(self.connection, ssl.SSLSocket)))
+                self.wfile.write(b"235 ok\r\n")
             elif verb == "RCPT" and "reject" in line:
-                out.write(b"550 no such user\r\n")
+                self.wfile.write(b"550 no such user\r\n")
             elif verb == "DATA":
                 data_mode = True
-                out.write(b"354 go\r\n")
+                self.wfile.write(b"354 go\r\n")
             elif verb == "QUIT":
-                out.write(b"221 bye\r\n")
+                self.wfile.write(b"221 bye\r\n")
                 return
             else:
-                out.write(b"250 ok\r\n")
+                self.wfile.write(b"250 ok\r\n")
+
+
+class _SmtpServer(socketserver.ThreadingTCPServer):
+    def handle_error(self, request, client_address):
+        # e.g. the client refusing our certificate: kept for the test to see, not printed
+        self.errors.append(sys.exc_info()[1])
+
+
+def _serve_smtp(tls: ssl.SSLContext | None):
+    server = _SmtpServer(("127.0.0.1", 0), _SmtpHandler)
+    server.messages, server.auth, server.errors, server.tls = [], [], [], tls
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 @pytest.fixture
 def smtp_server():
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SmtpHandler)
-    server.messages, server.auth = [], []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = _serve_smtp(None)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def tls_smtp_server(tmp_path, monkeypatch):
+    """An SMTP server offering STARTTLS with a certificate for localhost that the client trusts."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI needed to make a test certificate")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", "key.pem", "-out", "cert.pem"],
+                   cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    # The provider verifies with the default trust store; OpenSSL reads SSL_CERT_FILE for it.
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "cert.pem"))
+    server = _serve_smtp(context)
     yield server
     server.shutdown()
     server.server_close()
@@ -170,6 +215,25 @@ def test_smtp_provider_authenticates_and_sends(smtp_server):
     assert smtp_server.auth and "X-Notification-Id: n" in smtp_server.messages[0]
     with pytest.raises(PermanentError):
         SmtpEmailProvider(s).send(EmailContent("d-4", "reject@example.org", "S", "t", "h"))
+
+
+def test_smtp_starttls_before_auth(tls_smtp_server):
+    s = settings(email_backend="smtp", smtp_host="localhost", smtp_port=tls_smtp_server.server_address[1],
+                 smtp_username="u", smtp_password="p", smtp_starttls=True, smtp_timeout=5)
+    SmtpEmailProvider(s).send(MAIL)
+    assert "X-Notification-Id: n" in tls_smtp_server.messages[0]
+    assert [over_tls for _line, over_tls in tls_smtp_server.auth] == [True]  # the password only crossed TLS
+
+
+def test_smtp_starttls_with_an_untrusted_certificate_does_not_send(tls_smtp_server, monkeypatch):
+    monkeypatch.delenv("SSL_CERT_FILE")
+    s = settings(email_backend="smtp", smtp_host="localhost", smtp_port=tls_smtp_server.server_address[1],
+                 smtp_username="u", smtp_password="p", smtp_starttls=True, smtp_timeout=5)
+    with pytest.raises(TransientError):
+        SmtpEmailProvider(s).send(MAIL)
+    assert tls_smtp_server.messages == [] and tls_smtp_server.auth == []
+    wait_for(lambda: tls_smtp_server.errors, what="server saw the refused handshake")
+    assert isinstance(tls_smtp_server.errors[0], ssl.SSLError)
 
 
 def test_smtp_unreachable_is_transient():
