@@ -93,7 +93,7 @@ class SafeConsumer(Consumer):
         super().register_with_event_loop(hub)
         # kombu's hub may sleep in poll() for up to 10 s when no timer is due, and a
         # warm shutdown (SIGTERM) is only noticed between polls: a 1 s no-op tick
-        # lets a deploy or a scale-down stop the worker within about a second.
+        # lets a deploy or a scale-down stop the worker in a couple of seconds.
         hub.call_repeatedly(1.0, _wake)
 
     def on_decode_error(self, message, exc):
