@@ -50,6 +50,12 @@ def validate_timezone(name: str) -> None:
         raise ValidationError(f"Unknown IANA timezone {name!r}.") from exc
 
 
+def check_ends_after_start(data: dict) -> None:
+    """Schema-level rule shared by the wire and the HTTP schemas: a booking ends after it starts."""
+    if data.get("starts_at") and data.get("ends_at") and data["ends_at"] <= data["starts_at"]:
+        raise ValidationError("Must be after starts_at.", field_name="ends_at")
+
+
 def _schemas(unknown: str) -> type[Schema]:
     """Build the v1 schema family with one ``unknown`` policy at every level."""
 
@@ -81,8 +87,7 @@ def _schemas(unknown: str) -> type[Schema]:
 
         @validates_schema
         def _ends_after_start(self, data: dict, **kwargs: Any) -> None:
-            if data.get("starts_at") and data.get("ends_at") and data["ends_at"] <= data["starts_at"]:
-                raise ValidationError("Must be after starts_at.", field_name="ends_at")
+            check_ends_after_start(data)
 
     class RecipientV1(Base):
         name = fields.String(required=True, validate=validate.Length(min=1, max=200))

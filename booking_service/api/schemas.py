@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, fields, validate, validates_schema
 
-from shared.messages import LOCALE_PATTERN, AwareDateTime, validate_timezone
+from shared.messages import LOCALE_PATTERN, AwareDateTime, check_ends_after_start, validate_timezone
 
 
 class CustomerSchema(Schema):
@@ -29,8 +29,7 @@ class _TimeRange(Schema):
 
     @validates_schema
     def _order(self, data: dict, **kwargs: Any) -> None:
-        if data.get("starts_at") and data.get("ends_at") and data["ends_at"] <= data["starts_at"]:
-            raise ValidationError("Must be after starts_at.", field_name="ends_at")
+        check_ends_after_start(data)
 
 
 class BookingCreateSchema(_TimeRange):
