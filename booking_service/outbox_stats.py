@@ -16,8 +16,4 @@ def backlog(session: Session) -> dict:
             OutboxMessage.status == "pending", OutboxMessage.available_at <= now
         )
     ).one()
-    if oldest is not None and oldest.tzinfo is None:
-        from datetime import timezone
-
-        oldest = oldest.replace(tzinfo=timezone.utc)
     return {"pending_due": count, "oldest_due_age_seconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0}

@@ -12,13 +12,9 @@ import time
 import pytest
 import requests
 
+from tests.support import free_port
+
 from .conftest import API_KEY
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import socket
@@ -18,6 +19,7 @@ import sqlalchemy as sa
 import shared
 from booking_service.models import OutboxMessage
 from booking_service.relay import Relay
+from tests import support
 
 from .conftest import AUTH, booking_body, drain
 
@@ -26,13 +28,8 @@ SCHEMA = json.loads(
 )
 
 
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
-    return result
+# The relay polls every 0.05 s in these tests: look as often, and give up after 20 s.
+wait_for = functools.partial(support.wait_for, timeout=20.0, interval=0.05)
 
 
 def statuses(session_factory) -> dict[str, str]:
@@ -305,9 +302,7 @@ def test_relay_serves_its_own_metrics_port(session_factory, bound_queue, client,
 
     url, channel, queue = bound_queue
     client.post("/v1/bookings", json=booking_body(), headers=AUTH)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = support.free_port()
     engine_url = session_factory.kw["bind"].url.render_as_string(hide_password=False)
     env = {**os.environ, "AMQP_URL": url, "BOOKING_DATABASE_URL": engine_url,
            "BOOKING_RELAY_METRICS_PORT": str(port), "BOOKING_LOG_FORMAT": "json"}

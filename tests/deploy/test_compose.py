@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import urllib.parse
@@ -22,6 +21,8 @@ import uuid
 import pytest
 import requests
 import yaml
+
+from tests.support import free_port
 
 from . import commands, dockerfiles, processes, repo
 
@@ -298,15 +299,9 @@ def test_postgres_init_script_creates_a_private_database_per_role(postgres_admin
         engine.dispose()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_flower_as_composed_refuses_visitors_without_the_password(least_privilege, tmp_path):
     """Flower with the compose command and env, logged in as the least-privilege notification user."""
-    port = _free_port()
+    port = free_port()
     argv = [a for a in argv_of("flower") if not a.startswith("--port")] + [f"--port={port}", "--address=127.0.0.1"]
     env = {**os.environ, **env_of("flower"), "AMQP_URL": least_privilege.url("notification"),
            "NOTIFICATION_DATABASE_URL": f"sqlite:///{tmp_path / 'n.db'}", "NOTIFICATION_LOG_FORMAT": "console"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from .conftest import wait_for
+from tests.support import wait_for
 
 
 def iso(dt: datetime) -> str:

@@ -19,21 +19,11 @@ import pika
 import pytest
 
 import shared
+from tests.support import wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CELERY = pathlib.Path(sys.executable).parent / "celery"
 CLI = pathlib.Path(sys.executable).parent / "notification-service"
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 # --- fake push provider -----------------------------------------------------------

@@ -8,7 +8,9 @@ import threading
 import shared
 from notification_service.db import delivery_id
 
-from .conftest import FakePush, Worker, declare_topology, dispatch_message, notification, publish, queue_depth, wait_for
+from tests.support import wait_for
+
+from .conftest import FakePush, Worker, declare_topology, dispatch_message, notification, publish, queue_depth
 
 
 def test_high_priority_overtakes_a_low_priority_backlog(vhost_url, tmp_path):

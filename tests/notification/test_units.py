@@ -26,8 +26,7 @@ from notification_service.providers import (
     parse_retry_after,
 )
 from notification_service.templates import locale_chain, render
-
-from .conftest import wait_for
+from tests.support import wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PUSH_URL = "https://push.invalid/v1/projects/p/messages:send"

@@ -12,7 +12,9 @@ import pytest
 import shared
 from notification_service.db import delivery_id
 
-from .conftest import Worker, declare_topology, dispatch_message, notification, publish, queue_depth, wait_for
+from tests.support import wait_for
+
+from .conftest import Worker, declare_topology, dispatch_message, notification, publish, queue_depth
 
 
 @pytest.fixture(scope="module")

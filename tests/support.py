@@ -1,0 +1,25 @@
+"""Small helpers the test packages share: bounded polling and a free loopback port."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition", interval: float = 0.1):
+    """Poll ``predicate`` until it returns something truthy and return it; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
