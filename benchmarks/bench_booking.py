@@ -22,7 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -33,6 +32,8 @@ import sqlalchemy as sa
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.vhost import make_vhost  # noqa: E402
 
 BARE_APP = '''
 from flask import Flask, jsonify, request
@@ -108,18 +109,6 @@ def drive(url: str, n: int, clients: int, headers: dict, offset: int = 0) -> dic
         "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000,
         "errors": errors,
     }
-
-
-def make_vhost(amqp_url: str) -> tuple[str, callable]:
-    parts = urllib.parse.urlsplit(amqp_url)
-    name = f"bench-{uuid.uuid4().hex[:8]}"
-    api = f"http://{parts.hostname}:15672/api"
-    auth = (parts.username or "guest", parts.password or "guest")
-    requests.put(f"{api}/vhosts/{name}", auth=auth, timeout=10).raise_for_status()
-    requests.put(f"{api}/permissions/{name}/{auth[0]}", json={"configure": ".*", "write": ".*", "read": ".*"},
-                 auth=auth, timeout=10).raise_for_status()
-    url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + name, "", ""))
-    return url, lambda: requests.delete(f"{api}/vhosts/{name}", auth=auth, timeout=10)
 
 
 def commit_to_publish(database_url: str, amqp_url: str, n: int, poll: float) -> dict:

@@ -14,20 +14,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
-import uuid
 
 import pika
-import requests
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import shared  # noqa: E402
+from benchmarks.vhost import make_vhost  # noqa: E402
 from tests.notification.conftest import declare_topology, dispatch_message, notification  # noqa: E402
 
 AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672//")
-MGMT = "http://localhost:15672/api"
 
 
 def raw_rate(url: str, n: int) -> tuple[float, float]:
@@ -64,13 +61,7 @@ def cpu_seconds(pid: int) -> float:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     concurrency = os.environ.get("BENCH_CONCURRENCY", "8")
-    vhost = f"bench-{uuid.uuid4().hex[:8]}"
-    session = requests.Session()
-    session.auth = ("guest", "guest")
-    session.put(f"{MGMT}/vhosts/{vhost}").raise_for_status()
-    session.put(f"{MGMT}/permissions/{vhost}/guest", json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
-    parts = urllib.parse.urlsplit(AMQP)
-    url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + urllib.parse.quote(vhost, safe=""), "", ""))
+    url, drop_vhost = make_vhost(AMQP)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-notif-"))
     worker = None
     try:
@@ -124,7 +115,7 @@ def main() -> None:
         if worker:
             worker.terminate()
             worker.wait(30)
-        session.delete(f"{MGMT}/vhosts/{vhost}")
+        drop_vhost()
 
 
 if __name__ == "__main__":

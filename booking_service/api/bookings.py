@@ -9,6 +9,7 @@ from datetime import timedelta
 from flask import current_app, g, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from .. import bookings
@@ -65,10 +66,8 @@ class BookingCollection(MethodView):
     def get(self, query, pagination_parameters):
         """List bookings, filtered by resource, status and time range (paginated)."""
         select = bookings.search(g.session, **query)
-        from sqlalchemy import func, select as sa_select
-
         pagination_parameters.item_count = g.session.execute(
-            sa_select(func.count()).select_from(select.order_by(None).subquery())
+            sa.select(sa.func.count()).select_from(select.order_by(None).subquery())
         ).scalar_one()
         page = select.offset(pagination_parameters.first_item).limit(pagination_parameters.page_size)
         return g.session.execute(page).scalars().all()
