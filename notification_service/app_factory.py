@@ -11,6 +11,7 @@ import shared
 
 from . import topology
 from .config import Settings
+from .policy import retry_annotations
 
 TASK_MODULES = ["notification_service.tasks"]
 
@@ -36,6 +37,10 @@ def celery_config(settings: Settings) -> dict:
         # with prefetch 1 the broker can still reorder by priority.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A task that fails for good is rejected without requeue: RabbitMQ dead-letters it.
+        # (Celery's default acks it, i.e. loses the notification.)
+        "task_acks_on_failure": False,
+        "task_annotations": retry_annotations(settings),
         "worker_prefetch_multiplier": 1,
         "accept_content": ["json"],
         "task_serializer": "json",
@@ -46,6 +51,16 @@ def celery_config(settings: Settings) -> dict:
         "broker_transport_options": {"confirm_publish": True},
         "broker_connection_retry_on_startup": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # After a reconnect Celery would lower the prefetch count and restore it from
+        # whichever thread acks next: under the threads pool a pool thread sends basic.qos
+        # and waits for its answer on the connection the consumer thread reads, and
+        # py-amqp is not thread-safe (the worker hung in basic_qos after broker restarts).
+        # With it off, only the consumer's own thread touches its connection: acks and
+        # rejects go through the event loop (kombu's Hub.call_soon), publishes use the
+        # producer pool's own connections.
+        "worker_enable_prefetch_count_reduction": False,
+        # A dead broker connection is noticed within ~2 heartbeats.
+        "broker_heartbeat": 30,
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
         "task_queues": topology.work_queues,
@@ -77,15 +92,18 @@ def create_app(settings: Settings | None = None) -> Celery:
     app = Celery("notification_service", include=TASK_MODULES, set_as_current=True)
     app.conf.update(celery_config(settings))
     app.settings = settings  # type: ignore[attr-defined]
+    from .watchdog import StallWatchdog
+
+    app.steps["consumer"].add(StallWatchdog)
     return app
 
 
 @signals.setup_logging.connect
-def _setup_logging(**_kwargs) -> None:
+def _setup_logging(loglevel=None, **_kwargs) -> None:
     # Connecting to this signal stops Celery from installing its own handlers.
     from . import logs
 
-    logs.configure(Settings.from_env().log_format)
+    logs.configure(Settings.from_env().log_format, loglevel or "WARNING")
 
 
 @signals.worker_init.connect

@@ -24,7 +24,7 @@ def render_definitions() -> str:
 
 
 def _reasons(settings: Settings) -> dict[str, str]:
-    from .db import delivery_log
+    from .delivery_log import delivery_log
 
     try:
         return delivery_log(settings.database_url).dead_letter_reasons()
@@ -42,7 +42,7 @@ def cmd_migrate(args, settings: Settings) -> int:
 
 
 def cmd_status(args, settings: Settings) -> int:
-    from .db import delivery_log
+    from .delivery_log import delivery_log
 
     rows = delivery_log(settings.database_url).for_notification(args.notification_id)
     if not rows:

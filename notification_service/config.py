@@ -66,6 +66,8 @@ class Settings:
     push_http_token: str = field(default="", repr=False)
     http_timeout: float = 10.0
     max_retries: int = 8
+    lease_seconds: float = 60.0
+    stall_check_seconds: float = 15.0
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 900.0
     task_soft_time_limit: float = 60.0
@@ -96,6 +98,9 @@ class Settings:
             push_http_token=env.get("PUSH_HTTP_TOKEN", ""),
             http_timeout=_num(env, "NOTIFICATION_HTTP_TIMEOUT", 10.0),
             max_retries=_num(env, "NOTIFICATION_MAX_RETRIES", 8, int),
+            lease_seconds=_num(env, "NOTIFICATION_LEASE_SECONDS", max(
+                60.0, 3 * _num(env, "NOTIFICATION_HTTP_TIMEOUT", 10.0), 3 * _num(env, "SMTP_TIMEOUT", 10.0))),
+            stall_check_seconds=_num(env, "NOTIFICATION_STALL_CHECK_SECONDS", 15.0),
             retry_base_seconds=_num(env, "NOTIFICATION_RETRY_BASE_SECONDS", 2.0),
             retry_max_seconds=_num(env, "NOTIFICATION_RETRY_MAX_SECONDS", 900.0),
             task_soft_time_limit=_num(env, "NOTIFICATION_TASK_SOFT_TIME_LIMIT", 60.0),
@@ -114,5 +119,9 @@ class Settings:
         if self.retry_max_seconds > 900:
             # RabbitMQ's consumer timeout is 30 min; a countdown longer than that would be redelivered.
             raise ConfigError("NOTIFICATION_RETRY_MAX_SECONDS must be <= 900")
+        if self.lease_seconds <= 2 * max(self.http_timeout, self.smtp_timeout):
+            # A lease that runs out while the provider call is still allowed to run would
+            # let a second attempt send in parallel.
+            raise ConfigError("NOTIFICATION_LEASE_SECONDS must be more than 2x the provider timeouts")
         if self.max_retries < 0:
             raise ConfigError("NOTIFICATION_MAX_RETRIES must be >= 0")

@@ -11,6 +11,7 @@ can show it next to RabbitMQ's ``x-death`` header.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import structlog
@@ -20,10 +21,13 @@ from shared.wire import CORRELATION_HEADER
 
 from . import metrics
 from .config import Settings
-from .db import delivery_log
+from .delivery_log import delivery_log
 
 log = structlog.get_logger("notification_service.consumer")
 JSON_CONTENT_TYPE = "application/json"
+#: Reconnect probes: first after 0.5 s, then every 0.5 s more, at most every 2 s. Celery's
+#: default (2 s, +2 s, up to 30 s) left a consumer idle for up to 30 s with the broker back.
+RECONNECT_INTERVALS = {"interval_start": 0.5, "interval_step": 0.5, "interval_max": 2.0}
 
 
 def inspect_envelope(message, known_tasks) -> tuple[str | None, list | None]:
@@ -71,11 +75,21 @@ def _wake() -> None:
 class SafeConsumer(Consumer):
     """Consumer whose task handler rejects poison messages into the dead-letter queue."""
 
+    received_count = 0
+
+    def ensure_connected(self, conn):
+        conn.ensure_connection = functools.partial(conn.ensure_connection, **RECONNECT_INTERVALS)
+        try:
+            return super().ensure_connected(conn)
+        finally:
+            del conn.ensure_connection  # the class's own method again
+
     def create_task_handler(self, *args, **kwargs):
         handle = super().create_task_handler(*args, **kwargs)
         known = self.app.tasks
 
         def on_task_received(message):
+            self.received_count += 1  # progress, for the stall watchdog
             problem, decoded = inspect_envelope(message, known)
             if problem is not None:
                 return self.dead_letter(message, problem)
@@ -108,7 +122,7 @@ class SafeConsumer(Consumer):
         task = headers.get("task")
         try:
             settings = getattr(self.app, "settings", None) or Settings.from_env()
-            delivery_log(settings.database_url).record_dead_letter(
+            delivery_log(settings.database_url).give_up(
                 message_id=message_id, queue=queue, task=task, reason=f"poison: {reason}"
             )
         except Exception as exc:  # noqa: BLE001 - the reject below must still happen; the reason is logged

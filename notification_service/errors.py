@@ -17,3 +17,7 @@ class TransientError(NotificationError):
 
 class PermanentError(NotificationError):
     """Retrying cannot help (other 4xx, invalid address, template error): dead-letter it."""
+
+
+class ContractViolation(PermanentError):
+    """A message that breaks the contract (payload or task arguments): dead-letter it at once."""

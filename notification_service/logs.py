@@ -10,8 +10,17 @@ import structlog
 _configured = False
 
 
-def configure(log_format: str = "console", level: int = logging.INFO) -> None:
-    """Configure structlog and route stdlib logging (Celery's) through the same renderer."""
+#: Celery's per-task lines ("Task … received", "… succeeded"): two INFO lines per task that
+#: repeat what our own lines say. Shown at DEBUG only.
+CHATTY_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
+def configure(log_format: str = "console", level: int | str = logging.INFO) -> None:
+    """Configure structlog and route stdlib logging (Celery's) through the same renderer.
+
+    ``level`` is the worker's ``--loglevel`` (Celery passes it), so ``-l WARNING``
+    really silences the INFO lines.
+    """
     global _configured
     renderer = structlog.processors.JSONRenderer() if log_format == "json" else structlog.dev.ConsoleRenderer(colors=False)
     shared_processors = [
@@ -35,6 +44,9 @@ def configure(log_format: str = "console", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    numeric = logging.getLevelName(level) if isinstance(level, str) else level
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if numeric == logging.DEBUG else max(logging.WARNING, numeric))
     _configured = True
 
 

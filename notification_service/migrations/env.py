@@ -5,7 +5,8 @@ from __future__ import annotations
 from alembic import context
 
 from notification_service.config import Settings
-from notification_service.db import Base, make_engine
+from notification_service.delivery_log import make_engine
+from notification_service.tables import metadata
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url
@@ -14,14 +15,14 @@ url = config.get_main_option("sqlalchemy.url") or Settings.from_env().database_u
 def run_migrations_online() -> None:
     engine = make_engine(url)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=url.startswith("sqlite"))
+        context.configure(connection=connection, target_metadata=metadata, render_as_batch=url.startswith("sqlite"))
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=url, target_metadata=Base.metadata, literal_binds=True)
+    context.configure(url=url, target_metadata=metadata, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 

@@ -261,5 +261,17 @@ class Worker:
         run = self.cli(["status", notification_id], check=False)
         return json.loads(run.stdout) if run.returncode == 0 else []
 
+    def task_count(self, task: str, outcome: str) -> float:
+        """``notification_tasks_total{task, outcome}`` from the worker's /metrics (needs its metrics port)."""
+        import requests
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = requests.get(self.metrics_url, timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "notification_tasks_total" and sample.labels == {"task": task, "outcome": outcome}:
+                    return sample.value
+        return 0.0
+
     def dlq(self, queue: str | None = None) -> list[dict]:
         return json.loads(self.cli(["dlq", "list", *(["--queue", queue] if queue else [])]).stdout)

@@ -18,7 +18,7 @@ import requests
 import responses
 
 import shared
-from notification_service import cli, tasks, topology
+from notification_service import cli, topology
 from notification_service.config import ConfigError, Settings
 from notification_service.errors import PermanentError, TransientError
 from notification_service.providers import (
@@ -107,12 +107,20 @@ def test_retry_after_parsing():
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
 
 
-def test_backoff_caps_and_honours_retry_after():
-    s = Settings(retry_base_seconds=2, retry_max_seconds=900)
-    assert tasks.backoff(3, s, retry_after=5) == 5
-    assert tasks.backoff(0, s, retry_after=5000) == 900
-    assert all(0 <= tasks.backoff(20, s) <= 900 for _ in range(50))
-    assert all(0 <= tasks.backoff(1, s) <= 4 for _ in range(50))
+def test_celery_retry_settings_come_from_ours_and_retry_after_is_capped(monkeypatch):
+    from notification_service.app_factory import create_app
+
+    app = create_app(Settings(retry_base_seconds=2, retry_max_seconds=900, max_retries=5))
+    app.loader.import_default_modules()
+    task = app.tasks[shared.PUSH_TASK]
+    assert (task.max_retries, task.retry_backoff, task.retry_backoff_max, task.retry_jitter) == (5, 2, 900, True)
+    assert task.acks_on_failure is False  # a task that fails for good is rejected: RabbitMQ dead-letters it
+    seen = {}
+    monkeypatch.setattr("celery.app.task.Task.retry", lambda self, **kw: seen.update(kw))
+    task.retry(exc=TransientError("429", retry_after=5000), countdown=3)
+    assert seen["countdown"] == 900 and seen["kwargsrepr"] == "{}" and seen["argsrepr"] == "()"
+    task.retry(exc=TransientError("503"), countdown=3)
+    assert seen["countdown"] == 3  # no Retry-After: Celery's own backoff
 
 
 def test_file_sink_overwrites_same_delivery(tmp_path):

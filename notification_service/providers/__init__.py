@@ -1,0 +1,51 @@
+"""E-mail and push providers behind one Protocol (``delivery.Provider``): a module per provider.
+
+Every provider takes an ``EmailContent`` or ``PushContent`` and returns the
+provider's message id, raising ``TransientError`` or ``PermanentError``. The
+delivery id is the idempotency key everywhere: file names, ``Message-ID``,
+and the ``Idempotency-Key`` HTTP header, so a resend after a crash is one
+message where the provider honours it.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ..config import Settings
+from .content import EmailContent, PushContent
+from .email_file import FileEmailProvider
+from .email_http import HttpEmailProvider
+from .http import TRANSIENT_STATUSES, parse_retry_after, scrub
+from .mime import build_email
+from .push_file import FilePushProvider
+from .push_http import HttpPushProvider, fcm_payload
+from .smtp import SmtpEmailProvider
+
+__all__ = [
+    "EmailContent", "PushContent", "FileEmailProvider", "HttpEmailProvider", "SmtpEmailProvider",
+    "FilePushProvider", "HttpPushProvider", "build_email", "fcm_payload", "parse_retry_after", "scrub",
+    "TRANSIENT_STATUSES", "email_provider", "push_provider",
+]
+
+EMAIL_PROVIDERS = {"file": FileEmailProvider, "smtp": SmtpEmailProvider, "http": HttpEmailProvider}
+PUSH_PROVIDERS = {"file": FilePushProvider, "http": HttpPushProvider}
+
+_instances: dict[tuple[str, Settings], object] = {}
+_lock = threading.Lock()
+
+
+def _provider(kind: str, registry: dict, backend: str, settings: Settings):
+    """One provider per process and settings: its per-thread connections outlive a single send."""
+    key = (kind, settings)
+    with _lock:
+        if key not in _instances:
+            _instances[key] = registry[backend](settings)
+        return _instances[key]
+
+
+def email_provider(settings: Settings):
+    return _provider("email", EMAIL_PROVIDERS, settings.email_backend, settings)
+
+
+def push_provider(settings: Settings):
+    return _provider("push", PUSH_PROVIDERS, settings.push_backend, settings)

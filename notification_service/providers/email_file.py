@@ -1,0 +1,25 @@
+"""The default e-mail provider: one ``<delivery id>.eml`` per delivery in a folder (a resend overwrites it)."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+from .. import metrics
+from ..config import Settings
+from .content import EmailContent
+from .files import atomic_write
+from .mime import build_email
+
+
+class FileEmailProvider:
+    def __init__(self, settings: Settings) -> None:
+        self.directory = pathlib.Path(settings.email_file_dir)
+        self.sender = settings.email_from
+
+    def send(self, content: EmailContent) -> str:
+        data, message_id = build_email(content, self.sender)
+        started = time.perf_counter()
+        atomic_write(self.directory, f"{content.delivery_id}.eml", data)
+        metrics.PROVIDER_LATENCY.labels("email_file").observe(time.perf_counter() - started)
+        return message_id

@@ -1,0 +1,23 @@
+"""A JSON e-mail API (``EMAIL_BACKEND=http``); ``Idempotency-Key`` = the delivery id."""
+
+from __future__ import annotations
+
+from ..config import Settings
+from ..errors import PermanentError
+from .content import EmailContent
+from .http import HttpClient
+from .mime import valid_address
+
+
+class HttpEmailProvider:
+    def __init__(self, settings: Settings) -> None:
+        self.sender = settings.email_from
+        self.client = HttpClient(settings.email_http_url, token=settings.email_http_token,
+                                 timeout=settings.http_timeout, kind="email_http")
+
+    def send(self, content: EmailContent) -> str:
+        if not valid_address(content.to):
+            raise PermanentError("invalid e-mail address")
+        payload = {"from": self.sender, "to": content.to, "subject": content.subject, "text": content.text,
+                   "html": content.html, "headers": content.headers}
+        return self.client.post(payload, key=content.delivery_id, personal=content.to)

@@ -1,0 +1,25 @@
+"""The default push provider: one ``<delivery id>.json`` (FCM v1 shape) per delivery in a folder."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+from .. import metrics
+from ..config import Settings
+from .content import PushContent
+from .files import atomic_write
+from .push_http import fcm_payload
+
+
+class FilePushProvider:
+    def __init__(self, settings: Settings) -> None:
+        self.directory = pathlib.Path(settings.push_file_dir)
+
+    def send(self, content: PushContent) -> str:
+        data = json.dumps(fcm_payload(content), sort_keys=True, indent=2).encode("utf-8")
+        started = time.perf_counter()
+        atomic_write(self.directory, f"{content.delivery_id}.json", data)
+        metrics.PROVIDER_LATENCY.labels("push_file").observe(time.perf_counter() - started)
+        return content.delivery_id

@@ -1,0 +1,33 @@
+"""The states of one delivery (one channel and address of one notification)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class DeliveryStatus(str, enum.Enum):
+    """Where a delivery stands. Stored as its value in ``deliveries.status``."""
+
+    #: Created by dispatch; its send task is (or is about to be) on the queue.
+    PENDING = "pending"
+    #: Claimed by one attempt (``lease_owner`` until ``lease_expires_at``): the provider call is in flight.
+    SENDING = "sending"
+    #: The provider accepted it. Final: nothing ever moves a delivery out of ``sent``.
+    SENT = "sent"
+    #: The last attempt failed transiently; a retry is on its way.
+    FAILED = "failed"
+    #: Given up (permanent failure or retries exhausted); the message is in a dead-letter queue.
+    DEAD = "dead"
+    #: Older than a cancellation processed for the booking: never sent.
+    STALE = "stale"
+    #: Its message expired before it could be sent (a reminder after the booking started).
+    EXPIRED = "expired"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: An attempt may claim a delivery in these states (``dead``: a replay from the dead-letter queue).
+CLAIMABLE = (DeliveryStatus.PENDING, DeliveryStatus.FAILED, DeliveryStatus.DEAD)
+#: Never sent again.
+FINAL = (DeliveryStatus.SENT, DeliveryStatus.STALE, DeliveryStatus.EXPIRED)

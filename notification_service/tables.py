@@ -1,0 +1,47 @@
+"""The delivery log's tables (SQLAlchemy Core), the one source for the Alembic migrations."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+deliveries = sa.Table(
+    "deliveries", metadata,
+    sa.Column("delivery_id", sa.String(36), primary_key=True),
+    sa.Column("notification_id", sa.String(36), nullable=False, index=True),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("address", sa.String(4096), nullable=False),
+    sa.Column("booking_id", sa.String(36), nullable=True),
+    sa.Column("booking_version", sa.Integer, nullable=True),
+    sa.Column("event", sa.String(64), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("provider_message_id", sa.String(500), nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+    # The attempt that holds the delivery while it is `sending`: "host:pid:start-ticks" and until when.
+    sa.Column("lease_owner", sa.String(300), nullable=True),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+    sa.UniqueConstraint("notification_id", "channel", "address", name="uq_delivery_address"),
+)
+
+booking_states = sa.Table(
+    "booking_states", metadata,
+    sa.Column("booking_id", sa.String(36), primary_key=True),
+    sa.Column("highest_version", sa.Integer, nullable=False),
+    sa.Column("cancelled_version", sa.Integer, nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+dead_letters = sa.Table(
+    "dead_letters", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("message_id", sa.String(200), nullable=True, index=True),
+    sa.Column("queue", sa.String(200), nullable=True),
+    sa.Column("task", sa.String(200), nullable=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,138 @@
+"""In-memory implementations of the delivery state machine's ports, for unit tests without broker or database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from notification_service.delivery import (
+    STALE_REASON, BookingRef, Claim, ClaimResult, Opened, delivery_id,
+)
+from notification_service.errors import PermanentError, TransientError
+from notification_service.status import CLAIMABLE, FINAL, DeliveryStatus
+
+
+@dataclass
+class Row:
+    delivery_id: str
+    notification_id: str
+    channel: str
+    address: str
+    booking: BookingRef
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    attempts: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    last_error: str | None = None
+    provider_message_id: str | None = None
+
+
+@dataclass
+class FakeDeliveryLog:
+    """``delivery.DeliveryLog`` in a dict, with the same rules as the SQL one."""
+
+    rows: dict[str, Row] = field(default_factory=dict)
+    cancelled: dict[str, int] = field(default_factory=dict)
+    writes: int = 0
+
+    def _stale(self, row: Row) -> bool:
+        cancelled = self.cancelled.get(row.booking.booking_id)
+        return cancelled is not None and row.booking.version < cancelled
+
+    def open(self, notification_id, event, booking, addresses, now) -> Opened:
+        self.writes += 1
+        cancelled = self.cancelled.get(booking.booking_id)
+        stale = cancelled is not None and booking.version < cancelled
+        if booking.cancelled and not stale:
+            self.cancelled[booking.booking_id] = max(cancelled or 0, booking.version)
+        pending = []
+        for channel, address in addresses:
+            did = delivery_id(notification_id, channel, address)
+            row = self.rows.setdefault(did, Row(did, notification_id, channel, address, booking))
+            if stale and row.status in CLAIMABLE:
+                row.status, row.last_error = DeliveryStatus.STALE, STALE_REASON
+            if row.status is DeliveryStatus.PENDING:
+                pending.append((channel, address, did))
+        return Opened(stale=stale, pending=[] if stale else pending)
+
+    def claim(self, did, owner, now, lease_until) -> Claim:
+        self.writes += 1
+        row = self.rows.get(did)
+        if row is None:
+            return Claim(ClaimResult.MISSING)
+        if row.status in FINAL:
+            return Claim(ClaimResult.FINAL)
+        live = row.status is DeliveryStatus.SENDING and row.lease_expires_at >= now
+        if live:
+            return Claim(ClaimResult.LEASED, row.attempts, row.lease_owner, row.lease_expires_at)
+        if self._stale(row):
+            row.status = DeliveryStatus.STALE
+            return Claim(ClaimResult.STALE)
+        return self._take(row, owner, lease_until)
+
+    def _take(self, row: Row, owner: str, lease_until: datetime) -> Claim:
+        row.status, row.attempts = DeliveryStatus.SENDING, row.attempts + 1
+        row.lease_owner, row.lease_expires_at = owner, lease_until
+        return Claim(ClaimResult.CLAIMED, row.attempts)
+
+    def take_over(self, did, dead_owner, owner, now, lease_until) -> Claim:
+        self.writes += 1
+        row = self.rows[did]
+        if row.status is DeliveryStatus.SENDING and row.lease_owner == dead_owner and not self._stale(row):
+            return self._take(row, owner, lease_until)
+        return self.claim(did, owner, now, lease_until)
+
+    def finish(self, did, owner, attempt, status, now, *, error=None, provider_message_id=None) -> bool:
+        self.writes += 1
+        row = self.rows[did]
+        if status is DeliveryStatus.SENT:
+            if row.status is DeliveryStatus.SENT:
+                return False
+            row.provider_message_id = provider_message_id
+        elif not (row.status is DeliveryStatus.SENDING and row.lease_owner == owner and row.attempts == attempt):
+            return False
+        else:
+            row.last_error = error
+        row.status, row.lease_owner, row.lease_expires_at = status, None, None
+        return True
+
+    def drop(self, did, status, reason, now) -> bool:
+        self.writes += 1
+        row = self.rows.get(did)
+        if row is None:
+            return False
+        if row.status in CLAIMABLE:
+            row.status, row.last_error = status, reason
+            return True
+        return row.status in (DeliveryStatus.STALE, DeliveryStatus.EXPIRED)
+
+
+class FakeProvider:
+    """Answers from a script: a str is a provider id, an exception is raised. Records every call."""
+
+    def __init__(self, *answers) -> None:
+        self.answers = list(answers)
+        self.calls: list = []
+        self.during = None  # a callable run inside the call, e.g. to simulate a parallel copy
+
+    def send(self, content) -> str:
+        self.calls.append(content)
+        if self.during is not None:
+            hook, self.during = self.during, None
+            hook()
+        answer = self.answers.pop(0) if self.answers else "provider-id"
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+class FakeOwner:
+    def __init__(self, owner_id: str, dead: set[str] | None = None) -> None:
+        self.id = owner_id
+        self.dead = dead if dead is not None else set()
+
+    def is_dead(self, other: str) -> bool:
+        return other in self.dead
+
+
+__all__ = ["FakeDeliveryLog", "FakeProvider", "FakeOwner", "PermanentError", "TransientError"]
