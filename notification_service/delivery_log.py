@@ -1,24 +1,28 @@
-"""The delivery log in SQL (SQLAlchemy Core): the production adapter of ``delivery.DeliveryLog``.
+"""The delivery log in SQL: the production adapter of ``delivery.DeliveryLog``.
 
 Every operation is one short transaction, and the hot path is lean: dispatch
 is one transaction per notification, a send one claiming write (an
-``UPDATE … RETURNING`` that also checks staleness) and one recording write.
-On SQLite every transaction begins ``IMMEDIATE`` (SQLite has no ``FOR
-UPDATE``), so claims are atomic across threads and worker processes.
+``UPDATE … RETURNING`` that also checks staleness) and one recording write,
+each counted in ``notification_db_transactions_total``. On SQLite every
+transaction begins ``IMMEDIATE`` (SQLite has no ``FOR UPDATE``), so claims are
+atomic across threads and worker processes. The tables are ``tables.py``;
+reads for the CLI and tests use SQLAlchemy Core.
 """
 
 from __future__ import annotations
 
+import re
 import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.dialects import postgresql, sqlite
 
+from . import metrics
 from .delivery import STALE_REASON, BookingRef, Claim, ClaimResult, Opened, delivery_id, utcnow
 from .status import CLAIMABLE, FINAL, DeliveryStatus
-from .tables import booking_states, dead_letters, deliveries
+from .tables import dead_letters, deliveries
 
 _CLAIMABLE = [s.value for s in CLAIMABLE]
 _FINAL = [s.value for s in FINAL]
@@ -51,177 +55,251 @@ def make_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_size=16, max_overflow=64)
 
 
-def _insert(engine: sa.Engine, table: sa.Table):
-    return (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(table)
+_STALE = ("EXISTS (SELECT 1 FROM booking_states b WHERE b.booking_id = deliveries.booking_id"
+          " AND b.cancelled_version > deliveries.booking_version)")
+_CLAIMABLE_SQL = ", ".join(f"'{s}'" for s in _CLAIMABLE)
+
+#: The hot path's statements, written once with ``:name`` parameters (see ``_paramstyle``).
+SQL = {
+    "select_booking": "SELECT highest_version, cancelled_version FROM booking_states WHERE booking_id = :bid",
+    "insert_booking": "INSERT INTO booking_states (booking_id, highest_version, cancelled_version, updated_at)"
+                      " VALUES (:bid, :version, :cancelled, :now) ON CONFLICT DO NOTHING RETURNING booking_id",
+    "update_booking": "UPDATE booking_states SET highest_version = MAX_(highest_version, :version),"
+                      " updated_at = :now WHERE booking_id = :bid",
+    "update_booking_cancelled": "UPDATE booking_states SET highest_version = MAX_(highest_version, :version),"
+                                " cancelled_version = MAX_(COALESCE(cancelled_version, 0), :version),"
+                                " updated_at = :now WHERE booking_id = :bid",
+    "insert_delivery": "INSERT INTO deliveries (delivery_id, notification_id, channel, address, booking_id,"
+                       " booking_version, event, status, attempts, last_error, created_at, updated_at)"
+                       " VALUES (:did, :nid, :channel, :address, :bid, :version, :event, :status, 0, :error,"
+                       " :now, :now) ON CONFLICT DO NOTHING RETURNING delivery_id",
+    "pending_of_notification": "SELECT delivery_id FROM deliveries WHERE notification_id = :nid"
+                               " AND status = 'pending'",
+    "stale_notification": f"UPDATE deliveries SET status = 'stale', last_error = :reason, updated_at = :now"
+                          f" WHERE notification_id = :nid AND status IN ('pending', 'failed')",
+    "claim": f"UPDATE deliveries SET status = 'sending', attempts = attempts + 1, lease_owner = :owner,"
+             f" lease_expires_at = :until, updated_at = :now WHERE delivery_id = :did"
+             f" AND (status IN ({_CLAIMABLE_SQL}) OR (status = 'sending' AND lease_expires_at < :now))"
+             f" AND NOT {_STALE} RETURNING attempts",
+    "take_over": f"UPDATE deliveries SET attempts = attempts + 1, lease_owner = :owner, lease_expires_at = :until,"
+                 f" updated_at = :now WHERE delivery_id = :did AND status = 'sending' AND lease_owner = :dead"
+                 f" AND NOT {_STALE} RETURNING attempts",
+    "why_not": f"SELECT status, attempts, lease_owner, lease_expires_at, {_STALE} FROM deliveries"
+               f" WHERE delivery_id = :did",
+    "mark_stale": "UPDATE deliveries SET status = 'stale', last_error = :reason, updated_at = :now"
+                  " WHERE delivery_id = :did",
+    "finish_sent": "UPDATE deliveries SET status = 'sent', sent_at = :now, provider_message_id = :pid,"
+                   " lease_owner = NULL, lease_expires_at = NULL, updated_at = :now"
+                   " WHERE delivery_id = :did AND status <> 'sent'",
+    "finish_failed": "UPDATE deliveries SET status = :status, last_error = :error, lease_owner = NULL,"
+                     " lease_expires_at = NULL, updated_at = :now WHERE delivery_id = :did"
+                     " AND status = 'sending' AND lease_owner = :owner AND attempts = :attempt",
+    "drop": f"UPDATE deliveries SET status = :status, last_error = :reason, updated_at = :now"
+            f" WHERE delivery_id = :did AND status IN ({_CLAIMABLE_SQL})",
+    "mark_dead": f"UPDATE deliveries SET status = 'dead', last_error = :reason, updated_at = :now"
+                 f" WHERE delivery_id = :did AND status IN ({_CLAIMABLE_SQL})",
+    "insert_dead_letter": "INSERT INTO dead_letters (message_id, queue, task, reason, created_at)"
+                          " VALUES (:mid, :queue, :task, :reason, :now)",
+}
 
 
-_stale_clause = sa.exists().where(
-    booking_states.c.booking_id == deliveries.c.booking_id,
-    booking_states.c.cancelled_version > deliveries.c.booking_version,
-)
+def _paramstyle(sql: str, sqlite_dialect: bool) -> str:
+    """SQLite takes ``:name`` as it is; psycopg wants ``%(name)s`` (and GREATEST for a two-value MAX)."""
+    if sqlite_dialect:
+        return sql.replace("MAX_(", "MAX(")
+    sql = sql.replace("MAX_(", "GREATEST(")
+    return re.sub(r"(?<!:):([a-z_]+)", r"%(\1)s", sql)
 
 
 class SqlDeliveryLog:
-    """The delivery log of one database. One instance per process; thread-safe."""
+    """The delivery log of one database. One instance per process; thread-safe.
+
+    The hot path (dispatch, claim, record) runs prepared SQL text on the DBAPI
+    connection: SQLAlchemy's statement execution cost more CPU than the
+    statements themselves. On SQLite the process keeps one connection and its
+    threads take turns on it (a lock), so they never sleep in SQLite's busy
+    handler waiting for each other; other processes still wait on the file
+    lock (``busy_timeout``). On PostgreSQL each call checks a pooled connection
+    out.
+    """
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
-        self._for_update = self.engine.dialect.name == "postgresql"
-        self._claim = (
-            sa.update(deliveries)
-            .where(deliveries.c.delivery_id == sa.bindparam("did"),
-                   sa.or_(deliveries.c.status.in_(_CLAIMABLE),
-                          sa.and_(deliveries.c.status == DeliveryStatus.SENDING.value,
-                                  deliveries.c.lease_expires_at < sa.bindparam("now"))),
-                   ~_stale_clause)
-            .values(status=DeliveryStatus.SENDING.value, attempts=deliveries.c.attempts + 1,
-                    lease_owner=sa.bindparam("owner"), lease_expires_at=sa.bindparam("until"),
-                    updated_at=sa.bindparam("now"))
-            .returning(deliveries.c.attempts)
-        )
+        self.sqlite = self.engine.dialect.name == "sqlite"
+        self._lock = threading.Lock()
+        self._connection = None
+        self.sql = {name: _paramstyle(text, self.sqlite) for name, text in SQL.items()}
+        if not self.sqlite:
+            # Concurrent dispatches of one booking take turns (SQLite: BEGIN IMMEDIATE does it).
+            self.sql["select_booking"] += " FOR UPDATE"
+
+    # -- transactions -------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self):
+        if self.sqlite:
+            with self._lock:
+                if self._connection is None:
+                    self._connection = self.engine.raw_connection()
+                cursor = self._connection.cursor()
+                cursor.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cursor
+                except BaseException:
+                    cursor.execute("ROLLBACK")
+                    raise
+                else:
+                    cursor.execute("COMMIT")
+                finally:
+                    metrics.DB_TRANSACTIONS.inc()
+                    cursor.close()
+            return
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                yield cursor
+            except BaseException:
+                connection.rollback()
+                raise
+            else:
+                connection.commit()
+            finally:
+                metrics.DB_TRANSACTIONS.inc()
+                cursor.close()
+        finally:
+            connection.close()  # back to the pool
+
+    def _time(self, moment: datetime):
+        """A timestamp as the column stores it (SQLAlchemy's SQLite format: naive UTC text)."""
+        if self.sqlite:
+            return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return moment
 
     # -- dispatch ---------------------------------------------------------------
 
     def open(self, notification_id: str, event: str, booking: BookingRef,
              addresses: list[tuple[str, str]], now: datetime) -> Opened:
-        nid = str(notification_id)
-        with self.engine.begin() as conn:
-            stale = self._observe_booking(conn, booking, now)
-            status = DeliveryStatus.STALE if stale else DeliveryStatus.PENDING
-            rows = [
-                {"delivery_id": delivery_id(nid, channel, address), "notification_id": nid, "channel": channel,
-                 "address": address, "booking_id": booking.booking_id, "booking_version": booking.version,
-                 "event": event, "status": status.value, "attempts": 0, "created_at": now, "updated_at": now,
-                 "last_error": STALE_REASON if stale else None}
-                for channel, address in addresses
-            ]
-            if rows:
-                conn.execute(_insert(self.engine, deliveries).on_conflict_do_nothing(), rows)
-            if stale:
-                conn.execute(sa.update(deliveries)
-                             .where(deliveries.c.notification_id == nid,
-                                    deliveries.c.status.in_([DeliveryStatus.PENDING.value, DeliveryStatus.FAILED.value]))
-                             .values(status=DeliveryStatus.STALE.value, last_error=STALE_REASON, updated_at=now))
+        nid, ts = str(notification_id), self._time(now)
+        rows = [(channel, address, delivery_id(nid, channel, address)) for channel, address in addresses]
+        with self._transaction() as cur:
+            if self._observe_booking(cur, booking, ts):
+                cur.execute(self.sql["stale_notification"], {"nid": nid, "now": ts, "reason": STALE_REASON})
+                for channel, address, did in rows:
+                    cur.execute(self.sql["insert_delivery"], {
+                        "did": did, "nid": nid, "channel": channel, "address": address, "bid": booking.booking_id,
+                        "version": booking.version, "event": event, "status": DeliveryStatus.STALE.value,
+                        "error": STALE_REASON, "now": ts})
+                    cur.fetchall()
                 return Opened(stale=True, pending=[])
-            found = dict(conn.execute(sa.select(deliveries.c.delivery_id, deliveries.c.status)
-                                      .where(deliveries.c.notification_id == nid)).all())
-        pending = []
-        for row in rows:
-            if found.get(row["delivery_id"]) == DeliveryStatus.PENDING.value:
-                pending.append((row["channel"], row["address"], row["delivery_id"]))
-        return Opened(stale=False, pending=pending)
+            fresh = set()
+            for channel, address, did in rows:
+                cur.execute(self.sql["insert_delivery"], {
+                    "did": did, "nid": nid, "channel": channel, "address": address, "bid": booking.booking_id,
+                    "version": booking.version, "event": event, "status": DeliveryStatus.PENDING.value,
+                    "error": None, "now": ts})
+                fresh.update(r[0] for r in cur.fetchall())
+            if len(fresh) < len(rows):  # a re-run: which of the older ones are still pending?
+                cur.execute(self.sql["pending_of_notification"], {"nid": nid})
+                fresh.update(r[0] for r in cur.fetchall())
+        return Opened(stale=False, pending=[row for row in rows if row[2] in fresh])
 
-    def _observe_booking(self, conn, booking: BookingRef, now: datetime) -> bool:
+    def _observe_booking(self, cur, booking: BookingRef, ts) -> bool:
         """Record a processed booking version; True when it is older than a processed cancellation."""
-        select = sa.select(booking_states.c.highest_version, booking_states.c.cancelled_version).where(
-            booking_states.c.booking_id == booking.booking_id)
-        if self._for_update:
-            select = select.with_for_update()
-        state = conn.execute(select).first()
+        params = {"bid": booking.booking_id, "version": booking.version, "now": ts,
+                  "cancelled": booking.version if booking.cancelled else None}
+        cur.execute(self.sql["select_booking"], params)
+        state = cur.fetchone()
         if state is None:
-            inserted = conn.execute(
-                _insert(self.engine, booking_states).on_conflict_do_nothing().returning(booking_states.c.booking_id),
-                {"booking_id": booking.booking_id, "highest_version": booking.version,
-                 "cancelled_version": booking.version if booking.cancelled else None, "updated_at": now},
-            ).first()
-            if inserted is not None:
+            cur.execute(self.sql["insert_booking"], params)
+            if cur.fetchall():
                 return False
-            state = conn.execute(select).first()  # a concurrent dispatch inserted it first
+            cur.execute(self.sql["select_booking"], params)  # a concurrent dispatch inserted it first
+            state = cur.fetchone()
         highest, cancelled = state
         if cancelled is not None and booking.version < cancelled:
             return True
-        values = {"highest_version": max(highest, booking.version), "updated_at": now}
-        if booking.cancelled:
-            values["cancelled_version"] = max(cancelled or 0, booking.version)
-        conn.execute(sa.update(booking_states).where(booking_states.c.booking_id == booking.booking_id).values(**values))
+        if booking.cancelled and booking.version > (cancelled or 0):
+            cur.execute(self.sql["update_booking_cancelled"], params)
+        elif booking.version > highest:
+            cur.execute(self.sql["update_booking"], params)
         return False
 
     # -- one send ---------------------------------------------------------------
 
     def claim(self, delivery_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim:
-        with self.engine.begin() as conn:
-            row = conn.execute(self._claim, {"did": delivery_id, "owner": owner, "until": lease_until, "now": now}).first()
+        params = {"did": delivery_id, "owner": owner, "until": self._time(lease_until), "now": self._time(now)}
+        with self._transaction() as cur:
+            cur.execute(self.sql["claim"], params)
+            row = cur.fetchone()
             if row is not None:
                 return Claim(ClaimResult.CLAIMED, attempt=row[0])
-            return self._why_not(conn, delivery_id, now)
+            return self._why_not(cur, delivery_id, params["now"])
 
     def take_over(self, delivery_id: str, dead_owner: str, owner: str, now: datetime, lease_until: datetime) -> Claim:
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.update(deliveries)
-                .where(deliveries.c.delivery_id == delivery_id, deliveries.c.status == DeliveryStatus.SENDING.value,
-                       deliveries.c.lease_owner == dead_owner, ~_stale_clause)
-                .values(attempts=deliveries.c.attempts + 1, lease_owner=owner, lease_expires_at=lease_until, updated_at=now)
-                .returning(deliveries.c.attempts)
-            ).first()
+        params = {"did": delivery_id, "dead": dead_owner, "owner": owner, "until": self._time(lease_until),
+                  "now": self._time(now)}
+        with self._transaction() as cur:
+            cur.execute(self.sql["take_over"], params)
+            row = cur.fetchone()
             if row is not None:
                 return Claim(ClaimResult.CLAIMED, attempt=row[0])
-            return self._why_not(conn, delivery_id, now)
+            return self._why_not(cur, delivery_id, params["now"])
 
-    def _why_not(self, conn, delivery_id: str, now: datetime) -> Claim:
+    def _why_not(self, cur, delivery_id: str, ts) -> Claim:
         """The rare path: classify a failed claim (and record a stale delivery as such)."""
-        row = conn.execute(
-            sa.select(deliveries.c.status, deliveries.c.attempts, deliveries.c.lease_owner,
-                      deliveries.c.lease_expires_at, _stale_clause.label("stale"))
-            .where(deliveries.c.delivery_id == delivery_id)
-        ).first()
+        cur.execute(self.sql["why_not"], {"did": delivery_id})
+        row = cur.fetchone()
         if row is None:
             return Claim(ClaimResult.MISSING)
-        if row.status in _FINAL:
+        status, attempts, owner, expires, stale = row
+        if status in _FINAL:
             return Claim(ClaimResult.FINAL)
-        if row.status == DeliveryStatus.SENDING.value:
-            return Claim(ClaimResult.LEASED, attempt=row.attempts, lease_owner=row.lease_owner,
-                         lease_expires_at=_aware(row.lease_expires_at))
-        if row.stale:
-            conn.execute(sa.update(deliveries).where(deliveries.c.delivery_id == delivery_id)
-                         .values(status=DeliveryStatus.STALE.value, last_error=STALE_REASON, updated_at=now))
+        if status == DeliveryStatus.SENDING.value:
+            return Claim(ClaimResult.LEASED, attempt=attempts, lease_owner=owner, lease_expires_at=_aware(expires))
+        if stale:
+            cur.execute(self.sql["mark_stale"], {"did": delivery_id, "now": ts, "reason": STALE_REASON})
             return Claim(ClaimResult.STALE)
-        raise RuntimeError(f"delivery {delivery_id} could not be claimed in state {row.status!r}")
+        raise RuntimeError(f"delivery {delivery_id} could not be claimed in state {status!r}")
 
     def finish(self, delivery_id: str, owner: str, attempt: int, status: DeliveryStatus, now: datetime, *,
                error: str | None = None, provider_message_id: str | None = None) -> bool:
-        values = {"status": status.value, "updated_at": now, "lease_owner": None, "lease_expires_at": None}
-        where = [deliveries.c.delivery_id == delivery_id]
-        if status is DeliveryStatus.SENT:
-            # The provider took it: that is the truth even if this attempt's lease ran out meanwhile.
-            values.update(sent_at=now, provider_message_id=provider_message_id)
-            where.append(deliveries.c.status != DeliveryStatus.SENT.value)
-        else:
-            # Only the attempt that still holds the lease records a failure: never over `sent`,
-            # never over a newer attempt.
-            values["last_error"] = (error or "")[:2000]
-            where += [deliveries.c.status == DeliveryStatus.SENDING.value, deliveries.c.lease_owner == owner,
-                      deliveries.c.attempts == attempt]
-        with self.engine.begin() as conn:
-            return conn.execute(sa.update(deliveries).where(*where).values(**values)).rowcount == 1
+        ts = self._time(now)
+        with self._transaction() as cur:
+            if status is DeliveryStatus.SENT:
+                # The provider took it: that is the truth even if this attempt's lease ran out meanwhile.
+                cur.execute(self.sql["finish_sent"], {"did": delivery_id, "now": ts, "pid": provider_message_id})
+            else:
+                # Only the attempt that still holds the lease records a failure: never over `sent`,
+                # never over a newer attempt.
+                cur.execute(self.sql["finish_failed"], {"did": delivery_id, "now": ts, "status": status.value,
+                                                        "error": (error or "")[:2000], "owner": owner,
+                                                        "attempt": attempt})
+            return cur.rowcount == 1
 
     def drop(self, delivery_id: str, status: DeliveryStatus, reason: str, now: datetime) -> bool:
         """Record an unsent delivery as ``stale`` or ``expired``; False when sent or held by a live attempt."""
-        with self.engine.begin() as conn:
-            done = conn.execute(
-                sa.update(deliveries)
-                .where(deliveries.c.delivery_id == delivery_id, deliveries.c.status.in_(_CLAIMABLE))
-                .values(status=status.value, last_error=reason, updated_at=now)
-            ).rowcount == 1
-            if done:
+        with self._transaction() as cur:
+            cur.execute(self.sql["drop"], {"did": delivery_id, "status": status.value, "reason": reason,
+                                           "now": self._time(now)})
+            if cur.rowcount == 1:
                 return True
-            current = conn.execute(sa.select(deliveries.c.status).where(deliveries.c.delivery_id == delivery_id)).scalar()
-            return current in (DeliveryStatus.STALE.value, DeliveryStatus.EXPIRED.value)
+            cur.execute(self.sql["why_not"], {"did": delivery_id})
+            row = cur.fetchone()
+            return row is not None and row[0] in (DeliveryStatus.STALE.value, DeliveryStatus.EXPIRED.value)
 
     # -- giving up ----------------------------------------------------------------
 
     def give_up(self, *, message_id: str | None, queue: str | None, task: str | None, reason: str,
                 delivery_id: str | None = None, now: datetime | None = None) -> None:
         """A message goes to its dead-letter queue: store why, and mark its delivery ``dead`` (never over sent)."""
-        now = now or utcnow()
-        with self.engine.begin() as conn:
+        ts = self._time(now or utcnow())
+        with self._transaction() as cur:
             if delivery_id:
-                conn.execute(sa.update(deliveries)
-                             .where(deliveries.c.delivery_id == delivery_id, deliveries.c.status.in_(_CLAIMABLE))
-                             .values(status=DeliveryStatus.DEAD.value, last_error=reason[:2000], updated_at=now))
-            conn.execute(sa.insert(dead_letters).values(
-                message_id=message_id and str(message_id)[:200], queue=queue and str(queue)[:200],
-                task=task and str(task)[:200], reason=reason[:4000], created_at=now))
+                cur.execute(self.sql["mark_dead"], {"did": delivery_id, "now": ts, "reason": reason[:2000]})
+            cur.execute(self.sql["insert_dead_letter"], {
+                "mid": message_id and str(message_id)[:200], "queue": queue and str(queue)[:200],
+                "task": task and str(task)[:200], "reason": reason[:4000], "now": ts})
 
     # -- reading (CLI, tests) ------------------------------------------------------
 
@@ -241,8 +319,10 @@ class SqlDeliveryLog:
             return {mid: reason for mid, reason in rows if mid}
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands timezone-aware columns back naive (in UTC)."""
+def _aware(value: datetime | str | None) -> datetime | None:
+    """A stored timestamp as an aware datetime (SQLite keeps naive UTC text)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value

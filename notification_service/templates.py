@@ -57,6 +57,7 @@ def environment() -> jinja2.Environment:
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
+        auto_reload=False,  # templates ship with the package: no stat() per render
     )
     env.filters.update({kind: _time_filter(kind) for kind in ("date", "time", "datetime")})
     return env

@@ -1,22 +1,31 @@
-"""Atomic file writes for the file sinks: a reader sees a whole file or none."""
+"""Atomic file writes for the file sinks: a reader sees a whole file or none.
+
+The sinks are for development and tests: a file is renamed into place but not
+fsync'ed, so an OS crash (not a killed worker) may lose the last few.
+"""
 
 from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
+import threading
+
+_made: set[pathlib.Path] = set()
 
 
 def atomic_write(directory: pathlib.Path, name: str, data: bytes) -> pathlib.Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    if directory not in _made:
+        directory.mkdir(parents=True, exist_ok=True)
+        _made.add(directory)
+    # One writer per thread and name at a time, so this temporary name is never shared.
+    tmp = directory / f".tmp-{os.getpid()}-{threading.get_ident()}-{name}.part"
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "wb") as handle:
             handle.write(data)
         target = directory / name
         os.replace(tmp, target)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
         raise
     return target

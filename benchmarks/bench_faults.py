@@ -1,0 +1,940 @@
+"""Benchmark: bookings through the whole mesh while providers fail and processes and the broker are killed.
+
+    .venv/bin/python benchmarks/bench_faults.py [--rate 20] [--duration 120] [--database sqlite|postgresql]
+        [--faults worker@25,relay@45,broker@60,worker@80 | none] [--keep-logs]
+
+Every part of the mesh is a separate process: the booking API (gunicorn), the
+outbox relay and a Celery worker (threads pool), on a PRIVATE RabbitMQ node
+that this script starts and kills with SIGKILL (``tests/private_broker.py``;
+the shared broker on 5672 is never touched). The e-mail and push providers
+are one fake HTTP server in this process that answers 503 to 30 % of the
+calls, hangs past the workers' timeout and then accepts 2 % of them, and
+accepts the rest. It does NOT deduplicate by ``Idempotency-Key`` (it models
+SMTP or FCM without idempotency), so a second accepted call for one delivery
+is a second e-mail: a duplicate "in effect".
+
+While a client posts bookings at a steady rate, the worker's process group
+and the relay are SIGKILLed and restarted, and the broker is SIGKILLed and
+restarted (same data directory). After the load stops the script waits until
+every booking's confirmation e-mail and push message is accepted by the
+provider or dead-lettered (or the drain deadline passes: what is missing then
+is lost), and prints lost, duplicated (by idempotency key and in effect),
+dead-lettered, booking → provider-accepted latency and the drain time.
+
+Loopback only, bounded in count and time; every process (and the private
+broker) is killed in a ``finally``, also on Ctrl-C. Exit code 0 either way:
+it is a benchmark; the "TARGET" lines say whether the issue's target is met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pika
+import requests
+import sqlalchemy as sa
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.private_broker import PrivateBroker  # noqa: E402
+from tests.support import free_port  # noqa: E402
+
+BIN = pathlib.Path(sys.executable).parent
+API_KEY = "bench"
+EMAIL_PATH = "/v1/email/send"
+PUSH_PATH = "/v1/projects/fake/messages:send"
+CONFIRMED = "booking.confirmed"
+WORK_QUEUES = ("notifications.dispatch", "notifications.email", "notifications.push")
+#: A duplicate whose earlier accepted call finished this close before a worker SIGKILL is
+#: attributed to the kill (the worker died between the provider's answer and recording it).
+KILL_WINDOW = 1.0
+
+
+def log(t0: float | None, text: str) -> None:
+    stamp = f"[{time.monotonic() - t0:7.1f} s] " if t0 is not None else ""
+    print(stamp + text, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of ``values`` (sorted or not); nan when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def cpu_busy_snapshot() -> tuple[int, int]:
+    fields = [int(x) for x in pathlib.Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fake provider
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Call:
+    channel: str             # "email" | "push"
+    key: str                 # Idempotency-Key (the delivery id)
+    booking_id: str | None
+    event: str | None
+    notification_id: str | None
+    outcome: str             # "503" | "ok" | "hang" (hung past the client's timeout, then accepted)
+    arrived: float           # monotonic
+    answered: float          # monotonic; for accepted calls, the moment of acceptance
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome != "503"
+
+
+class FakeProvider:
+    """E-mail and push HTTP APIs on 127.0.0.1 that fail on purpose and never deduplicate."""
+
+    def __init__(self, p503: float, phang: float, hang_seconds: float, seed: int | None) -> None:
+        self.p503, self.phang, self.hang_seconds = p503, phang, hang_seconds
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+        self.calls: list[Call] = []
+        self.first_accept: dict[str, Call] = {}
+        self.accepted_keys_by_booking: dict[tuple[str, str], str] = {}
+        self.server_errors = 0
+        self.server = self._server()
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-provider", daemon=True)
+
+    def start(self) -> FakeProvider:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    @property
+    def email_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{EMAIL_PATH}"
+
+    @property
+    def push_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{PUSH_PATH}"
+
+    def decide(self) -> str:
+        with self.lock:
+            r = self.rng.random()
+        if r < self.p503:
+            return "503"
+        if r < self.p503 + self.phang:
+            return "hang"
+        return "ok"
+
+    def record(self, call: Call) -> None:
+        with self.lock:
+            self.calls.append(call)
+            if call.accepted and call.key not in self.first_accept:
+                self.first_accept[call.key] = call
+                if call.booking_id and call.event == CONFIRMED:
+                    self.accepted_keys_by_booking.setdefault((call.booking_id, call.channel), call.key)
+
+    def snapshot(self) -> list[Call]:
+        with self.lock:
+            return list(self.calls)
+
+    def accepted_count(self) -> int:
+        with self.lock:
+            return len(self.accepted_keys_by_booking)
+
+    def resolved(self, booking_id: str, channel: str) -> Call | None:
+        with self.lock:
+            key = self.accepted_keys_by_booking.get((booking_id, channel))
+            return self.first_accept.get(key) if key else None
+
+    def _server(self) -> ThreadingHTTPServer:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, like a real provider
+            timeout = 300
+
+            def do_POST(self):  # noqa: N802 - http.server naming
+                arrived = time.monotonic()
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    body = json.loads(raw or b"{}")
+                except ValueError:
+                    body = {}
+                if self.path.startswith(PUSH_PATH):
+                    channel = "push"
+                    data = ((body.get("message") or {}).get("data") or {}) if isinstance(body, dict) else {}
+                    booking_id, event, nid = data.get("booking_id"), data.get("event"), data.get("notification_id")
+                else:
+                    channel = "email"
+                    headers = (body.get("headers") or {}) if isinstance(body, dict) else {}
+                    booking_id, event = headers.get("X-Booking-Id"), headers.get("X-Notification-Event")
+                    nid = headers.get("X-Notification-Id")
+                outcome = fake.decide()
+                if outcome == "hang":
+                    time.sleep(fake.hang_seconds)  # past the client's read timeout; then the provider accepts it
+                key = self.headers.get("Idempotency-Key") or ""
+                fake.record(Call(channel, key, booking_id, event, nid, outcome, arrived, time.monotonic()))
+                if outcome == "503":
+                    status, payload = 503, {"error": "unavailable"}
+                else:
+                    n = uuid.uuid4().hex[:12]
+                    status, payload = 200, ({"name": f"projects/fake/messages/{n}"} if channel == "push" else {"id": n})
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    self.close_connection = True  # the worker gave up (timeout) or died meanwhile
+
+            def log_message(self, *args):
+                return
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 512
+            allow_reuse_address = True
+
+            def handle_error(self, request, client_address):
+                fake.server_errors += 1  # a client that vanished mid-request (SIGKILL): not our problem
+
+        return Server(("127.0.0.1", 0), Handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# The processes of the mesh
+# ---------------------------------------------------------------------------------------------
+
+class Mesh:
+    """API, relay and worker as subprocesses, each in its own session (so a SIGKILL takes its whole group)."""
+
+    def __init__(self, root: pathlib.Path, env: dict[str, str], concurrency: int) -> None:
+        self.root = root
+        self.env = env
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.lock = threading.Lock()
+        self.closing = False
+        self.starts: dict[str, int] = {}
+        self.commands = {
+            "api": [str(BIN / "booking-service"), "serve"],
+            "relay": [str(BIN / "booking-service"), "relay"],
+            "worker": [str(BIN / "celery"), "-A", "notification_service.celery_app", "worker", "-P", "threads",
+                       "-c", str(concurrency), "-Q", ",".join(WORK_QUEUES), "--without-gossip", "--without-mingle",
+                       "-l", "INFO", "-n", "faults@%h"],
+        }
+
+    def run(self, name: str, *argv: str) -> str:
+        done = subprocess.run(argv, env=self.env, cwd=self.root, capture_output=True, text=True, timeout=180,
+                              stdin=subprocess.DEVNULL)
+        (self.root / f"{name}.log").write_text(done.stdout + done.stderr)
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        return done.stdout
+
+    def start(self, name: str) -> int | None:
+        with self.lock:
+            if self.closing:
+                return None
+            self.starts[name] = self.starts.get(name, 0) + 1
+            out = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+            out.write(f"\n===== bench: start #{self.starts[name]} of {name} at {time.strftime('%H:%M:%S')}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(self.commands[name], env=self.env, cwd=self.root, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            out.close()
+            self.procs[name] = proc
+            return proc.pid
+
+    def kill(self, name: str) -> int | None:
+        """SIGKILL the process group of ``name`` and reap it."""
+        with self.lock:
+            proc = self.procs.get(name)
+            if proc is None:
+                return None
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+            return proc.pid
+
+    def alive(self, name: str) -> bool:
+        proc = self.procs.get(name)
+        return proc is not None and proc.poll() is None
+
+    def stop_all(self, grace: float = 10.0) -> None:
+        with self.lock:
+            self.closing = True
+            procs = list(self.procs.items())
+        for _name, proc in procs:
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for _name, proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(proc, signal.SIGKILL)  # the group too: gunicorn's workers, stragglers
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # start_new_session: pgid == pid
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Load
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Booking:
+    index: int
+    booking_id: str
+    committed: float   # monotonic time the 201 arrived
+    post_seconds: float
+
+
+@dataclass
+class LoadStats:
+    bookings: list[Booking] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)     # bookings that never got a 201
+    error_attempts: int = 0                               # attempts answered with an error or no answer
+    behind_max: float = 0.0                               # how far the client fell behind its schedule
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Load:
+    def __init__(self, base_url: str, rate: float, duration: float, run_id: str) -> None:
+        self.url = base_url + "/v1/bookings"
+        self.rate = rate
+        self.count = int(rate * duration)
+        self.run_id = run_id
+        self.stats = LoadStats()
+        self.local = threading.local()
+
+    def body(self, i: int) -> dict:
+        start = datetime(2031, 1, 1, tzinfo=timezone.utc) + timedelta(hours=i)
+        return {
+            "resource_id": f"faults-{self.run_id}-{i}",
+            "starts_at": start.isoformat().replace("+00:00", "Z"),
+            "ends_at": (start + timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
+            "customer": {"name": "Fault Bench", "email": f"c{i}.{self.run_id}@example.org", "locale": "en",
+                         "timezone": "Europe/London", "push_tokens": [f"tok-{self.run_id}-{i}"]},
+        }
+
+    def post(self, i: int) -> Booking | None:
+        session = getattr(self.local, "session", None)
+        if session is None:
+            session = self.local.session = requests.Session()
+            session.headers["Authorization"] = f"Bearer {API_KEY}"
+        body = self.body(i)
+        key = f"faults-{self.run_id}-{i}"  # a retried POST is replayed, never a second booking
+        give_up = time.monotonic() + 60
+        while True:
+            started = time.monotonic()
+            try:
+                response = session.post(self.url, json=body, headers={"Idempotency-Key": key}, timeout=15)
+            except requests.RequestException as exc:
+                problem = f"{type(exc).__name__}"
+            else:
+                if response.status_code == 201:
+                    booking = Booking(i, response.json()["id"], time.monotonic(), time.monotonic() - started)
+                    with self.stats.lock:
+                        self.stats.bookings.append(booking)
+                    return booking
+                problem = f"HTTP {response.status_code}: {response.text[:200]}"
+                if response.status_code < 500 and response.status_code != 429:
+                    give_up = 0  # a 4xx will not get better
+            with self.stats.lock:
+                self.stats.error_attempts += 1
+            if time.monotonic() > give_up:
+                with self.stats.lock:
+                    self.stats.failed.append(f"#{i}: {problem}")
+                return None
+            time.sleep(0.5)
+
+    def run(self, t0: float, stop: threading.Event) -> None:
+        with ThreadPoolExecutor(16, thread_name_prefix="load") as pool:
+            for i in range(self.count):
+                due = t0 + i / self.rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    if stop.wait(delay):
+                        break
+                else:
+                    self.stats.behind_max = max(self.stats.behind_max, -delay)
+                pool.submit(self.post, i)
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class FaultEvent:
+    at: float       # seconds since the load started
+    what: str
+
+
+def parse_faults(spec: str | None, duration: float) -> list[tuple[float, str]]:
+    if spec is None:  # the default schedule, scaled to the duration
+        default = [(25, "worker"), (45, "relay"), (60, "broker"), (80, "worker")]
+        return [(duration * at / 120.0, kind) for at, kind in default]
+    if spec.strip().lower() in {"", "none"}:
+        return []
+    plan = []
+    for item in spec.split(","):
+        kind, _, at = item.strip().partition("@")
+        if kind not in {"worker", "relay", "broker"} or not at:
+            raise SystemExit(f"--faults: {item!r} is not worker@S, relay@S or broker@S")
+        plan.append((float(at), kind))
+    return sorted(plan)
+
+
+def run_faults(plan, t0, stop, mesh: Mesh, broker: PrivateBroker, down: float, timeline: list[FaultEvent],
+               worker_kills: list[float]) -> None:
+    def note(text: str) -> None:
+        at = time.monotonic() - t0
+        timeline.append(FaultEvent(at, text))
+        log(t0, text)
+
+    for at, kind in plan:
+        if stop.wait(max(0.0, t0 + at - time.monotonic())):
+            return
+        try:
+            if kind == "broker":
+                pid = broker.pid
+                broker.kill()
+                note(f"broker SIGKILL (beam.smp pid {pid})")
+                began = time.monotonic()
+                broker.start()
+                note(f"broker back, accepting AMQP (restart took {time.monotonic() - began:.1f} s)")
+            else:
+                if kind == "worker":
+                    worker_kills.append(time.monotonic())
+                pid = mesh.kill(kind)
+                note(f"{kind} SIGKILL (process group {pid})")
+                if stop.wait(down):
+                    return
+                pid = mesh.start(kind)
+                note(f"{kind} restarted (pid {pid})")
+        except Exception as exc:  # noqa: BLE001 - report and carry on with the schedule
+            note(f"fault {kind} failed: {exc!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis
+# ---------------------------------------------------------------------------------------------
+
+def classify_duplicates(calls: list[Call], worker_kills: list[float]) -> dict:
+    """Per delivery (Idempotency-Key): extra accepted calls, explained by an earlier hang or not."""
+    by_key: dict[str, list[Call]] = {}
+    for call in calls:
+        if call.accepted and call.key:
+            by_key.setdefault(call.key, []).append(call)
+    keys_dup = 0
+    extra = explained = 0
+    unexplained: list[tuple[str, Call, Call, str]] = []
+    for key, accepted in by_key.items():
+        if len(accepted) < 2:
+            continue
+        keys_dup += 1
+        accepted.sort(key=lambda c: c.arrived)
+        allowance = 0
+        for previous, call in zip(accepted, accepted[1:]):
+            allowance += previous.outcome == "hang"
+            extra += 1
+            if allowance > 0:
+                allowance -= 1
+                explained += 1
+                continue
+            earlier = [p for p in accepted if p.arrived < call.arrived]
+            killed = any(p.arrived <= kill and p.answered >= kill - KILL_WINDOW for kill in worker_kills for p in earlier)
+            cause = "an earlier accepted call was in flight at a worker SIGKILL" if killed else "other"
+            unexplained.append((key, previous, call, cause))
+    return {"keys": keys_dup, "extra": extra, "explained": explained, "unexplained": unexplained}
+
+
+def read_delivery_log(url: str) -> dict[tuple[str, str], tuple[str, int, str | None]]:
+    """(booking id, channel) → (status, attempts, last error) of confirmation deliveries."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT booking_id, channel, status, attempts, last_error FROM deliveries "
+                                        "WHERE event = :event"), {"event": CONFIRMED}).all()
+        return {(r[0], r[1]): (r[2], r[3], r[4]) for r in rows}
+    finally:
+        engine.dispose()
+
+
+def read_outbox(url: str) -> dict[str, tuple[str, int, str | None]]:
+    """booking id → (outbox status, attempts, last error) of its confirmation row."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT booking_id, status, attempts, last_error FROM outbox WHERE event = :e"),
+                                {"e": CONFIRMED}).all()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+    finally:
+        engine.dispose()
+
+
+def queue_depths(broker: PrivateBroker) -> dict[str, int]:
+    depths = {}
+    connection = pika.BlockingConnection(broker.pika_parameters())
+    try:
+        channel = connection.channel()
+        for queue in WORK_QUEUES + tuple(q + ".dlq" for q in WORK_QUEUES):
+            depths[queue] = channel.queue_declare(queue, passive=True).method.message_count
+    finally:
+        connection.close()
+    return depths
+
+
+LOG_PATTERNS = {
+    "worker": {
+        "retrying": '"retrying"',
+        "dead-lettered": '"dead-lettered"',
+        "deferred (live lease)": "another attempt holds the delivery",
+        "stall watchdog fired": "consumer stalled",
+        "broker connection lost": "Connection to broker lost",
+        "reconnected": "Connected to amqp://",
+        "could not store reason": "could not store",
+        "tracebacks": "Traceback",
+    },
+    "relay": {
+        "broker unavailable": "relay_broker_unavailable",
+        "database unavailable": "relay_database_unavailable",
+        "unroutable": "outbox_unroutable",
+        "nacked": "outbox_nacked",
+        "connected": "relay_connected",
+        "tracebacks": "Traceback",
+    },
+    "api": {"tracebacks": "Traceback"},
+}
+ERROR_LINE = re.compile(r'"level":\s*"(error|critical)"')
+
+
+def log_signals(root: pathlib.Path) -> list[tuple[str, str, int]]:
+    found = []
+    for name, patterns in LOG_PATTERNS.items():
+        path = root / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        for label, needle in patterns.items():
+            found.append((name, label, text.count(needle)))
+        found.append((name, "error/critical lines", len(ERROR_LINE.findall(text))))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+def make_databases(kind: str, tmp: pathlib.Path):
+    if kind == "sqlite":
+        return f"sqlite:///{tmp / 'booking.db'}", f"sqlite:///{tmp / 'notification.db'}", lambda: None
+    admin = sa.create_engine(os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@localhost:5432/test"),
+                             isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    suffix = uuid.uuid4().hex[:8]
+    names = [f"bench_faults_booking_{suffix}", f"bench_faults_notif_{suffix}"]
+    with admin.connect() as conn:
+        for name in names:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            for name in names:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    urls = [admin.url.set(database=name).render_as_string(hide_password=False) for name in names]
+    return urls[0], urls[1], drop
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def healthy(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=20.0, help="bookings per second (default 20)")
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds of load (default 120)")
+    parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite",
+                        help="both services' databases (PostgreSQL: fresh databases on TEST_POSTGRES_URL's server)")
+    parser.add_argument("--faults", default=None,
+                        help="comma-separated KIND@SECONDS (worker|relay|broker), or 'none'; default "
+                             "worker@25,relay@45,broker@60,worker@80 scaled to --duration")
+    parser.add_argument("--down", type=float, default=2.0, help="seconds a killed worker or relay stays down")
+    parser.add_argument("--concurrency", type=int, default=64, help="worker threads (-c)")
+    parser.add_argument("--p503", type=float, default=0.30, help="share of provider calls answered 503")
+    parser.add_argument("--phang", type=float, default=0.02, help="share of calls that hang past the timeout, then accepted")
+    parser.add_argument("--http-timeout", type=float, default=2.0, help="NOTIFICATION_HTTP_TIMEOUT")
+    parser.add_argument("--hang", type=float, default=3.0, help="seconds a hanging call takes before the provider accepts it")
+    parser.add_argument("--drain-timeout", type=float, default=300.0, help="seconds to wait after the load for stragglers")
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds to keep watching for late duplicates after draining")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--keep-logs", action="store_true", help="keep the temporary folder with every process's log")
+    args = parser.parse_args()
+    plan = parse_faults(args.faults, args.duration)
+
+    def on_term(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-faults-"))
+    run_id = uuid.uuid4().hex[:6]
+    stop = threading.Event()
+    broker: PrivateBroker | None = None
+    mesh: Mesh | None = None
+    provider: FakeProvider | None = None
+    drop_databases = lambda: None  # noqa: E731
+    try:
+        booking_url, notification_url, drop_databases = make_databases(args.database, tmp)
+        began = time.monotonic()
+        broker = PrivateBroker()
+        broker.start()
+        log(None, f"private RabbitMQ node {broker.node_name} on 127.0.0.1:{broker.port} "
+                  f"(started in {time.monotonic() - began:.1f} s)")
+        provider = FakeProvider(args.p503, args.phang, args.hang, args.seed).start()
+        api_port = free_port()
+        env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
+        env.update({
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "AMQP_URL": broker.url,
+            "BOOKING_DATABASE_URL": booking_url,
+            "BOOKING_API_KEYS": API_KEY,
+            "BOOKING_BIND": f"127.0.0.1:{api_port}",
+            "BOOKING_WORKERS": "2",
+            "BOOKING_REMINDER_LEAD_SECONDS": "86400",  # bookings start in 2031: no reminder is due
+            "BOOKING_LOG_FORMAT": "json",
+            "NOTIFICATION_DATABASE_URL": notification_url,
+            "NOTIFICATION_LOG_FORMAT": "json",
+            "NOTIFICATION_METRICS_PORT": "0",
+            "NOTIFICATION_HTTP_TIMEOUT": str(args.http_timeout),
+            "NOTIFICATION_RETRY_BASE_SECONDS": "1",
+            "NOTIFICATION_RETRY_MAX_SECONDS": "10",
+            "EMAIL_BACKEND": "http",
+            "EMAIL_HTTP_URL": provider.email_url,
+            "PUSH_BACKEND": "http",
+            "PUSH_HTTP_URL": provider.push_url,
+        })
+        mesh = Mesh(tmp, env, args.concurrency)
+        mesh.run("migrate-booking", str(BIN / "booking-service"), "migrate")
+        mesh.run("migrate-notification", str(BIN / "notification-service"), "migrate")
+        mesh.run("topology", str(BIN / "notification-service"), "topology", "declare")
+        for name in ("worker", "api", "relay"):
+            mesh.start(name)
+        base_url = f"http://127.0.0.1:{api_port}"
+        wait_until(lambda: healthy(base_url + "/healthz"), 60, "the booking API")
+
+        # Warm-up: one booking through the whole mesh, both deliveries accepted, before the clock starts.
+        warm = Load(base_url, 1, 1, run_id + "w").post(0)
+        if warm is None:
+            raise SystemExit("the warm-up booking failed")
+        wait_until(lambda: provider.resolved(warm.booking_id, "email") and provider.resolved(warm.booking_id, "push"),
+                   120, "the warm-up booking's e-mail and push")
+        log(None, f"mesh up (logs in {tmp}); load: {args.rate:g} bookings/s for {args.duration:g} s, database "
+                  f"{args.database}, provider 503 {args.p503:.0%} / hang {args.phang:.0%} ({args.hang:g} s, timeout "
+                  f"{args.http_timeout:g} s), worker -P threads -c {args.concurrency}")
+        log(None, "fault plan: " + (", ".join(f"{kind}@{at:.0f}s" for at, kind in plan) or "none"))
+
+        # ---- load + faults --------------------------------------------------------------------
+        load = Load(base_url, args.rate, args.duration, run_id)
+        timeline: list[FaultEvent] = []
+        worker_kills: list[float] = []
+        busy0 = cpu_busy_snapshot()
+        t0 = time.monotonic()
+        load_thread = threading.Thread(target=load.run, args=(t0, stop), name="load", daemon=True)
+        fault_thread = threading.Thread(target=run_faults, args=(plan, t0, stop, mesh, broker, args.down, timeline,
+                                                                 worker_kills), name="faults", daemon=True)
+        load_thread.start()
+        fault_thread.start()
+        load_max = 0.0
+        next_report = t0 + 10
+        while load_thread.is_alive():
+            load_thread.join(0.5)
+            load_max = max(load_max, os.getloadavg()[0])
+            if time.monotonic() >= next_report:
+                next_report += 10
+                log(t0, f"bookings {len(load.stats.bookings)}, deliveries accepted {provider.accepted_count() - 2}, "
+                        f"provider calls {len(provider.calls)}, load average {os.getloadavg()[0]:.2f}")
+        load_end = time.monotonic()
+        busy1 = cpu_busy_snapshot()
+        load_avg_end = os.getloadavg()
+        log(t0, f"load done: {len(load.stats.bookings)} bookings; waiting for the fault schedule to finish")
+        fault_thread.join()
+
+        # ---- drain -------------------------------------------------------------------------------
+        bookings = list(load.stats.bookings)
+        expected = [(b.booking_id, channel) for b in bookings for channel in ("email", "push")]
+        dead: dict[tuple[str, str], tuple] = {}
+        deadline = load_end + args.drain_timeout
+        drained_at = None
+        next_report = time.monotonic() + 10
+        last_db_check = 0.0
+        while True:
+            missing = [item for item in expected if provider.resolved(*item) is None and item not in dead]
+            if missing and time.monotonic() - last_db_check > 2:
+                last_db_check = time.monotonic()
+                try:
+                    states = read_delivery_log(notification_url)
+                except sa.exc.SQLAlchemyError as exc:
+                    log(t0, f"delivery log unreadable: {exc!r}")
+                    states = {}
+                for item in missing:
+                    if states.get(item, ("",))[0] == "dead":
+                        dead[item] = states[item]
+                missing = [item for item in missing if item not in dead]
+            if not missing:
+                drained_at = time.monotonic()
+                break
+            if time.monotonic() > deadline:
+                break
+            if time.monotonic() >= next_report:
+                next_report += 10
+                log(t0, f"draining: {len(missing)} deliveries not yet accepted or dead-lettered")
+            time.sleep(0.25)
+        if drained_at is not None:
+            last_accept = max((provider.resolved(*item).answered for item in expected if provider.resolved(*item)),
+                              default=load_end)
+            drain_seconds = max(0.0, max(last_accept, load_end) - load_end)
+            log(t0, f"drained; watching {args.settle:g} s more for late duplicates")
+        else:
+            drain_seconds = None
+            log(t0, f"drain deadline ({args.drain_timeout:g} s) passed with deliveries missing")
+        stop.wait(args.settle)
+
+        # ---- collect -----------------------------------------------------------------------------
+        calls = provider.snapshot()
+        states = read_delivery_log(notification_url)
+        outbox = read_outbox(booking_url)
+        try:
+            depths = queue_depths(broker)
+        except Exception as exc:  # noqa: BLE001
+            depths = {"error": repr(exc)}
+        dlq = subprocess.run([str(BIN / "notification-service"), "dlq", "list"], env=env, cwd=tmp, capture_output=True,
+                             text=True, timeout=120)
+        try:
+            dlq_messages = json.loads(dlq.stdout or "[]")
+        except ValueError:
+            dlq_messages = []
+
+        ours = {b.booking_id for b in bookings}
+        accepted_items = {item: provider.resolved(*item) for item in expected}
+        accepted = [item for item, call in accepted_items.items() if call is not None]
+        lost = [item for item in expected if accepted_items[item] is None and item not in dead]
+        dead_unsent = [item for item in expected if accepted_items[item] is None and states.get(item, ("",))[0] == "dead"]
+        dead_although_accepted = [item for item in accepted if states.get(item, ("",))[0] == "dead"]
+        committed = {b.booking_id: b.committed for b in bookings}
+        latencies = [call.answered - committed[item[0]] for item, call in accepted_items.items() if call is not None]
+        our_calls = [c for c in calls if c.booking_id in ours]
+        dups = classify_duplicates(our_calls, worker_kills)
+        other_events = sum(1 for c in our_calls if c.event != CONFIRMED)
+        unknown_calls = sum(1 for c in calls if c.booking_id not in ours and c.booking_id != warm.booking_id)
+
+        killed_dups = sum(1 for *_rest, cause in dups["unexplained"] if cause != "other")
+
+        # ---- report ------------------------------------------------------------------------------
+        busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
+        print()
+        print(f"bench_faults: {args.rate:g} bookings/s for {args.duration:g} s, database {args.database}, "
+              f"{os.cpu_count()} cores, worker -P threads -c {args.concurrency}, provider 503 {args.p503:.0%}, "
+              f"hang {args.phang:.0%} ({args.hang:g} s > timeout {args.http_timeout:g} s)")
+        print()
+        rows = [
+            ("bookings made (201)", f"{len(bookings)} of {load.count} scheduled"),
+            ("bookings failed (no 201 after retries)", len(load.stats.failed)),
+            ("API error attempts (retried)", load.stats.error_attempts),
+            ("client behind schedule, max", f"{load.stats.behind_max:.2f} s"),
+            ("expected deliveries (e-mail + push)", len(expected)),
+            ("accepted by the provider", len(accepted)),
+            ("dead-lettered (never accepted)", len(dead_unsent)),
+            ("dead-lettered although accepted", len(dead_although_accepted)),
+            ("LOST", len(lost)),
+            ("duplicated by idempotency key (keys)", dups["keys"]),
+            ("  extra accepted calls", dups["extra"]),
+            ("  explained by an accepted-after-timeout", dups["explained"]),
+            ("DUPLICATED IN EFFECT (extras not after a timeout)", len(dups["unexplained"])),
+            ("  of which: earlier call in flight at a worker SIGKILL", killed_dups),
+            ("  of which: no fault explains them", len(dups["unexplained"]) - killed_dups),
+            ("latency commit → accepted p50", f"{pct(latencies, 0.50):.2f} s"),
+            ("latency commit → accepted p95", f"{pct(latencies, 0.95):.2f} s"),
+            ("latency commit → accepted max", f"{max(latencies, default=float('nan')):.2f} s"),
+            ("drain time after the load stopped", f"{drain_seconds:.1f} s" if drain_seconds is not None else
+             f"did not drain in {args.drain_timeout:g} s"),
+            ("provider calls (503 / hang / ok)", f"{len(our_calls)} ({sum(c.outcome == '503' for c in our_calls)} / "
+             f"{sum(c.outcome == 'hang' for c in our_calls)} / {sum(c.outcome == 'ok' for c in our_calls)})"),
+            ("calls for other events / unknown bookings", f"{other_events} / {unknown_calls}"),
+            ("DLQ messages (dlq list)", f"{len(dlq_messages)} "
+             + json.dumps({q: sum(1 for m in dlq_messages if m.get('dlq') == q) for q in
+                           sorted({m.get('dlq') for m in dlq_messages})})),
+            ("queues at the end (ready messages)", json.dumps(depths)),
+            ("load average during load (max 1-min)", f"{load_max:.2f}; at end {load_avg_end[0]:.2f} / "
+             f"{load_avg_end[1]:.2f} / {load_avg_end[2]:.2f}"),
+            ("CPU busy during load (all cores)", f"{busy:.0%}"),
+        ]
+        width = max(len(label) for label, _ in rows)
+        print(f"| {'measure':<{width}} | value")
+        print(f"|{'-' * (width + 2)}|{'-' * 40}")
+        for label, value in rows:
+            print(f"| {label:<{width}} | {value}")
+
+        print("\nfault timeline (seconds since the load started):")
+        for event in timeline:
+            print(f"  {event.at:7.1f}  {event.what}")
+        if not timeline:
+            print("  (none)")
+
+        print("\nlatency by booking time (commit → accepted, both channels):")
+        print(f"  {'booked at':>11} | {'deliveries':>10} | {'p50 s':>6} | {'p95 s':>6} | {'max s':>6} | missing")
+        bucket_width = 10.0
+        for k in range(int(math.ceil(args.duration / bucket_width))):
+            lo, hi = t0 + k * bucket_width, t0 + (k + 1) * bucket_width
+            in_bucket = [b for b in bookings if lo <= t0 + b.index / args.rate < hi]  # by scheduled time
+            values, missing_n = [], 0
+            for b in in_bucket:
+                for channel in ("email", "push"):
+                    call = accepted_items.get((b.booking_id, channel))
+                    if call is None:
+                        missing_n += 1
+                    else:
+                        values.append(call.answered - b.committed)
+            print(f"  {k * bucket_width:4.0f}-{(k + 1) * bucket_width:<4.0f} s | {len(values) + missing_n:>10} | "
+                  f"{pct(values, 0.5):>6.2f} | {pct(values, 0.95):>6.2f} | {max(values, default=float('nan')):>6.2f} | "
+                  f"{missing_n}")
+
+        slowest = sorted(((call.answered - committed[item[0]], item, call) for item, call in accepted_items.items()
+                          if call is not None), key=lambda x: -x[0])[:8]
+        calls_by_key: dict[str, list[Call]] = {}
+        for c in our_calls:
+            calls_by_key.setdefault(c.key, []).append(c)
+        print("\nslowest deliveries:")
+        for seconds, (booking_id, channel), call in slowest:
+            history = " ".join(f"{c.outcome}@{c.arrived - t0:.1f}" for c in sorted(calls_by_key[call.key],
+                                                                                    key=lambda c: c.arrived))
+            print(f"  {seconds:6.1f} s  booked at {committed[booking_id] - t0:6.1f} s  {channel:<5} "
+                  f"booking {booking_id[:8]}  outbox {outbox.get(booking_id, ('?',))[0]}  calls: {history}")
+
+        if dups["unexplained"]:
+            print("\nduplicates in effect (first 10):")
+            for key, previous, call, cause in dups["unexplained"][:10]:
+                print(f"  key {key[:8]} {call.channel:<5} booking {str(call.booking_id)[:8]}: accepted "
+                      f"{previous.outcome}@{previous.arrived - t0:.1f}-{previous.answered - t0:.1f} s, again "
+                      f"{call.outcome}@{call.arrived - t0:.1f} s; {cause}")
+        if lost:
+            print(f"\nlost deliveries ({len(lost)}), where they stopped (first 15):")
+            for booking_id, channel in lost[:15]:
+                state = states.get((booking_id, channel))
+                box = outbox.get(booking_id)
+                calls_here = [c for c in our_calls if c.booking_id == booking_id and c.channel == channel]
+                print(f"  booking {booking_id[:8]} {channel:<5} outbox {box[:2] if box else None} delivery "
+                      f"{(state[0], state[1], (state[2] or '')[:80]) if state else 'no row'} provider calls "
+                      f"{[c.outcome for c in calls_here]}")
+            stuck: dict[str, int] = {}
+            for booking_id, channel in lost:
+                state = states.get((booking_id, channel))
+                box = outbox.get(booking_id)
+                where = (f"outbox {box[0]}" if box and box[0] != "published" else
+                         f"delivery {state[0]}" if state else "published, no delivery row")
+                stuck[where] = stuck.get(where, 0) + 1
+            print("  by place: " + json.dumps(stuck))
+        if dead_unsent:
+            print("\ndead-lettered deliveries (first 5): " + "; ".join(
+                f"{b[:8]} {ch}: {(states[(b, ch)][2] or '')[:100]}" for b, ch in dead_unsent[:5]))
+        if load.stats.failed:
+            print("\nfailed bookings (first 5): " + "; ".join(load.stats.failed[:5]))
+        statuses: dict[str, int] = {}
+        for item in expected:
+            status = states.get(item, ("no row",))[0]
+            statuses[status] = statuses.get(status, 0) + 1
+        print("\ndelivery log status of the expected deliveries: " + json.dumps(statuses))
+        out_statuses: dict[str, int] = {}
+        for b in bookings:
+            status = outbox.get(b.booking_id, ("no row",))[0]
+            out_statuses[status] = out_statuses.get(status, 0) + 1
+        print("booking outbox status of the confirmations: " + json.dumps(out_statuses))
+        print("\nlog signals (counts of lines):")
+        for name, label, count in log_signals(tmp):
+            if count:
+                print(f"  {name:<7} {label:<28} {count}")
+        print(f"fake provider: {provider.server_errors} connections dropped by clients mid-request")
+
+        print()
+        p95 = pct(latencies, 0.95)
+        print(f"TARGET {'MET' if not lost else 'MISSED'}: lost == 0 (lost {len(lost)})")
+        print(f"TARGET {'MET' if not dups['unexplained'] else 'MISSED'}: duplicated in effect == 0 "
+              f"(apart from accepted-after-timeout; got {len(dups['unexplained'])})")
+        if dups["unexplained"]:
+            print(f"   ({killed_dups} of them follow a call the worker was SIGKILLed during, or within {KILL_WINDOW:g} s "
+                  f"after, i.e. before it could record the provider's answer: unavoidable without provider "
+                  f"idempotency; {len(dups['unexplained']) - killed_dups} have no such excuse)")
+        print(f"TARGET {'MET' if p95 <= 10 else 'MISSED'}: p95 commit → accepted <= 10 s (p95 {p95:.2f} s)")
+        if args.keep_logs:
+            print(f"\nlogs kept in {tmp}")
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up", flush=True)
+    finally:
+        stop.set()
+        if mesh is not None:
+            mesh.stop_all()
+        if broker is not None:
+            try:
+                broker.stop()
+            except Exception as exc:  # noqa: BLE001
+                print(f"private broker cleanup: {exc!r}", file=sys.stderr)
+        if provider is not None:
+            provider.stop()
+        try:
+            drop_databases()
+        except Exception as exc:  # noqa: BLE001
+            print(f"dropping the benchmark databases: {exc!r}", file=sys.stderr)
+        if not args.keep_logs:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
