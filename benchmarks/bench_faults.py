@@ -328,7 +328,7 @@ class LoadStats:
     bookings: list[Booking] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)     # bookings that never got a 201
     error_attempts: int = 0                               # attempts answered with an error or no answer
-    behind_max: float = 0.0                               # how far the client fell behind its schedule
+    late: list[float] = field(default_factory=list)       # seconds each POST started after its scheduled time
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -351,7 +351,10 @@ class Load:
                          "timezone": "Europe/London", "push_tokens": [f"tok-{self.run_id}-{i}"]},
         }
 
-    def post(self, i: int) -> Booking | None:
+    def post(self, i: int, due: float | None = None) -> Booking | None:
+        if due is not None:
+            with self.stats.lock:
+                self.stats.late.append(max(0.0, time.monotonic() - due))
         session = getattr(self.local, "session", None)
         if session is None:
             session = self.local.session = requests.Session()
@@ -387,12 +390,9 @@ class Load:
             for i in range(self.count):
                 due = t0 + i / self.rate
                 delay = due - time.monotonic()
-                if delay > 0:
-                    if stop.wait(delay):
-                        break
-                else:
-                    self.stats.behind_max = max(self.stats.behind_max, -delay)
-                pool.submit(self.post, i)
+                if delay > 0 and stop.wait(delay):
+                    break
+                pool.submit(self.post, i, due)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,6 +544,35 @@ LOG_PATTERNS = {
 ERROR_LINE = re.compile(r'"level":\s*"(error|critical)"')
 
 
+#: Log lines worth placing on the fault timeline: (log, substring, label).
+TIMELINE_EVENTS = (
+    ("relay", '"relay_connected"', "relay connected to the broker"),
+    ("relay", '"relay_broker_unavailable"', "relay: broker unavailable, next try in {retry_in} s"),
+    ("worker", "Connected to amqp://", "worker consumer connected"),
+    ("worker", "consumer stalled", "worker: stall watchdog reconnects the consumer"),
+)
+
+
+def log_timeline(root: pathlib.Path, wall_t0: float, since: float) -> list[FaultEvent]:
+    """Reconnects and backoffs from the JSON logs, in seconds since the load started."""
+    events = []
+    for name, needle, label in TIMELINE_EVENTS:
+        path = root / f"{name}.log"
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            if needle not in line or not line.startswith("{"):
+                continue
+            try:
+                entry = json.loads(line)
+                at = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00")).timestamp() - wall_t0
+            except (ValueError, KeyError):
+                continue
+            if at >= since:
+                events.append(FaultEvent(at, "  (log) " + label.format(retry_in=entry.get("retry_in", "?"))))
+    return events
+
+
 def log_signals(root: pathlib.Path) -> list[tuple[str, str, int]]:
     found = []
     for name, patterns in LOG_PATTERNS.items():
@@ -687,7 +716,7 @@ def main() -> None:
         timeline: list[FaultEvent] = []
         worker_kills: list[float] = []
         busy0 = cpu_busy_snapshot()
-        t0 = time.monotonic()
+        t0, wall_t0 = time.monotonic(), time.time()
         load_thread = threading.Thread(target=load.run, args=(t0, stop), name="load", daemon=True)
         fault_thread = threading.Thread(target=run_faults, args=(plan, t0, stop, mesh, broker, args.down, timeline,
                                                                  worker_kills), name="faults", daemon=True)
@@ -776,6 +805,7 @@ def main() -> None:
         other_events = sum(1 for c in our_calls if c.event != CONFIRMED)
         unknown_calls = sum(1 for c in calls if c.booking_id not in ours and c.booking_id != warm.booking_id)
 
+        post_times = [b.post_seconds for b in bookings]
         killed_dups = sum(1 for *_rest, cause in dups["unexplained"] if cause != "other")
 
         # ---- report ------------------------------------------------------------------------------
@@ -789,7 +819,10 @@ def main() -> None:
             ("bookings made (201)", f"{len(bookings)} of {load.count} scheduled"),
             ("bookings failed (no 201 after retries)", len(load.stats.failed)),
             ("API error attempts (retried)", load.stats.error_attempts),
-            ("client behind schedule, max", f"{load.stats.behind_max:.2f} s"),
+            ("POST /v1/bookings p50 / p95 / max", "{:.3f} / {:.3f} / {:.3f} s".format(
+                pct(post_times, 0.5), pct(post_times, 0.95), max(post_times, default=float("nan")))),
+            ("POST started behind schedule p95 / max", f"{pct(load.stats.late, 0.95):.2f} / "
+             f"{max(load.stats.late, default=float('nan')):.2f} s"),
             ("expected deliveries (e-mail + push)", len(expected)),
             ("accepted by the provider", len(accepted)),
             ("dead-lettered (never accepted)", len(dead_unsent)),
@@ -824,7 +857,8 @@ def main() -> None:
             print(f"| {label:<{width}} | {value}")
 
         print("\nfault timeline (seconds since the load started):")
-        for event in timeline:
+        for event in sorted(timeline + log_timeline(tmp, wall_t0, min((e.at for e in timeline), default=0) - 0.5),
+                            key=lambda e: e.at):
             print(f"  {event.at:7.1f}  {event.what}")
         if not timeline:
             print("  (none)")

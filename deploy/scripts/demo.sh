@@ -9,6 +9,7 @@ export EMAIL_FILE_DIR="${EMAIL_FILE_DIR:-$PWD/var/demo/email}"
 export PUSH_FILE_DIR="${PUSH_FILE_DIR:-$PWD/var/demo/push}"
 API_KEY="${BOOKING_API_KEYS%%,*}"
 rm -rf "$EMAIL_FILE_DIR" "$PUSH_FILE_DIR"
+mkdir -p var
 
 deploy/scripts/run-mesh.sh > var/demo-mesh.log 2>&1 &
 MESH=$!

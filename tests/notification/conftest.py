@@ -37,6 +37,7 @@ class FakePush:
         self.script: dict[str, list[tuple[int, dict]]] = {}
         self.block: dict[str, threading.Event] = {}
         self.arrived: dict[str, threading.Event] = {}
+        self.delay = 0.0  # seconds every answer takes (a slow provider)
         self.lock = threading.Lock()
         fake = self
 
@@ -59,7 +60,10 @@ class FakePush:
                 if gate is not None:
                     gate.wait(60)  # hold the worker mid-send until the test lets go
                     return  # connection dropped without an answer
+                if fake.delay:
+                    time.sleep(fake.delay)
                 payload = json.dumps({"name": f"projects/fake/messages/{uuid.uuid4().hex[:8]}"}).encode()
+                record["status"] = status
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
@@ -67,6 +71,7 @@ class FakePush:
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+                record["end"] = time.monotonic()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

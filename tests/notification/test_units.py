@@ -328,3 +328,25 @@ def test_topology_declare_twice_is_idempotent(vhost_url):
 
     for q in shared.WORK_QUEUES:
         assert queue_depth(vhost_url, shared.dead_letter_queue(q)) == 0
+
+
+def test_email_is_built_as_a_standard_multipart_message_and_refuses_header_injection():
+    import email.policy
+
+    from notification_service.providers import build_email
+
+    content = EmailContent(delivery_id="d-7", to="Zoë Müller <zoe@example.org>", subject="Bestätigung für Raum 1",
+                           text="Grüße\nline = two", html="<p>Grüße</p>", headers={"X-Notification-Id": "n"})
+    data, message_id = build_email(content, "Bookings <bookings@example.org>")
+    parsed = email.message_from_bytes(data, policy=email.policy.default)
+    assert parsed["To"].addresses[0].addr_spec == "zoe@example.org"
+    assert parsed["To"].addresses[0].display_name == "Zoë Müller"
+    assert parsed["From"].addresses[0].addr_spec == "bookings@example.org"
+    assert parsed["Subject"] == "Bestätigung für Raum 1" and parsed["Message-ID"] == message_id == "<d-7@example.org>"
+    assert parsed["X-Notification-Id"] == "n" and parsed.get_content_type() == "multipart/alternative"
+    assert parsed.get_body(("plain",)).get_content().rstrip("\n") == "Grüße\nline = two"
+    assert parsed.get_body(("html",)).get_content().rstrip("\n") == "<p>Grüße</p>"
+    for bad in (dict(subject="Hi\r\nBcc: victim@example.org"), dict(headers={"X-Booking-Id": "1\nBcc: x@y.z"}),
+                dict(to="ada@example.org\r\nBcc: x@y.z")):
+        with pytest.raises(PermanentError):
+            build_email(EmailContent(**{**content.__dict__, **bad}), "bookings@example.org")
