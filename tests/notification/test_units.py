@@ -344,8 +344,9 @@ def test_email_is_built_as_a_standard_multipart_message_and_refuses_header_injec
     assert parsed["From"].addresses[0].addr_spec == "bookings@example.org"
     assert parsed["Subject"] == "Bestätigung für Raum 1" and parsed["Message-ID"] == message_id == "<d-7@example.org>"
     assert parsed["X-Notification-Id"] == "n" and parsed.get_content_type() == "multipart/alternative"
-    assert parsed.get_body(("plain",)).get_content().rstrip("\n") == "Grüße\nline = two"
-    assert parsed.get_body(("html",)).get_content().rstrip("\n") == "<p>Grüße</p>"
+    # on the wire every line ends in CRLF (RFC 5322), the text's own line breaks included
+    assert parsed.get_body(("plain",)).get_content().rstrip() == "Grüße\r\nline = two"
+    assert parsed.get_body(("html",)).get_content().rstrip() == "<p>Grüße</p>"
     for bad in (dict(subject="Hi\r\nBcc: victim@example.org"), dict(headers={"X-Booking-Id": "1\nBcc: x@y.z"}),
                 dict(to="ada@example.org\r\nBcc: x@y.z")):
         with pytest.raises(PermanentError):
