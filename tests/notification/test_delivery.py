@@ -190,3 +190,14 @@ def test_expired_send_is_recorded_expired_never_sent_but_sent_stays_sent():
 def test_missing_delivery_is_a_permanent_error():
     with pytest.raises(PermanentError):
         send(FakeDeliveryLog(), str(uuid.uuid4()), FakeProvider())
+
+
+def test_stall_is_ready_work_free_capacity_and_no_progress_twice_in_a_row():
+    from notification_service.watchdog import Observation, is_stalled
+
+    stuck = Observation(received=10, ready=5, capacity=3)
+    assert not is_stalled(None, stuck)  # one look is not enough
+    assert is_stalled(stuck, Observation(received=10, ready=7, capacity=3))
+    assert not is_stalled(stuck, Observation(received=11, ready=7, capacity=3))  # it took one: progress
+    assert not is_stalled(stuck, Observation(received=10, ready=0, capacity=3))  # nothing waiting
+    assert not is_stalled(stuck, Observation(received=10, ready=7, capacity=0))  # busy with what it has
