@@ -291,8 +291,8 @@ class SlowProvider:
 def provider_rate(n: int, delay: float) -> dict:
     """Sends/s of one e-mail worker process against a provider answering in ``delay`` s.
 
-    Dispatch runs in a worker of its own (as in production), so the e-mail worker's
-    rate is the provider-bound one.
+    Dispatch runs first, in a worker of its own (as in production), until all ``n`` send
+    tasks wait on the e-mail queue; then the e-mail worker starts and is measured alone.
     """
     provider = SlowProvider(delay)
     url, drop = make_vhost(AMQP)
@@ -305,25 +305,35 @@ def provider_rate(n: int, delay: float) -> dict:
     celery = [str(BIN / "celery"), "-A", "notification_service.celery_app", "worker", *WORKER_FLAGS]
     dispatcher = subprocess.Popen(celery + ["-P", "threads", "-c", "8", "-Q", shared.DISPATCH_QUEUE, "-n", "d@%h"],
                                   env=env, cwd=tmp, stdout=open(tmp / "dispatch.log", "wb"), stderr=subprocess.STDOUT)
-    sender = subprocess.Popen(celery + [*POOL, "-Q", f"{shared.EMAIL_QUEUE},{shared.PUSH_QUEUE}", "-n", "s@%h"],
-                              env=env, cwd=tmp, stdout=open(tmp / "send.log", "wb"), stderr=subprocess.STDOUT)
+    sender = None
     try:
-        publish_all(url, shared.EXCHANGE, [dispatch_message(notification(tokens=()))])
-        wait_until(lambda: provider.accepted >= 1, "warm-up", 120)
-        batch = [dispatch_message(notification(tokens=())) for _ in range(n)]
-        cpu0, t0 = cpu_seconds(sender.pid), time.perf_counter()
-        publish_all(url, shared.EXCHANGE, batch)
-        wait_until(lambda: provider.accepted >= n + 1, f"{n} sends")
-        seconds = time.perf_counter() - t0
-        return {"rate": n / seconds, "cpu_ms": (cpu_seconds(sender.pid) - cpu0) * 1000 / n,
+        publish_all(url, shared.EXCHANGE, [dispatch_message(notification(tokens=())) for _ in range(n)])
+        wait_until(lambda: _depth(url, shared.EMAIL_QUEUE) >= n, f"{n} send tasks queued")
+        dispatcher.terminate()
+        dispatcher.wait(30)
+        sender = subprocess.Popen(celery + [*POOL, "-Q", f"{shared.EMAIL_QUEUE},{shared.PUSH_QUEUE}", "-n", "s@%h"],
+                                  env=env, cwd=tmp, stdout=open(tmp / "send.log", "wb"), stderr=subprocess.STDOUT)
+        wait_until(lambda: provider.accepted >= 1, "first send", 120)
+        cpu0, t0, done0 = cpu_seconds(sender.pid), time.perf_counter(), provider.accepted
+        wait_until(lambda: provider.accepted >= n, f"{n} sends")
+        seconds, sent = time.perf_counter() - t0, n - done0
+        return {"rate": sent / seconds, "cpu_ms": (cpu_seconds(sender.pid) - cpu0) * 1000 / sent,
                 "rss": peak_rss_mb(sender.pid)}
     finally:
         for p in (dispatcher, sender):
-            p.terminate()
-        for p in (dispatcher, sender):
-            p.wait(30)
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(30)
         drop()
         provider.close()
+
+
+def _depth(url: str, queue: str) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        return connection.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        connection.close()
 
 
 # -- tables -------------------------------------------------------------------------

@@ -77,11 +77,16 @@ def cmd_dlq(args, settings: Settings) -> int:
                 # Replaying everything must be asked for explicitly.
                 print("give a message id, --task T, --queue Q or --all", file=sys.stderr)
                 return 2
-            replayed = dlq.replay(settings.amqp_url, message_id=args.message_id, queue=args.queue, task=args.task)
-            if args.message_id and not replayed:
+            skipped: dict[str, str] = {}
+            replayed = dlq.replay(settings.amqp_url, message_id=args.message_id, queue=args.queue, task=args.task,
+                                  skipped=skipped)
+            if args.message_id and not replayed and not skipped:
                 print(f"no dead letter {args.message_id}", file=sys.stderr)
                 return 1
-            _print_json({"replayed": replayed})
+            _print_json({"replayed": replayed, "skipped_poison": skipped})
+            if args.message_id and skipped:
+                print(f"not replayed: {args.message_id} is poison ({next(iter(skipped.values()))})", file=sys.stderr)
+                return 1
         elif args.dlq_command == "purge":
             if not args.yes:
                 print("refusing to purge without --yes", file=sys.stderr)

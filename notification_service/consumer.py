@@ -12,49 +12,25 @@ can show it next to RabbitMQ's ``x-death`` header.
 from __future__ import annotations
 
 import functools
-import json
 
 import structlog
 from celery.worker.consumer import Consumer
 
 from shared.wire import CORRELATION_HEADER
 
-from . import metrics
+from . import envelope, metrics
 from .config import Settings
 from .delivery_log import delivery_log
 
 log = structlog.get_logger("notification_service.consumer")
-JSON_CONTENT_TYPE = "application/json"
 #: Reconnect probes: first after 0.5 s, then every 0.5 s more, at most every 2 s. Celery's
 #: default (2 s, +2 s, up to 30 s) left a consumer idle for up to 30 s with the broker back.
 RECONNECT_INTERVALS = {"interval_start": 0.5, "interval_step": 0.5, "interval_max": 2.0}
 
 
 def inspect_envelope(message, known_tasks) -> tuple[str | None, list | None]:
-    """Return ``(problem, decoded_body)``: why ``message`` is not a task message this worker can run, or None."""
-    headers = message.headers
-    if not isinstance(headers, dict):
-        return "no headers", None
-    if message.content_type != JSON_CONTENT_TYPE:
-        return f"content_type must be {JSON_CONTENT_TYPE}, got {message.content_type!r}", None
-    for name in ("id", "task"):
-        if not headers.get(name) or not isinstance(headers.get(name), str):
-            return f"missing '{name}' header", None
-    if headers["task"] not in known_tasks:
-        return f"unknown task {headers['task']!r}", None
-    body = message.body
-    try:
-        if isinstance(body, (bytes, bytearray)):
-            body = body.decode(message.content_encoding or "utf-8")
-        decoded = json.loads(body) if isinstance(body, str) else body
-    except (UnicodeDecodeError, ValueError) as exc:
-        return f"body is not JSON: {exc}", None
-    if not (isinstance(decoded, list) and len(decoded) == 3):
-        return "body must be a 3-item JSON array [args, kwargs, embed]", None
-    args, kwargs, embed = decoded
-    if not isinstance(args, list) or not isinstance(kwargs, dict) or not isinstance(embed, (dict, type(None))):
-        return "body items must be [list, object, object]", None
-    return None, decoded
+    """``envelope.inspect`` of a kombu message."""
+    return envelope.inspect(message.headers, message.content_type, message.content_encoding, message.body, known_tasks)
 
 
 def correlation_id_of(headers: dict, decoded: list | None) -> str | None:
@@ -119,7 +95,8 @@ class SafeConsumer(Consumer):
         delivery_info = message.delivery_info or {}
         queue = delivery_info.get("routing_key")
         message_id = headers.get("id") or (message.properties or {}).get("message_id")
-        task = headers.get("task")
+        message_id = str(message_id)[:200] if message_id else None  # hostile headers can be huge
+        task = str(headers["task"])[:200] if headers.get("task") else None
         try:
             settings = getattr(self.app, "settings", None) or Settings.from_env()
             delivery_log(settings.database_url).give_up(
@@ -128,6 +105,6 @@ class SafeConsumer(Consumer):
         except Exception as exc:  # noqa: BLE001 - the reject below must still happen; the reason is logged
             log.error("could not store dead-letter reason", error=repr(exc), reason=reason)
         log.error("poison message dead-lettered", reason=reason, queue=queue, message_id=message_id, task=task,
-                  correlation_id=headers.get(CORRELATION_HEADER))
+                  correlation_id=str(headers.get(CORRELATION_HEADER) or "")[:200] or None)
         metrics.DEAD_LETTERS.labels(queue or "", "poison").inc()
         message.reject(requeue=False)

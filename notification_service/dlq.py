@@ -8,7 +8,6 @@ publisher confirms and ``mandatory=True`` and only then acks the dead letter.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -16,6 +15,8 @@ import pika
 
 import shared
 from shared.amqp_url import for_pika
+
+from . import envelope
 
 #: Headers RabbitMQ adds on dead-lettering; dropped on replay.
 DEATH_HEADERS = ("x-death", "x-first-death-queue", "x-first-death-reason", "x-first-death-exchange",
@@ -39,7 +40,9 @@ class DeadMessage:
 
     @property
     def message_id(self) -> str | None:
-        return self.headers.get("id") or self.properties.message_id
+        """The task id (at most 200 characters, as the reason is stored under)."""
+        value = self.headers.get("id") or self.properties.message_id
+        return str(value)[:200] if value else None
 
     @property
     def task(self) -> str | None:
@@ -108,10 +111,16 @@ def list_messages(amqp_url: str, queue: str | None = None) -> list[DeadMessage]:
         connection.close()
 
 
-def replay(amqp_url: str, *, message_id: str | None = None, queue: str | None = None, task: str | None = None) -> list[str]:
-    """Republish matching dead letters to their origin queue; return the replayed ids."""
+def replay(amqp_url: str, *, message_id: str | None = None, queue: str | None = None, task: str | None = None,
+           skipped: dict[str, str] | None = None) -> list[str]:
+    """Republish matching dead letters to their origin queue; return the replayed ids.
+
+    A poison message (one the workers' envelope guard refuses) is never replayed: it stays in
+    its dead-letter queue and its id and reason go into ``skipped``.
+    """
     connection = connect(amqp_url)
     replayed: list[str] = []
+    skipped = {} if skipped is None else skipped
     try:
         channel = connection.channel()
         channel.confirm_delivery()
@@ -120,6 +129,10 @@ def replay(amqp_url: str, *, message_id: str | None = None, queue: str | None = 
                 if message_id and message.message_id != message_id:
                     continue
                 if task and message.task != task:
+                    continue
+                problem = poison_reason(message)
+                if problem is not None:
+                    skipped[message.message_id or f"{dlq}#{message.delivery_tag}"] = problem
                     continue
                 headers = {k: v for k, v in message.headers.items() if k not in DEATH_HEADERS}
                 if "retries" in headers:
@@ -152,12 +165,25 @@ def purge(amqp_url: str, queue: str | None = None) -> dict[str, int]:
         connection.close()
 
 
+#: How much of an undecodable body ``show`` prints.
+SHOW_RAW_BYTES = 2000
+
+
+def poison_reason(message: DeadMessage) -> str | None:
+    """Why ``message`` is not a runnable task message (the workers' own envelope guard), or None."""
+    p = message.properties
+    problem, _ = envelope.inspect(message.headers if p.headers is not None else None, p.content_type,
+                                  p.content_encoding, message.body, None)
+    return problem
+
+
 def show(message: DeadMessage, reasons: dict[str, str]) -> dict[str, Any]:
     detail = message.summary(reasons)
     try:
-        body: Any = json.loads(message.body)
-    except ValueError:
-        body = message.body.decode("utf-8", "replace")
+        body: Any = envelope.decode(message.body, message.properties.content_encoding)
+    except envelope.Poison as exc:
+        detail["undecodable"] = str(exc)
+        body = message.body[:SHOW_RAW_BYTES].decode("utf-8", "replace")
     headers = {k: v for k, v in message.headers.items()}
     detail.update({"headers": headers, "content_type": message.properties.content_type, "body": body})
     return detail

@@ -26,6 +26,12 @@ NOTIFICATION_REQUESTED = "notification.requested"
 NOTIFICATION_REQUESTED_VERSIONS = (1,)
 #: Locales are BCP 47-ish tags: ``en``, ``de``, ``pt-BR``.
 LOCALE_PATTERN = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$"
+#: One line of text: no control characters (CR/LF would end an e-mail header, NUL breaks PostgreSQL).
+SINGLE_LINE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+#: The same rule as a marshmallow validator (apispec turns it into the JSON Schema's ``pattern``).
+single_line = validate.Regexp(SINGLE_LINE_PATTERN, error="Must be one line without control characters.")
+#: Longest IANA timezone name accepted (the longest real one has 32 characters).
+MAX_TIMEZONE_LENGTH = 64
 
 
 class AwareDateTime(fields.AwareDateTime):
@@ -43,10 +49,17 @@ class AwareDateTime(fields.AwareDateTime):
 
 
 def validate_timezone(name: str) -> None:
-    """Raise ValidationError unless ``name`` is an IANA timezone name."""
+    """Raise ValidationError unless ``name`` is an IANA timezone name.
+
+    ``zoneinfo`` raises more than ZoneInfoNotFoundError for names that are not zones:
+    IsADirectoryError for a region folder ("Europe"), ValueError for odd paths,
+    UnicodeEncodeError for lone surrogates; each is an unknown timezone here.
+    """
+    if not name or len(name) > MAX_TIMEZONE_LENGTH or "\x00" in name:
+        raise ValidationError(f"Unknown IANA timezone {name[:MAX_TIMEZONE_LENGTH]!r}.")
     try:
         zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+    except (zoneinfo.ZoneInfoNotFoundError, OSError, ValueError, UnicodeError) as exc:
         raise ValidationError(f"Unknown IANA timezone {name!r}.") from exc
 
 
@@ -75,11 +88,12 @@ def _schemas(unknown: str) -> type[Schema]:
         status = fields.String(
             required=True, validate=validate.OneOf(["confirmed", "cancelled"]), metadata={"description": "Status after the change."}
         )
-        resource_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
+        resource_id = fields.String(required=True, validate=[validate.Length(min=1, max=200), single_line])
         starts_at = AwareDateTime(required=True, metadata={"description": "UTC ISO-8601."})
         ends_at = AwareDateTime(required=True, metadata={"description": "UTC ISO-8601."})
         timezone = fields.String(
-            required=True, validate=validate_timezone, metadata={"description": "IANA timezone the customer sees times in."}
+            required=True, validate=[validate.Length(min=1, max=MAX_TIMEZONE_LENGTH), validate_timezone],
+            metadata={"description": "IANA timezone the customer sees times in."},
         )
         previous_starts_at = AwareDateTime(
             load_default=None, allow_none=True, metadata={"description": "Old start of a rescheduled booking."}
@@ -90,11 +104,11 @@ def _schemas(unknown: str) -> type[Schema]:
             check_ends_after_start(data)
 
     class RecipientV1(Base):
-        name = fields.String(required=True, validate=validate.Length(min=1, max=200))
-        email = fields.Email(required=True)
+        name = fields.String(required=True, validate=[validate.Length(min=1, max=200), single_line])
+        email = fields.Email(required=True, validate=validate.Length(max=320))
         locale = fields.String(load_default="en", validate=validate.Regexp(LOCALE_PATTERN))
         push_tokens = fields.List(
-            fields.String(validate=validate.Length(min=1, max=4096)),
+            fields.String(validate=[validate.Length(min=1, max=4096), single_line]),
             load_default=list,
             validate=validate.Length(max=20),
             metadata={"description": "Device tokens or topics for push; may be empty."},
@@ -117,7 +131,7 @@ def _schemas(unknown: str) -> type[Schema]:
         booking = fields.Nested(BookingV1, required=True, unknown=unknown)
         recipient = fields.Nested(RecipientV1, required=True, unknown=unknown)
         requested_at = AwareDateTime(required=True)
-        correlation_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
+        correlation_id = fields.String(required=True, validate=[validate.Length(min=1, max=200), single_line])
 
     return NotificationRequestedV1
 
