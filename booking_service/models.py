@@ -77,8 +77,11 @@ class OutboxMessage(Base):
     booking_id: Mapped[str] = mapped_column(sa.String(36), sa.ForeignKey("bookings.id"), nullable=False, index=True)
     event: Mapped[str] = mapped_column(sa.String(40), nullable=False)
     priority: Mapped[int] = mapped_column(sa.Integer, nullable=False)
-    #: The contract message (JSON-ready dict), validated again before publishing.
+    #: The contract message (JSON-ready dict), validated strictly when written.
     payload: Mapped[dict] = mapped_column(sa.JSON, nullable=False)
+    #: sha256 of the payload as validated (``outbox.digest``): the relay validates
+    #: again only a payload that no longer matches it (edited, or written before 0003).
+    payload_sha256: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
     correlation_id: Mapped[str] = mapped_column(sa.String(200), nullable=False)
     #: pending → published | superseded | expired | invalid
     status: Mapped[str] = mapped_column(sa.String(20), nullable=False, default="pending")
