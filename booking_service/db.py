@@ -31,6 +31,10 @@ from sqlalchemy.orm import sessionmaker
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 
 
+#: Execution option: this connection only reads; on SQLite it takes no write lock.
+READ_ONLY = "booking_read_only"
+
+
 def is_sqlite(engine: sa.Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
@@ -110,6 +114,8 @@ def _sqlite_pragmas(engine: sa.Engine, synchronous: str) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn):
+        if conn.get_execution_options().get(READ_ONLY):
+            return  # autocommit reads: WAL readers never wait for the writer
         conn.connection.dbapi_connection.begin_immediate()
 
 
