@@ -140,6 +140,10 @@ def contract_violation(row) -> str | None:
     return None
 
 
+def _nothing() -> None:
+    """A callback whose only effect is to end a ``process_data_events`` wait."""
+
+
 @dataclass
 class _Window:
     """Publishes in flight on the channel: delivery tag → row, and what the broker said."""
@@ -206,6 +210,10 @@ class Relay:
     def _on_confirm(self, frame) -> None:
         method = frame.method
         self._window.settle(method.delivery_tag, method.multiple, isinstance(method, pika.spec.Basic.Ack))
+        if not self._window.rows and self.connection is not None:
+            # Callbacks of the async channel are no BlockingConnection events, so
+            # process_data_events would wait out its time limit: a due timer ends it now.
+            self.connection.call_later(0, _nothing)
 
     def _on_return(self, _channel, _method, properties, _body) -> None:
         # The broker sends basic.return before the basic.ack of the same message.
@@ -226,7 +234,7 @@ class Relay:
         connection = self.connection
         if connection is not None and connection.is_open:
             try:
-                connection.add_callback_threadsafe(lambda: None)  # makes process_data_events return
+                connection.add_callback_threadsafe(_nothing)  # makes process_data_events return
             except pika.exceptions.AMQPError as exc:
                 # Closed meanwhile: the relay reconnects and claims right after anyway.
                 log.debug("relay_wake_on_closed_connection", error=repr(exc))
