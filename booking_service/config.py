@@ -32,7 +32,7 @@ class Settings:
     #: (LISTEN/NOTIFY) and the poll only finds reminders falling due.
     relay_poll_seconds: float = 0.02
     #: Relay: rows leased per batch (one short claim transaction, then published outside it).
-    relay_batch_size: int = 50
+    relay_batch_size: int = 100
     #: Relay: ceiling of the reconnect backoff. Low on purpose: after a long
     #: outage the relay probes this often, so it is back within seconds of the broker.
     relay_max_backoff_seconds: float = 3.0
