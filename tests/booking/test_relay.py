@@ -292,7 +292,11 @@ def test_two_relays_on_postgresql_publish_each_row_once(client, session_factory,
     for i in range(40):
         start = datetime(2032, 1, 1, tzinfo=timezone.utc) + timedelta(hours=i)
         assert client.post("/v1/bookings", json=booking_body(resource="room-r", start=start), headers=AUTH).status_code == 201
-    relays = [Relay(session_factory, url, poll_seconds=0.01, batch_size=5) for _ in range(2)]
+    # Small batches, both connected before either starts: a window of confirms is so
+    # quick that a relay still connecting would otherwise find nothing left to take.
+    relays = [Relay(session_factory, url, poll_seconds=0.01, batch_size=2) for _ in range(2)]
+    for r in relays:
+        r._connect()
     threads = [threading.Thread(target=r.run, daemon=True) for r in relays]
     for t in threads:
         t.start()
