@@ -2,8 +2,9 @@
 
 Each change is one transaction: the booking change and the notifications it
 promises commit together or not at all. Creating a booking, the hot path, is
-SQLAlchemy Core in one short transaction whose values (ids, payloads,
-validation) are all built before it begins; cancel and reschedule use the ORM.
+one short transaction of fixed driver SQL (``booking_insert``) whose values
+(ids, payloads, validation, parameters) are all built before it begins; cancel
+and reschedule use the ORM.
 """
 
 from __future__ import annotations
@@ -19,17 +20,12 @@ from sqlalchemy.orm import Session
 
 import shared
 
-from . import outbox
-from .db import retry_if_disconnected
+from . import booking_insert, outbox
 from .errors import Conflict, NotFound
-from .models import Booking, IdempotencyKey, OutboxMessage, Resource, utcnow
+from .models import ACTIVE, Booking, Resource, utcnow
 
 RESOURCES = Resource.__table__
 BOOKINGS = Booking.__table__
-OUTBOX = OutboxMessage.__table__
-IDEMPOTENCY_KEYS = IdempotencyKey.__table__
-
-ACTIVE = "confirmed"
 
 
 @dataclass(frozen=True)
@@ -119,23 +115,14 @@ def prepare(new: NewBooking, correlation_id: str, reminder_lead: timedelta) -> t
 
 def create(engine: sa.Engine, booking: dict, outbox_rows: list[dict], response: dict | None = None,
            idempotency: IdempotencyRecord | None = None) -> None:
-    """Write a prepared booking and its outbox rows in one short transaction (SQLAlchemy Core).
+    """Write a prepared booking and its outbox rows in one short transaction (driver SQL, ``booking_insert``).
 
     Raises ``Conflict`` when the slot is taken, ``IntegrityError`` when the
     Idempotency-Key was used already (the caller replays the stored response).
     """
-
-    def work(conn: sa.Connection) -> None:
-        if idempotency is not None:  # first: a reused key fails here, before any other work
-            conn.execute(sa.insert(IDEMPOTENCY_KEYS).values(
-                client=idempotency.client, key=idempotency.key, request_hash=idempotency.request_hash,
-                status_code=201, response=response, created_at=booking["created_at"]))
-        _lock_resource_core(conn, booking["resource_id"])
-        _refuse_overlap(conn, booking["resource_id"], booking["starts_at"], booking["ends_at"])
-        conn.execute(sa.insert(BOOKINGS), booking)
-        conn.execute(sa.insert(OUTBOX), outbox_rows)
-
-    retry_if_disconnected(engine, work)
+    statements = booking_insert.statements_for(engine)
+    booking_insert.write(engine, statements, booking_insert.parameters(statements, booking, outbox_rows, response,
+                                                                       idempotency))
 
 
 def get(session: Session, booking_id: str) -> Booking:

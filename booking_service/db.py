@@ -11,8 +11,8 @@ below), so it covers exactly the write transaction. Processes that do not take
 the flock (the sqlite3 shell, another program) still meet ``busy_timeout``.
 
 PostgreSQL: no ``pool_pre_ping`` (a round trip on every request); a connection
-found dead is dropped by SQLAlchemy and the write path retries once when no
-statement of its transaction had succeeded (``retry_if_disconnected``).
+found dead is dropped and the create path runs its transaction again on a new
+one when nothing can have been committed (``booking_insert.write``).
 """
 
 from __future__ import annotations
@@ -117,34 +117,6 @@ def _sqlite_pragmas(engine: sa.Engine, synchronous: str) -> None:
         if conn.get_execution_options().get(READ_ONLY):
             return  # autocommit reads: WAL readers never wait for the writer
         conn.connection.dbapi_connection.begin_immediate()
-
-
-def retry_if_disconnected(engine: sa.Engine, work):
-    """Run ``work(connection)`` in one transaction; once more if the pooled connection was dead.
-
-    Without ``pool_pre_ping`` a connection the server closed (restart, idle
-    timeout) is only found dead by a statement. A transaction on a dead
-    connection never committed, so running it again is safe; a disconnect
-    during COMMIT (outcome unknown) propagates.
-    """
-    for attempt in (1, 2):
-        with engine.connect() as conn:
-            transaction = conn.begin()
-            try:
-                result = work(conn)
-            except sa.exc.DBAPIError as exc:
-                if transaction.is_active:
-                    transaction.rollback()
-                if attempt == 1 and exc.connection_invalidated:
-                    continue
-                raise
-            except BaseException:
-                if transaction.is_active:
-                    transaction.rollback()
-                raise
-            transaction.commit()
-            return result
-    raise AssertionError("not reached")
 
 
 def make_session_factory(engine: sa.Engine) -> sessionmaker:

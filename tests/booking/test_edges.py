@@ -162,3 +162,25 @@ def test_relay_keeps_going_while_the_database_is_away_and_stops_on_request(bound
         thread.join(10)
         engine.dispose()
     assert not thread.is_alive()
+
+
+def test_a_booking_succeeds_when_its_pooled_postgresql_connection_was_closed_by_the_server(postgres_url, amqp_url):
+    from booking_service.migrate import upgrade
+
+    upgrade(postgres_url)
+    app = create_app(Settings(database_url=postgres_url, amqp_url=amqp_url, api_keys=("k",)))
+    client = app.test_client()
+    headers = {"Authorization": "Bearer k"}
+    try:
+        assert client.post("/v1/bookings", json=booking_body(), headers=headers).status_code == 201
+        admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:  # a server restart or an idle timeout, as the pool sees it
+            killed = conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                          "WHERE datname = current_database() AND pid <> pg_backend_pid()")).all()
+        admin.dispose()
+        assert killed
+        response = client.post("/v1/bookings", json=booking_body(), headers=headers)
+        assert response.status_code == 201, response.json
+        assert client.get(response.headers["Location"], headers=headers).status_code == 200
+    finally:
+        app.extensions["booking_engine"].dispose()
