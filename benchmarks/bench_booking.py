@@ -1,7 +1,8 @@
 """Benchmark: POST /v1/bookings beside a bare Flask endpoint, and the outbox relay beside raw pika.
 
     .venv/bin/python benchmarks/bench_booking.py [--requests 1000] [--clients 8] [--workers 4]
-                                                 [--backlog 3000] [--relay-rows 2000] [--latency-samples 200]
+                                                 [--backlog 3000] [--backlog-nice 0,10] [--relay-rows 2000]
+                                                 [--latency-samples 200]
 
 One run, side by side, loopback only, bounded in count:
 
@@ -9,7 +10,8 @@ One run, side by side, loopback only, bounded in count:
    then ``POST /v1/bookings`` on SQLite, then on PostgreSQL: req/s, p50/p99,
    and CPU milliseconds per request of the gunicorn workers (from /proc).
 2. With ``--backlog N``: the same three, again, while a notification worker
-   (its CLI only) drains N pre-published dispatch messages on a throwaway vhost.
+   (its CLI only, under ``nice -n`` each ``--backlog-nice`` value) drains N
+   pre-published dispatch messages on a throwaway vhost.
 3. The relay (``booking-service relay``, its own process) on each database:
    rows/s with confirms from a backlog of committed rows, against raw pika
    publishing the same messages one by one with a confirm each, in the same
@@ -165,8 +167,8 @@ def print_http(title: str, results: dict) -> None:
     print(f"(load average at the end: {results['POST /v1/bookings, PostgreSQL']['load']:.2f} on {os.cpu_count()} cores)")
 
 
-def start_backlog_worker(amqp_url: str, backlog: int, tmp: pathlib.Path):
-    """A notification worker (CLI only) on a throwaway vhost with ``backlog`` dispatch messages waiting."""
+def start_backlog_worker(amqp_url: str, backlog: int, tmp: pathlib.Path, niceness: int):
+    """A notification worker (CLI only, under ``nice -n niceness``) on a throwaway vhost with ``backlog`` dispatch messages waiting."""
     from tests.notification.conftest import declare_topology, dispatch_message, notification
 
     url, drop = make_vhost(amqp_url)
@@ -181,7 +183,7 @@ def start_backlog_worker(amqp_url: str, backlog: int, tmp: pathlib.Path):
            "EMAIL_FILE_DIR": str(tmp / "email"), "PUSH_BACKEND": "file", "PUSH_FILE_DIR": str(tmp / "push"),
            "NOTIFICATION_METRICS_PORT": "0", "NOTIFICATION_LOG_FORMAT": "json"}
     subprocess.run([str(BIN / "notification-service"), "migrate"], env=env, check=True, capture_output=True)
-    worker = subprocess.Popen([str(BIN / "celery"), "-A", "notification_service.celery_app", "worker",
+    worker = subprocess.Popen(["nice", "-n", str(niceness), str(BIN / "celery"), "-A", "notification_service.celery_app", "worker",
                                "-Q", ",".join(shared.WORK_QUEUES), "-c", "2", "--without-gossip", "--without-mingle"],
                               env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return url, worker, drop
@@ -307,6 +309,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--backlog", type=int, default=0, help="also measure while a worker drains this many dispatch messages")
+    parser.add_argument("--backlog-nice", type=lambda v: [int(n) for n in v.split(",")], default=[10],
+                        help="niceness of that worker, one backlog round per value (default 10, as in the Procfile)")
     parser.add_argument("--relay-rows", type=int, default=2000)
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--poll", type=float, default=0.02, help="relay poll interval (BOOKING_RELAY_POLL_SECONDS)")
@@ -339,12 +343,18 @@ def main() -> None:
                       f"each, {os.cpu_count()} cores, request log at INFO (JSON, discarded)")
             if not args.skip_http:
                 print_http(header, http_round(args, env_for, tmp, 0))
-            if args.backlog and not args.skip_http:
-                url, worker, drop_vhost = start_backlog_worker(amqp_url, args.backlog, pathlib.Path(tmp))
-                results = http_round(args, env_for, tmp, 10**7)
+            for round_number, niceness in enumerate(args.backlog_nice if args.backlog and not args.skip_http else (), 1):
+                url, worker, drop_vhost = start_backlog_worker(amqp_url, args.backlog, pathlib.Path(tmp), niceness)
+                results = http_round(args, env_for, tmp, 10**7 * round_number)  # slots never used before
                 left = queue_depth(url, shared.DISPATCH_QUEUE) + queue_depth(url, shared.EMAIL_QUEUE)
-                print_http(f"{header}; meanwhile a notification worker (prefork -c 2) drains a backlog of "
-                           f"{args.backlog} dispatch messages ({left} messages still queued at the end)", results)
+                worker.terminate()
+                worker.wait(30)
+                worker = None
+                drop_vhost()
+                drop_vhost = None
+                print_http(f"{header}; meanwhile a notification worker (`nice -n {niceness} celery … worker -c 2`) "
+                           f"drains a backlog of {args.backlog} dispatch messages ({left} messages still queued at the end)",
+                           results)
             if not args.skip_relay:
                 print(f"\nrelay (booking-service relay, own process, poll {args.poll} s; PostgreSQL wakes on NOTIFY)\n")
                 print("| database | rows | relay rows/s (confirmed) | raw pika one-by-one confirmed msg/s | x raw | "
