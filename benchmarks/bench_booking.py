@@ -28,6 +28,7 @@ import json
 import os
 import pathlib
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -185,8 +186,19 @@ def start_backlog_worker(amqp_url: str, backlog: int, tmp: pathlib.Path, nicenes
     subprocess.run([str(BIN / "notification-service"), "migrate"], env=env, check=True, capture_output=True)
     worker = subprocess.Popen(["nice", "-n", str(niceness), str(BIN / "celery"), "-A", "notification_service.celery_app", "worker",
                                "-Q", ",".join(shared.WORK_QUEUES), "-c", "2", "--without-gossip", "--without-mingle"],
-                              env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     return url, worker, drop
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    """Warm shutdown; a prefork worker busy with a backlog on loaded cores may outlast it, then its group is killed."""
+    worker.terminate()
+    try:
+        worker.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
 
 
 def queue_depth(url: str, queue: str) -> int:
@@ -347,8 +359,7 @@ def main() -> None:
                 url, worker, drop_vhost = start_backlog_worker(amqp_url, args.backlog, pathlib.Path(tmp), niceness)
                 results = http_round(args, env_for, tmp, 10**7 * round_number)  # slots never used before
                 left = queue_depth(url, shared.DISPATCH_QUEUE) + queue_depth(url, shared.EMAIL_QUEUE)
-                worker.terminate()
-                worker.wait(30)
+                stop_worker(worker)
                 worker = None
                 drop_vhost()
                 drop_vhost = None
@@ -366,8 +377,7 @@ def main() -> None:
                           f"{r['relay_rate'] / r['raw_rate']:.2f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['max']:.1f} |")
         finally:
             if worker is not None:
-                worker.terminate()
-                worker.wait(30)
+                stop_worker(worker)
             if drop_vhost is not None:
                 drop_vhost()
             with admin.connect() as c:

@@ -60,9 +60,7 @@ class Statements:
         self.dialect = dialect
         self.postgresql = dialect.name == "postgresql"
         self.mark = "%s" if self.postgresql else "?"
-        quote = dialect.identifier_preparer.quote
-        self._quote = quote
-        self._processors: dict[tuple[str, str], Callable | None] = {}
+        self._quote = dialect.identifier_preparer.quote
         self.idempotency = self._insert(IDEMPOTENCY_KEYS, IDEMPOTENCY_COLUMNS)
         overlap = (f"NOT EXISTS (SELECT 1 FROM bookings WHERE resource_id = {self._param(BOOKINGS, 'resource_id')} "
                    f"AND status = '{ACTIVE}' AND starts_at < {self._param(BOOKINGS, 'ends_at')} "
