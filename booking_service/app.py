@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             "security": [{"bearer": []}],
         },
     )
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
     session_factory = make_session_factory(engine)
     app.config["BOOKING_SESSION_FACTORY"] = session_factory
     app.extensions["booking_engine"] = engine
@@ -48,11 +48,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health_blp)
     app.register_blueprint(docs_blp)
     errors.register(app)
-    _request_context(app, session_factory)
+    _request_context(app)
     return app
 
 
-def _request_context(app: Flask, session_factory) -> None:
+def _request_context(app: Flask) -> None:
     @app.before_request
     def _begin():
         g.started = time.perf_counter()
@@ -60,7 +60,6 @@ def _request_context(app: Flask, session_factory) -> None:
         g.request_id = incoming if 0 < len(incoming) <= 200 and incoming.isprintable() else str(uuid.uuid4())
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
-        g.session = session_factory()
 
     @app.after_request
     def _finish(response):

@@ -1,25 +1,31 @@
 """The service layer: create, cancel and reschedule bookings with their outbox rows.
 
-Each function is one transaction: the booking change and the notifications it
-promises commit together or not at all.
+Each change is one transaction: the booking change and the notifications it
+promises commit together or not at all. Creating a booking, the hot path, is
+one short transaction of fixed driver SQL (``booking_insert``) whose values
+(ids, payloads, validation, parameters) are all built before it begins; cancel
+and reschedule use the ORM.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 import shared
 
-from . import outbox
-from .db import is_sqlite
+from . import booking_insert, outbox
 from .errors import Conflict, NotFound
-from .models import Booking, Resource, utcnow
+from .models import ACTIVE, Booking, Resource, utcnow
 
-ACTIVE = "confirmed"
+RESOURCES = Resource.__table__
+BOOKINGS = Booking.__table__
 
 
 @dataclass(frozen=True)
@@ -36,59 +42,87 @@ class NewBooking:
 
 
 def _lock_resource(session: Session, resource_id: str) -> None:
-    """Serialise bookings of one resource.
+    """Serialise changes of one resource's bookings (ORM flavour of ``_lock_resource_core``)."""
+    _lock_resource_core(session.connection(), resource_id)
 
-    PostgreSQL: the resource row is created if missing and locked FOR UPDATE,
-    so concurrent transactions for the same resource queue up while others
-    run freely. SQLite: every write transaction already began IMMEDIATE.
+
+def _lock_resource_core(conn: sa.Connection, resource_id: str) -> None:
+    """Create the resource row if missing and lock it until the transaction ends.
+
+    PostgreSQL: an upsert that always touches the row locks it in one round
+    trip, so concurrent transactions for the same resource queue up while
+    others run freely. SQLite: the transaction already holds the one write lock.
     """
-    bind = session.get_bind()
-    if is_sqlite(bind):
-        if session.get(Resource, resource_id) is None:
-            session.add(Resource(id=resource_id))
-            session.flush()
+    if conn.dialect.name == "sqlite":
+        conn.execute(sqlite_insert(RESOURCES).values(id=resource_id).on_conflict_do_nothing())
         return
-    from sqlalchemy.dialects.postgresql import insert
-
-    session.execute(insert(Resource).values(id=resource_id).on_conflict_do_nothing())
-    session.execute(sa.select(Resource.id).where(Resource.id == resource_id).with_for_update())
+    statement = pg_insert(RESOURCES).values(id=resource_id)
+    conn.execute(statement.on_conflict_do_update(index_elements=[RESOURCES.c.id], set_={"id": statement.excluded.id}))
 
 
-def _ensure_free(session: Session, resource_id: str, starts_at: datetime, ends_at: datetime, ignore: str | None = None) -> None:
-    query = sa.select(Booking.id).where(
-        Booking.resource_id == resource_id,
-        Booking.status == ACTIVE,
-        Booking.starts_at < ends_at,
-        Booking.ends_at > starts_at,
+def _overlap(resource_id: str, starts_at: datetime, ends_at: datetime, ignore: str | None = None) -> sa.Select:
+    query = sa.select(BOOKINGS.c.id).where(
+        BOOKINGS.c.resource_id == resource_id,
+        BOOKINGS.c.status == ACTIVE,
+        BOOKINGS.c.starts_at < ends_at,
+        BOOKINGS.c.ends_at > starts_at,
     )
     if ignore:
-        query = query.where(Booking.id != ignore)
-    clash = session.execute(query.limit(1)).scalar_one_or_none()
-    if clash:
+        query = query.where(BOOKINGS.c.id != ignore)
+    return query.limit(1)
+
+
+def _refuse_overlap(conn: sa.Connection, resource_id: str, starts_at: datetime, ends_at: datetime,
+                    ignore: str | None = None) -> None:
+    if conn.execute(_overlap(resource_id, starts_at, ends_at, ignore)).first() is not None:
         raise Conflict(f"Resource {resource_id!r} is already booked between {starts_at.isoformat()} and {ends_at.isoformat()}.")
 
 
-def create(session: Session, new: NewBooking, correlation_id: str, reminder_lead: timedelta) -> Booking:
-    _lock_resource(session, new.resource_id)
-    _ensure_free(session, new.resource_id, new.starts_at, new.ends_at)
-    booking = Booking(
-        resource_id=new.resource_id,
-        status=ACTIVE,
-        version=1,
-        starts_at=new.starts_at,
-        ends_at=new.ends_at,
-        customer_name=new.customer_name,
-        customer_email=new.customer_email,
-        customer_locale=new.customer_locale,
-        customer_timezone=new.customer_timezone,
-        push_tokens=list(new.push_tokens),
-        notes=new.notes,
-    )
-    session.add(booking)
-    session.flush()
-    outbox.enqueue(session, booking, shared.Event.CONFIRMED, correlation_id)
-    outbox.schedule_reminder(session, booking, correlation_id, reminder_lead)
-    return booking
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """The Idempotency-Key of a create and the response it is answered with from now on."""
+
+    client: str
+    key: str
+    request_hash: str
+
+
+def prepare(new: NewBooking, correlation_id: str, reminder_lead: timedelta) -> tuple[dict, list[dict]]:
+    """Everything a booking's transaction writes, built before it begins (no lock held meanwhile).
+
+    Returns the booking's column values and its outbox rows (payloads built and
+    validated against the contract).
+    """
+    now = utcnow()
+    booking = {
+        "id": str(uuid.uuid4()),
+        "resource_id": new.resource_id,
+        "status": ACTIVE,
+        "version": 1,
+        "starts_at": new.starts_at,
+        "ends_at": new.ends_at,
+        "customer_name": new.customer_name,
+        "customer_email": new.customer_email,
+        "customer_locale": new.customer_locale,
+        "customer_timezone": new.customer_timezone,
+        "push_tokens": list(new.push_tokens),
+        "notes": new.notes,
+        "created_at": now,
+        "updated_at": now,
+    }
+    return booking, outbox.rows_for_new_booking(booking, correlation_id, reminder_lead, now)
+
+
+def create(engine: sa.Engine, booking: dict, outbox_rows: list[dict], response: dict | None = None,
+           idempotency: IdempotencyRecord | None = None) -> None:
+    """Write a prepared booking and its outbox rows in one short transaction (driver SQL, ``booking_insert``).
+
+    Raises ``Conflict`` when the slot is taken, ``IntegrityError`` when the
+    Idempotency-Key was used already (the caller replays the stored response).
+    """
+    statements = booking_insert.statements_for(engine)
+    booking_insert.write(engine, statements, booking_insert.parameters(statements, booking, outbox_rows, response,
+                                                                       idempotency))
 
 
 def get(session: Session, booking_id: str) -> Booking:
@@ -120,7 +154,7 @@ def cancel(session: Session, booking_id: str, correlation_id: str) -> Booking:
 def reschedule(session: Session, booking_id: str, starts_at: datetime, ends_at: datetime, correlation_id: str,
                reminder_lead: timedelta) -> Booking:
     booking = _get_for_change(session, booking_id)
-    _ensure_free(session, booking.resource_id, starts_at, ends_at, ignore=booking.id)
+    _refuse_overlap(session.connection(), booking.resource_id, starts_at, ends_at, ignore=booking.id)
     previous = booking.starts_at
     booking.starts_at, booking.ends_at = starts_at, ends_at
     booking.version += 1

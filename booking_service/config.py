@@ -25,12 +25,17 @@ class Settings:
     #: json (production) or console (development).
     log_format: str = "console"
     log_level: str = "INFO"
-    #: Relay: how long it sleeps when the outbox has nothing due (short poll).
-    relay_poll_seconds: float = 0.1
+    #: SQLite only: FULL (an acknowledged booking survives a power cut) or NORMAL.
+    sqlite_synchronous: str = "FULL"
+    #: Relay: how long it sleeps when the outbox has nothing due. On SQLite this
+    #: short poll is the wake-up; on PostgreSQL a commit wakes the relay at once
+    #: (LISTEN/NOTIFY) and the poll only finds reminders falling due.
+    relay_poll_seconds: float = 0.02
     #: Relay: rows leased per batch (one short claim transaction, then published outside it).
-    relay_batch_size: int = 50
-    #: Relay: ceiling of the reconnect backoff.
-    relay_max_backoff_seconds: float = 30.0
+    relay_batch_size: int = 100
+    #: Relay: ceiling of the reconnect backoff. Low on purpose: after a long
+    #: outage the relay probes this often, so it is back within seconds of the broker.
+    relay_max_backoff_seconds: float = 3.0
     #: Relay: port of its own /metrics (0 = off). Where the relay does not share
     #: PROMETHEUS_MULTIPROC_DIR with the API (its own container), this is how its
     #: publish counters are scraped.
@@ -50,6 +55,7 @@ class Settings:
             max_body_bytes=int(env.get("BOOKING_MAX_BODY_BYTES", d.max_body_bytes)),
             log_format=env.get("BOOKING_LOG_FORMAT", d.log_format),
             log_level=env.get("BOOKING_LOG_LEVEL", d.log_level),
+            sqlite_synchronous=env.get("BOOKING_SQLITE_SYNCHRONOUS", d.sqlite_synchronous),
             relay_poll_seconds=float(env.get("BOOKING_RELAY_POLL_SECONDS", d.relay_poll_seconds)),
             relay_batch_size=int(env.get("BOOKING_RELAY_BATCH_SIZE", d.relay_batch_size)),
             relay_max_backoff_seconds=float(env.get("BOOKING_RELAY_MAX_BACKOFF_SECONDS", d.relay_max_backoff_seconds)),

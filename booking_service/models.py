@@ -10,6 +10,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 
+#: Status of a booking that holds its slot.
+ACTIVE = "confirmed"
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -51,7 +55,7 @@ class Booking(Base):
 
     id: Mapped[str] = mapped_column(sa.String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
     resource_id: Mapped[str] = mapped_column(sa.String(200), sa.ForeignKey("resources.id"), nullable=False)
-    status: Mapped[str] = mapped_column(sa.String(20), nullable=False, default="confirmed", index=True)
+    status: Mapped[str] = mapped_column(sa.String(20), nullable=False, default=ACTIVE, index=True)
     version: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=1)
     starts_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     ends_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
@@ -77,8 +81,11 @@ class OutboxMessage(Base):
     booking_id: Mapped[str] = mapped_column(sa.String(36), sa.ForeignKey("bookings.id"), nullable=False, index=True)
     event: Mapped[str] = mapped_column(sa.String(40), nullable=False)
     priority: Mapped[int] = mapped_column(sa.Integer, nullable=False)
-    #: The contract message (JSON-ready dict), validated again before publishing.
+    #: The contract message (JSON-ready dict), validated strictly when written.
     payload: Mapped[dict] = mapped_column(sa.JSON, nullable=False)
+    #: sha256 of the payload as validated (``outbox.digest``): the relay validates
+    #: again only a payload that no longer matches it (edited, or written before 0003).
+    payload_sha256: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
     correlation_id: Mapped[str] = mapped_column(sa.String(200), nullable=False)
     #: pending → published | superseded | expired | invalid
     status: Mapped[str] = mapped_column(sa.String(20), nullable=False, default="pending")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import socket
 import urllib.parse
 
-from flask import Blueprint, Response, current_app, g, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 
 from .. import metrics
 from ..outbox_stats import backlog
+from .context import db_session
 
 blp = Blueprint("health", __name__)
 
@@ -39,7 +40,7 @@ def readyz():
     settings = current_app.config["BOOKING_SETTINGS"]
     checks: dict = {}
     try:
-        checks["outbox"] = backlog(g.session)
+        checks["outbox"] = backlog(db_session())
         checks["database"] = "ok"
     except Exception as exc:  # any driver error means "not ready"; reported, not hidden
         checks["database"] = f"error: {type(exc).__name__}"

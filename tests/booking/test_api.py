@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from booking_service.models import OutboxMessage
+import shared
+from booking_service import outbox
+from booking_service.models import Booking, OutboxMessage
 
 from .conftest import AUTH, booking_body
 
@@ -33,6 +35,19 @@ def test_create_returns_the_booking_and_writes_confirmation_and_reminder_rows(cl
     assert events == ["booking.confirmed", "booking.reminder"]
     assert all(r.correlation_id == "req-42" and r.payload["correlation_id"] == "req-42" for r in rows)
     assert client.get(f"/v1/bookings/{booking['id']}", headers=AUTH).json == booking
+
+
+def test_every_outbox_row_of_a_new_booking_is_the_contract_message_built_for_it(client, session_factory):
+    booking_id = client.post("/v1/bookings", json=booking_body(), headers=AUTH).json["id"]
+    with session_factory() as s:
+        columns = outbox.columns(s.get(Booking, booking_id))
+    rows = _rows(session_factory, booking_id)
+    assert len(rows) == 2
+    for row in rows:  # the reminder's payload is derived from the validated confirmation's
+        shared.validate_notification_requested(row.payload)
+        assert row.payload == outbox.contract_message(columns, shared.Event(row.event), row.notification_id,
+                                                      row.correlation_id, row.created_at)
+        assert row.payload_sha256 == outbox.digest(row.payload)
 
 
 def test_validation_errors_are_422_with_per_field_messages(client):

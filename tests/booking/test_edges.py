@@ -13,7 +13,7 @@ import shared
 from booking_service.app import create_app
 from booking_service.config import Settings
 from booking_service.models import OutboxMessage
-from booking_service.relay import Relay, retry_delay
+from booking_service.relay import Relay, reconnect_delay, retry_delay
 
 from .conftest import AUTH, booking_body, drain
 
@@ -136,6 +136,11 @@ def test_retry_delay_grows_and_is_capped():
     assert retry_delay(10_000) <= timedelta(hours=1)
 
 
+def test_reconnect_delay_doubles_then_stays_at_the_cap_with_small_jitter():
+    assert 0.18 <= reconnect_delay(1, 3.0) <= 0.25
+    assert all(2.25 <= reconnect_delay(n, 3.0) <= 3.0 for n in (5, 50, 10_000))
+
+
 def test_relay_keeps_going_while_the_database_is_away_and_stops_on_request(bound_queue):
     import threading
 
@@ -157,3 +162,25 @@ def test_relay_keeps_going_while_the_database_is_away_and_stops_on_request(bound
         thread.join(10)
         engine.dispose()
     assert not thread.is_alive()
+
+
+def test_a_booking_succeeds_when_its_pooled_postgresql_connection_was_closed_by_the_server(postgres_url, amqp_url):
+    from booking_service.migrate import upgrade
+
+    upgrade(postgres_url)
+    app = create_app(Settings(database_url=postgres_url, amqp_url=amqp_url, api_keys=("k",)))
+    client = app.test_client()
+    headers = {"Authorization": "Bearer k"}
+    try:
+        assert client.post("/v1/bookings", json=booking_body(), headers=headers).status_code == 201
+        admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:  # a server restart or an idle timeout, as the pool sees it
+            killed = conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                          "WHERE datname = current_database() AND pid <> pg_backend_pid()")).all()
+        admin.dispose()
+        assert killed
+        response = client.post("/v1/bookings", json=booking_body(), headers=headers)
+        assert response.status_code == 201, response.json
+        assert client.get(response.headers["Location"], headers=headers).status_code == 200
+    finally:
+        app.extensions["booking_engine"].dispose()
