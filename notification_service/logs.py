@@ -37,8 +37,11 @@ def configure(log_format: str = "console", level: int | str = logging.INFO) -> N
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+    # JSON lines carry the traceback as an "exception" string (without this, only "exc_info": true);
+    # the console renderer prints tracebacks itself.
+    exceptions = [structlog.processors.format_exc_info] if log_format == "json" else []
     formatter = structlog.stdlib.ProcessorFormatter(
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *exceptions, renderer],
         foreign_pre_chain=shared_processors,
     )
     handler = logging.StreamHandler(sys.stderr)

@@ -51,7 +51,7 @@ def scrub(text: str, personal: str) -> str:
         return text
     forms = {personal, json.dumps(personal)[1:-1], json.dumps(personal, ensure_ascii=False)[1:-1]}
     pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
-    return re.sub(pattern, "<recipient>", text)
+    return re.sub(pattern, "<recipient>", text, flags=re.IGNORECASE)  # \u00F6 as well as \u00f6
 
 
 class HttpClient:

@@ -100,6 +100,42 @@ class Mesh:
             messages.append(email.message_from_bytes(path.read_bytes(), policy=email.policy.default))
         return messages
 
+    def deliveries(self, booking_id: str) -> list:
+        """The notification service's delivery-log rows of one booking (read in-process)."""
+        import sqlalchemy as sa
+
+        from notification_service.delivery_log import delivery_log
+        from notification_service.tables import deliveries
+
+        log = delivery_log(self.env["NOTIFICATION_DATABASE_URL"])
+        with log.engine.connect() as conn:
+            return list(conn.execute(sa.select(deliveries).where(deliveries.c.booking_id == booking_id)))
+
+    def settled(self, booking_id: str, expected: int) -> list:
+        """Wait until ``expected`` deliveries of the booking exist and each is final; return them.
+
+        A final delivery (sent, stale, expired, dead) is never sent again, so after this the
+        counts at the sinks can only be what they are: a late duplicate would have shown.
+        """
+        def final():
+            rows = self.deliveries(booking_id)
+            done = len(rows) >= expected and all(r.status in ("sent", "stale", "expired", "dead") for r in rows)
+            return rows if done else None
+
+        return wait_for(final, 60, f"{expected} final deliveries of booking {booking_id}")
+
+    def outbox(self, booking_id: str) -> list:
+        """The booking service's outbox rows of one booking (read in-process)."""
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.env["BOOKING_DATABASE_URL"])
+        try:
+            with engine.connect() as conn:
+                return list(conn.execute(sa.text("SELECT event, status FROM outbox WHERE booking_id = :b"),
+                                         {"b": booking_id}))
+        finally:
+            engine.dispose()
+
     def emails_for(self, booking_id: str, event: str) -> list[email.message.EmailMessage]:
         return [
             m for m in self.emails() if m["X-Booking-Id"] == booking_id and m["X-Notification-Event"] == event

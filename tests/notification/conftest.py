@@ -263,8 +263,10 @@ class Worker:
         return [p for p in self.emails() if f"X-Notification-Id: {notification_id}" in p.read_text()]
 
     def status(self, notification_id: str) -> list[dict]:
-        run = self.cli(["status", notification_id], check=False)
-        return json.loads(run.stdout) if run.returncode == 0 else []
+        """The delivery log's rows of one notification, read in-process (no CLI per poll)."""
+        from notification_service.delivery_log import delivery_log
+
+        return [dict(row._mapping) for row in delivery_log(self.db_url).for_notification(notification_id)]
 
     def task_count(self, task: str, outcome: str) -> float:
         """``notification_tasks_total{task, outcome}`` from the worker's /metrics (needs its metrics port)."""
@@ -279,4 +281,9 @@ class Worker:
         return 0.0
 
     def dlq(self, queue: str | None = None) -> list[dict]:
-        return json.loads(self.cli(["dlq", "list", *(["--queue", queue] if queue else [])]).stdout)
+        """What ``notification-service dlq list`` prints, computed in-process."""
+        from notification_service import dlq
+        from notification_service.delivery_log import delivery_log
+
+        reasons = delivery_log(self.db_url).dead_letter_reasons()
+        return [m.summary(reasons) for m in dlq.list_messages(self.url, queue)]

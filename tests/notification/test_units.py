@@ -351,3 +351,38 @@ def test_email_is_built_as_a_standard_multipart_message_and_refuses_header_injec
                 dict(to="ada@example.org\r\nBcc: x@y.z")):
         with pytest.raises(PermanentError):
             build_email(EmailContent(**{**content.__dict__, **bad}), "bookings@example.org")
+
+
+def test_json_log_lines_carry_the_traceback(capsys):
+    import logging
+
+    import structlog
+
+    from notification_service import logs
+
+    logs.configure("json", logging.INFO)
+    try:
+        try:
+            raise ValueError("provider exploded")
+        except ValueError:
+            structlog.get_logger("t").exception("task failed")
+            logging.getLogger("celery.worker").error("stdlib failure", exc_info=True)
+    finally:
+        logging.getLogger().handlers[:] = []
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert len(lines) == 2
+    for line in lines:
+        assert "Traceback (most recent call last)" in line["exception"] and "provider exploded" in line["exception"]
+
+
+@responses.activate
+def test_scrubbing_catches_the_token_however_the_provider_escapes_it():
+    token = "tök-ünïcode\\secret"
+    escaped = json.dumps({"error": f"bad token {token}"})  # ASCII-escaped: t\\u00f6k-\\u00fcn\\u00efcode\\\\secret
+    raw = json.dumps({"error": f"bad token {token}"}, ensure_ascii=False)
+    for body in (escaped, raw, f"bad token {token}"):
+        responses.post(PUSH_URL, status=400, body=body)
+        with pytest.raises(PermanentError) as info:
+            HttpPushProvider(settings()).send(PushContent(delivery_id="d-9", token=token, title="T", body="B"))
+        text = str(info.value)
+        assert "<recipient>" in text and "secret" not in text and "\\u00f6k" not in text, text

@@ -58,6 +58,10 @@ def test_pika_published_message_reaches_email_sink_and_push_api(worker, fake_pus
                                                   "booking_id": payload["booking"]["id"]}
     assert request["json"]["message"]["notification"]["title"].startswith("Booking confirmed")
     wait_for(lambda: statuses(worker, nid) == {"email": "sent", "push": "sent"}, what="both sent")
+    # the operator's view of the same rows
+    cli_rows = json.loads(worker.cli(["status", nid]).stdout)
+    assert {(r["channel"], r["status"], r["attempts"]) for r in cli_rows} == {("email", "sent", 1), ("push", "sent", 1)}
+    assert all("address" not in r for r in cli_rows)
     # every log line about this notification's three tasks carries the correlation id: one
     # "dispatched" line and one "sent" per delivery (Celery's own per-task lines are DEBUG)
     ids = {nid, delivery_id(nid, "email", "ada@example.org"), push_id}
@@ -144,8 +148,9 @@ def test_stale_message_after_cancellation_is_dropped(worker, fake_push):
 
 def test_delivery_waiting_for_a_retry_is_dropped_once_the_booking_is_cancelled(worker, fake_push):
     booking = str(uuid.uuid4())
-    # the confirmation's push fails once and must wait 4 s before its retry
-    fake_push.script["tok-late"] = [(503, {"Retry-After": "4"})]
+    # the confirmation's push fails once and must wait 10 s before its retry: ample time for the
+    # cancellation below to be processed first, even on a loaded machine
+    fake_push.script["tok-late"] = [(503, {"Retry-After": "10"})]
     confirmed = notification(booking_id=booking, version=1, tokens=("tok-late",))
     publish(worker.url, dispatch_message(confirmed))
     wait_for(lambda: fake_push.for_token("tok-late"), what="first push attempt")
@@ -307,10 +312,12 @@ def test_task_events_reach_an_event_receiver_like_flower_without_personal_data(w
 def test_reminder_push_retried_past_its_expiry_is_dropped_and_recorded(worker, fake_push):
     from datetime import datetime, timedelta, timezone
 
-    fake_push.script["tok-expiring"] = [(503, {"Retry-After": "5"})]
+    # The reminder expires 10 s from now (ample for one dispatch on a loaded machine); the
+    # provider asks the push to come back after 12 s, i.e. after the expiry, whenever it ran.
+    fake_push.script["tok-expiring"] = [(503, {"Retry-After": "12"})]
     payload = notification(event="booking.reminder", tokens=("tok-expiring",))
     nid = payload["notification_id"]
-    publish(worker.url, dispatch_message(payload, expires=datetime.now(timezone.utc) + timedelta(seconds=3)))
+    publish(worker.url, dispatch_message(payload, expires=datetime.now(timezone.utc) + timedelta(seconds=10)))
     wait_for(lambda: statuses(worker, nid) == {"email": "sent", "push": "expired"}, what="push expired")
     assert len(fake_push.for_token("tok-expiring")) == 1
     assert delivery_id(nid, "push", "tok-expiring") not in {m["message_id"] for m in worker.dlq()}
