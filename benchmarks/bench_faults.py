@@ -99,13 +99,13 @@ class Call:
     booking_id: str | None
     event: str | None
     notification_id: str | None
-    outcome: str             # "503" | "ok" | "hang" (hung past the client's timeout, then accepted)
+    outcome: str             # "503" | "ok" | "hang" (hung past the client's timeout, then accepted) | "truncated"
     arrived: float           # monotonic
     answered: float          # monotonic; for accepted calls, the moment of acceptance
 
     @property
     def accepted(self) -> bool:
-        return self.outcome != "503"
+        return self.outcome in ("ok", "hang")
 
 
 class FakeProvider:
@@ -178,18 +178,25 @@ class FakeProvider:
 
             def do_POST(self):  # noqa: N802 - http.server naming
                 arrived = time.monotonic()
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
                 try:
-                    body = json.loads(raw or b"{}")
+                    body = json.loads(raw) if len(raw) == length else None
                 except ValueError:
-                    body = {}
+                    body = None
+                if not isinstance(body, dict):
+                    # The sender died mid-request (a SIGKILLed worker): a real provider sends nothing.
+                    fake.record(Call("?", self.headers.get("Idempotency-Key") or "", None, None, None, "truncated",
+                                     arrived, time.monotonic()))
+                    self.close_connection = True
+                    return
                 if self.path.startswith(PUSH_PATH):
                     channel = "push"
-                    data = ((body.get("message") or {}).get("data") or {}) if isinstance(body, dict) else {}
+                    data = (body.get("message") or {}).get("data") or {}
                     booking_id, event, nid = data.get("booking_id"), data.get("event"), data.get("notification_id")
                 else:
                     channel = "email"
-                    headers = (body.get("headers") or {}) if isinstance(body, dict) else {}
+                    headers = body.get("headers") or {}
                     booking_id, event = headers.get("X-Booking-Id"), headers.get("X-Notification-Event")
                     nid = headers.get("X-Notification-Id")
                 outcome = fake.decide()
@@ -421,7 +428,7 @@ def parse_faults(spec: str | None, duration: float) -> list[tuple[float, str]]:
 
 
 def run_faults(plan, t0, stop, mesh: Mesh, broker: PrivateBroker, down: float, timeline: list[FaultEvent],
-               worker_kills: list[float]) -> None:
+               worker_kills: list[tuple[float, float]]) -> None:
     def note(text: str) -> None:
         at = time.monotonic() - t0
         timeline.append(FaultEvent(at, text))
@@ -439,9 +446,10 @@ def run_faults(plan, t0, stop, mesh: Mesh, broker: PrivateBroker, down: float, t
                 broker.start()
                 note(f"broker back, accepting AMQP (restart took {time.monotonic() - began:.1f} s)")
             else:
-                if kind == "worker":
-                    worker_kills.append(time.monotonic())
+                began = time.monotonic()
                 pid = mesh.kill(kind)
+                if kind == "worker":
+                    worker_kills.append((began, time.monotonic()))
                 note(f"{kind} SIGKILL (process group {pid})")
                 if stop.wait(down):
                     return
@@ -455,7 +463,7 @@ def run_faults(plan, t0, stop, mesh: Mesh, broker: PrivateBroker, down: float, t
 # Analysis
 # ---------------------------------------------------------------------------------------------
 
-def classify_duplicates(calls: list[Call], worker_kills: list[float]) -> dict:
+def classify_duplicates(calls: list[Call], worker_kills: list[tuple[float, float]]) -> dict:
     """Per delivery (Idempotency-Key): extra accepted calls, explained by an earlier hang or not."""
     by_key: dict[str, list[Call]] = {}
     for call in calls:
@@ -478,7 +486,9 @@ def classify_duplicates(calls: list[Call], worker_kills: list[float]) -> dict:
                 explained += 1
                 continue
             earlier = [p for p in accepted if p.arrived < call.arrived]
-            killed = any(p.arrived <= kill and p.answered >= kill - KILL_WINDOW for kill in worker_kills for p in earlier)
+            # (began, ended): SIGKILL sent between the two monotonic stamps
+            killed = any(p.arrived <= ended and p.answered >= began - KILL_WINDOW
+                         for began, ended in worker_kills for p in earlier)
             cause = "an earlier accepted call was in flight at a worker SIGKILL" if killed else "other"
             unexplained.append((key, previous, call, cause))
     return {"keys": keys_dup, "extra": extra, "explained": explained, "unexplained": unexplained}
@@ -714,7 +724,7 @@ def main() -> None:
         # ---- load + faults --------------------------------------------------------------------
         load = Load(base_url, args.rate, args.duration, run_id)
         timeline: list[FaultEvent] = []
-        worker_kills: list[float] = []
+        worker_kills: list[tuple[float, float]] = []
         busy0 = cpu_busy_snapshot()
         t0, wall_t0 = time.monotonic(), time.time()
         load_thread = threading.Thread(target=load.run, args=(t0, stop), name="load", daemon=True)
@@ -840,7 +850,8 @@ def main() -> None:
             ("drain time after the load stopped", f"{drain_seconds:.1f} s" if drain_seconds is not None else
              f"did not drain in {args.drain_timeout:g} s"),
             ("provider calls (503 / hang / ok)", f"{len(our_calls)} ({sum(c.outcome == '503' for c in our_calls)} / "
-             f"{sum(c.outcome == 'hang' for c in our_calls)} / {sum(c.outcome == 'ok' for c in our_calls)})"),
+             f"{sum(c.outcome == 'hang' for c in our_calls)} / {sum(c.outcome == 'ok' for c in our_calls)}); "
+             f"{sum(c.outcome == 'truncated' for c in calls)} requests cut off by a dying sender"),
             ("calls for other events / unknown bookings", f"{other_events} / {unknown_calls}"),
             ("DLQ messages (dlq list)", f"{len(dlq_messages)} "
              + json.dumps({q: sum(1 for m in dlq_messages if m.get('dlq') == q) for q in
