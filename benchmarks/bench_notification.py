@@ -42,6 +42,9 @@ from tests.notification.conftest import declare_topology, dispatch_message, noti
 from tests.support import free_port  # noqa: E402
 
 AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672//")
+#: Server URL to create throwaway PostgreSQL databases with (``--database postgresql``).
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@localhost:5432/test")
+DATABASE = "sqlite"
 BIN = pathlib.Path(sys.executable).parent
 #: The pool flags of the send worker in the Procfile, compose and k8s; bare Celery gets the same.
 POOL = ["-P", "threads", "-c", os.environ.get("BENCH_CONCURRENCY", "100")]
@@ -194,13 +197,32 @@ def metric(port: int, name: str, labels: dict | None = None) -> float:
     return total
 
 
-def project(n: int, *, processes: int = 1, email_env: dict | None = None, backlog_first: bool = False,
+def database_url(tmp: pathlib.Path):
+    """(URL, drop) of a fresh delivery-log database: a SQLite file, or a PostgreSQL database."""
+    if DATABASE == "sqlite":
+        return f"sqlite:///{tmp / 'n.db'}", lambda: None
+    import sqlalchemy as sa
+
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return sa.engine.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False), drop
+
+
+def project(n: int, *, processes: int = 1, email_env: dict | None = None,
             queues: str = ",".join(shared.WORK_QUEUES)) -> dict:
     url, drop = make_vhost(AMQP)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-notif-"))
+    db_url, drop_db = database_url(tmp)
     declare_topology(url)
-    base_env = {**os.environ, "AMQP_URL": url,
-                "NOTIFICATION_DATABASE_URL": os.environ.get("BENCH_NOTIFICATION_DATABASE_URL") or f"sqlite:///{tmp / 'n.db'}",
+    base_env = {**os.environ, "AMQP_URL": url, "NOTIFICATION_DATABASE_URL": db_url,
                 "EMAIL_FILE_DIR": str(tmp / "email"), "PUSH_BACKEND": "file", "PUSH_FILE_DIR": str(tmp / "push"),
                 "NOTIFICATION_LOG_FORMAT": "json", **(email_env or {})}
     subprocess.run([str(BIN / "notification-service"), "migrate"], env=base_env, check=True, capture_output=True)
@@ -238,6 +260,7 @@ def project(n: int, *, processes: int = 1, email_env: dict | None = None, backlo
         if run is not None:
             run.stop()
         drop()
+        drop_db()
 
 
 def _up(port: int) -> bool:
@@ -347,7 +370,7 @@ def table_cost(n: int) -> None:
     print(f"| {'run':<44} | {'per s':>7} | {'CPU ms':>7} | {'DB tx':>6} | {'publish':>7} | {'confirm':>7} "
           f"| {'deliver':>7} | {'ack':>5} |")
     print(f"| {'-' * 44} | {'-' * 6}: | {'-' * 6}: | {'-' * 5}: | {'-' * 6}: | {'-' * 6}: | {'-' * 6}: | {'-' * 4}: |")
-    for name, r in (("bare Celery two-hop chain", bare), ("dispatch -> e-mail (file sink, SQLite log)", ours)):
+    for name, r in (("bare Celery two-hop chain", bare), (f"dispatch -> e-mail (file sink, {DATABASE} log)", ours)):
         print(f"| {name:<44} | {r['rate']:>7.0f} | {r['cpu_ms']:>7.2f} | {r['db']:>6.1f} | {r['publish']:>7.2f} "
               f"| {r['confirm']:>7.2f} | {r['deliver']:>7.2f} | {r['ack']:>5.2f} |")
     cpu_ratio, rate_ratio = ours["cpu_ms"] / bare["cpu_ms"], ours["rate"] / bare["rate"]
@@ -371,7 +394,7 @@ def table_scaling(n: int) -> None:
     two = project(n, processes=2)
     small = project(1000)
     large = project(10000)
-    print("\n3. Scaling: worker processes, and backlog size")
+    print(f"\n3. Scaling: worker processes, and backlog size (delivery log on {DATABASE})")
     print("| run | per s | CPU ms per notification | peak RSS MB (per process) |")
     print("| --- | ---: | ---: | ---: |")
     for name, r in ((f"1 process, {n}", one), (f"2 processes, {n}", two), ("1 process, 1k backlog", small),
@@ -385,7 +408,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=2000, help="messages per measured batch")
     parser.add_argument("--only", default="cost,provider,scaling")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the delivery log of the project's workers")
     args = parser.parse_args()
+    global DATABASE
+    DATABASE = args.database
     parts = set(args.only.split(","))
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     if "cost" in parts:

@@ -11,6 +11,7 @@ reads for the CLI and tests use SQLAlchemy Core.
 
 from __future__ import annotations
 
+import fcntl
 import re
 import threading
 from contextlib import contextmanager
@@ -118,9 +119,9 @@ class SqlDeliveryLog:
     connection: SQLAlchemy's statement execution cost more CPU than the
     statements themselves. On SQLite the process keeps one connection and its
     threads take turns on it (a lock), so they never sleep in SQLite's busy
-    handler waiting for each other; other processes still wait on the file
-    lock (``busy_timeout``). On PostgreSQL each call checks a pooled connection
-    out.
+    handler waiting for each other, and worker processes take turns on a
+    ``<database>-writelock`` file lock (readers such as the CLI need no lock in
+    WAL mode). On PostgreSQL each call checks a pooled connection out.
     """
 
     def __init__(self, url: str) -> None:
@@ -141,16 +142,22 @@ class SqlDeliveryLog:
             with self._lock:
                 if self._connection is None:
                     self._connection = self.engine.raw_connection()
+                    self._writelock = open(self.engine.url.database + "-writelock", "a+b")
+                # Worker processes queue on a file lock the kernel hands over at once, instead
+                # of sleeping in SQLite's busy handler (1, 2, 5 … 100 ms steps) for each other.
+                fcntl.flock(self._writelock, fcntl.LOCK_EX)
                 cursor = self._connection.cursor()
-                cursor.execute("BEGIN IMMEDIATE")
                 try:
-                    yield cursor
-                except BaseException:
-                    cursor.execute("ROLLBACK")
-                    raise
-                else:
-                    cursor.execute("COMMIT")
+                    cursor.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield cursor
+                    except BaseException:
+                        cursor.execute("ROLLBACK")
+                        raise
+                    else:
+                        cursor.execute("COMMIT")
                 finally:
+                    fcntl.flock(self._writelock, fcntl.LOCK_UN)
                     metrics.DB_TRANSACTIONS.inc()
                     cursor.close()
             return
