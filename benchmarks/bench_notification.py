@@ -1,6 +1,6 @@
 """Benchmarks of the notification workers: tables measured in one run, on loopback, bounded in count.
 
-Usage: .venv/bin/python benchmarks/bench_notification.py [--only cost,provider,scaling] [-n 2000]
+Usage: .venv/bin/python benchmarks/bench_notification.py [--only cost,provider,scaling] [-n 2000] [--database sqlite|postgresql]
 
 1. cost:     bare Celery's two-hop chain (benchmarks/bare_celery.py) and the project's
              dispatch -> e-mail (file sink), side by side, same broker, same pool flags:
