@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export AMQP_URL ?= amqp://guest:guest@localhost:5672//
 
-.PHONY: run demo test install broker lint schemas definitions bench clean
+.PHONY: run demo test install broker lint schemas definitions lock bench clean
 
 ## run: install, migrate both databases, declare the topology, run the API, relay and workers (Ctrl-C stops all)
 run: install broker
@@ -41,6 +41,17 @@ schemas: install
 ## definitions: regenerate deploy/rabbitmq/definitions.json from the topology module
 definitions: install
 	$(BIN)/notification-service topology export deploy/rabbitmq/definitions.json
+
+## lock: pin every package each image installs, with hashes (CPython 3.11 on Linux, like the images);
+## run it after changing a dependency in pyproject.toml (needs PyPI)
+LOCK := $(BIN)/uv pip compile --python-version 3.11 --python-platform linux --generate-hashes \
+	--custom-compile-command "make lock" --quiet
+lock: install
+	$(BIN)/pip install --quiet 'uv>=0.5'
+	$(LOCK) pyproject.toml --extra booking -o deploy/booking/requirements.lock
+	$(LOCK) pyproject.toml --extra notification -o deploy/notification/requirements.lock
+	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+		| $(LOCK) - -o deploy/build-requirements.lock
 
 ## bench: both benchmark scripts (bounded, loopback only)
 bench: install broker

@@ -80,3 +80,42 @@ def least_privilege(vhost_url, management, definitions, unique):
     finally:
         for name in users.values():
             management.delete(f"{management.base}/users/{name}", timeout=10)
+
+
+@dataclasses.dataclass
+class MonitoringLogin:
+    """A throwaway user with the tags and permissions the rendered definitions give `monitoring`."""
+
+    name: str
+    password: str
+    url: str
+
+
+@pytest.fixture
+def monitoring(least_privilege, management, unique):
+    """The `monitoring` user of deploy/rabbitmq/render_definitions.py, created in the test's vhost.
+
+    Made from the rendered document itself (its tags, its permissions on "/",
+    its password hash), so the test proves what a compose broker imports.
+    """
+    from . import compose_env
+
+    env = compose_env.filled()
+    rendered = compose_env.renderer().render(json.loads(repo.DEFINITIONS_FILE.read_text()), env)
+    (user,) = [u for u in rendered["users"] if u["name"] == "monitoring"]
+    (permission,) = [p for p in rendered["permissions"] if p["user"] == "monitoring" and p["vhost"] == "/"]
+    assert not [p for p in rendered.get("topic_permissions", []) if p["user"] == "monitoring"]
+    name, password = f"test-monitoring-{unique}", env[compose_env.renderer().PASSWORD_ENV["monitoring"]]
+    quoted = urllib.parse.quote(least_privilege.vhost, safe="")
+    management.put(f"{management.base}/users/{name}", timeout=10, json={
+        "password_hash": user["password_hash"], "hashing_algorithm": user["hashing_algorithm"],
+        "tags": ",".join(user["tags"])}).raise_for_status()
+    try:
+        management.put(f"{management.base}/permissions/{quoted}/{name}", timeout=10,
+                       json={k: permission[k] for k in ("configure", "write", "read")}).raise_for_status()
+        parts = urllib.parse.urlsplit(least_privilege.admin_url)
+        url = urllib.parse.urlunsplit((parts.scheme, f"{name}:{password}@{parts.hostname}:{parts.port or 5672}",
+                                       parts.path, "", ""))
+        yield MonitoringLogin(name=name, password=password, url=url)
+    finally:
+        management.delete(f"{management.base}/users/{name}", timeout=10)

@@ -2,7 +2,9 @@
 
 The booking service may publish to ``notifications`` and nothing else; the
 notification service may declare its topology, consume, publish and
-dead-letter. Each test runs in a fresh vhost holding the committed topology,
+dead-letter; the `monitoring` user KEDA scales with (rendered by
+deploy/rabbitmq/render_definitions.py) may read queue lengths through the
+management API and nothing else. Each test runs in a fresh vhost holding the committed topology,
 logged in as throwaway users carrying exactly the committed permissions.
 """
 
@@ -12,11 +14,13 @@ import contextlib
 import os
 import pathlib
 import subprocess
+import urllib.parse
 import uuid
 
 import pika
 import pika.exceptions
 import pytest
+import requests
 
 import shared
 
@@ -222,3 +226,99 @@ def _example_payload() -> dict:
     payload = json.loads(path.read_text())
     payload["notification_id"] = str(uuid.uuid4())
     return payload
+
+
+# ---- monitoring (KEDA's scaler): read queue lengths, nothing else -------------
+
+def _keda_queues() -> list[str]:
+    """The queues the ScaledObjects in keda.yaml scale on."""
+    path = repo.DEPLOY / "k8s" / "notification" / "keda.yaml"
+    return [t["metadata"]["queueName"] for doc in repo.load_yaml_documents(path) if doc["kind"] == "ScaledObject"
+            for t in doc["spec"]["triggers"]]
+
+
+def _queue_url(management, vhost: str, queue: str, suffix: str = "") -> str:
+    return f"{management.base}/queues/{urllib.parse.quote(vhost, safe='')}/{urllib.parse.quote(queue, safe='')}{suffix}"
+
+
+def test_monitoring_user_reads_each_scaled_queues_length_through_the_management_api(least_privilege, monitoring, management):
+    """What KEDA's rabbitmq scaler does with protocol http: GET <host>/api/queues/<vhost>/<queue> -> "messages"."""
+    queues = _keda_queues()
+    assert sorted(queues) == sorted(shared.WORK_QUEUES)
+    expected = {queue: count for count, queue in enumerate(queues, start=1)}
+    with channel(least_privilege.url("booking")) as ch:
+        for queue, count in expected.items():
+            for _ in range(count):
+                publish(ch, shared.task_message(task=shared.DISPATCH_TASK, task_id=str(uuid.uuid4()), routing_key=queue))
+
+    def lengths():
+        seen = {}
+        for queue in queues:
+            response = requests.get(_queue_url(management, least_privilege.vhost, queue),
+                                    auth=(monitoring.name, monitoring.password), timeout=10)
+            assert response.status_code == 200, response.text
+            seen[queue] = response.json().get("messages")
+        return seen if seen == expected else None
+
+    # The management API refreshes queue statistics every few seconds.
+    processes.wait_until(lengths, timeout=30, what=f"queue lengths {expected} as the monitoring user")
+
+
+#: What the scaler's login must not do over AMQP. Each works for a privileged user (checked below).
+FORBIDDEN_TO_MONITORING_AMQP = {
+    "publish-to-notifications": lambda ch: publish(ch, dispatch_message()),
+    "publish-via-default-exchange": lambda ch: _confirmed(ch, "", shared.DISPATCH_QUEUE),
+    "get-from-work-queue": lambda ch: ch.basic_get(shared.DISPATCH_QUEUE),
+    "consume-work-queue": lambda ch: ch.basic_consume(shared.DISPATCH_QUEUE, lambda *a: None),
+    "read-dead-letters": lambda ch: ch.basic_get(shared.dead_letter_queue(shared.EMAIL_QUEUE)),
+    "purge-work-queue": lambda ch: ch.queue_purge(shared.EMAIL_QUEUE),
+    "declare-queue": lambda ch: ch.queue_declare(f"monitoring-own-{uuid.uuid4().hex[:6]}"),
+    "declare-exchange": lambda ch: ch.exchange_declare(f"monitoring-own-{uuid.uuid4().hex[:6]}"),
+    "bind-queue": lambda ch: ch.queue_bind(shared.EMAIL_QUEUE, shared.EXCHANGE, routing_key="anything"),
+    "delete-queue": lambda ch: ch.queue_delete(shared.dead_letter_queue(shared.PUSH_QUEUE)),
+}
+
+
+@pytest.mark.parametrize("action", sorted(FORBIDDEN_TO_MONITORING_AMQP))
+def test_monitoring_user_can_neither_publish_consume_nor_configure_over_amqp(least_privilege, monitoring, action):
+    with channel(monitoring.url) as ch:
+        assert refused(lambda: FORBIDDEN_TO_MONITORING_AMQP[action](ch))
+
+
+@pytest.mark.parametrize("action", sorted(FORBIDDEN_TO_MONITORING_AMQP))
+def test_each_amqp_action_refused_to_monitoring_works_for_a_privileged_user(least_privilege, action):
+    with channel(least_privilege.admin_url) as ch:
+        assert not refused(lambda: FORBIDDEN_TO_MONITORING_AMQP[action](ch))
+
+
+def _http_forbidden(management, vhost: str) -> dict:
+    v = urllib.parse.quote(vhost, safe="")
+    body = {"properties": {}, "routing_key": shared.DISPATCH_QUEUE, "payload": "{}", "payload_encoding": "string"}
+    return {
+        "get-messages": ("POST", _queue_url(management, vhost, shared.DISPATCH_QUEUE, "/get"),
+                         {"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}),
+        "publish": ("POST", f"{management.base}/exchanges/{v}/{shared.EXCHANGE}/publish", body),
+        "purge": ("DELETE", _queue_url(management, vhost, shared.EMAIL_QUEUE, "/contents"), None),
+        "declare-queue": ("PUT", _queue_url(management, vhost, f"monitoring-own-{uuid.uuid4().hex[:6]}"),
+                          {"durable": False, "auto_delete": True}),
+        "export-definitions": ("GET", f"{management.base}/definitions", None),
+        "list-users": ("GET", f"{management.base}/users", None),
+    }
+
+
+HTTP_ACTIONS = ("export-definitions", "declare-queue", "get-messages", "list-users", "publish", "purge")
+
+
+@pytest.mark.parametrize("action", HTTP_ACTIONS)
+def test_monitoring_user_can_do_nothing_else_through_the_management_api(least_privilege, monitoring, management, action):
+    actions = _http_forbidden(management, least_privilege.vhost)
+    assert sorted(actions) == sorted(HTTP_ACTIONS)
+    method, url, body = actions[action]
+    response = requests.request(method, url, json=body, auth=(monitoring.name, monitoring.password), timeout=10)
+    # 401/403, or 400 wrapping the broker's ACCESS_REFUSED (publish answers that way).
+    assert response.status_code in (400, 401, 403), (response.status_code, response.text)
+    if response.status_code == 400:
+        assert "ACCESS_REFUSED" in response.text
+    # The control: the same call as the test's administrator succeeds.
+    control = management.request(method, url, json=body, timeout=10)
+    assert control.ok, (control.status_code, control.text)

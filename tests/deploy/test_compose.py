@@ -7,10 +7,7 @@ for real against the local server / a local Flower process.
 
 from __future__ import annotations
 
-import base64
 import copy
-import hashlib
-import json
 import os
 import re
 import subprocess
@@ -24,7 +21,7 @@ import yaml
 
 from tests.support import free_port
 
-from . import commands, dockerfiles, processes, repo
+from . import commands, compose_env, dockerfiles, processes, repo
 
 CHECK_JSONSCHEMA = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]
 #: Which of our images a service runs, from its Dockerfile path.
@@ -48,8 +45,8 @@ def our_services() -> dict[str, str]:
 
 
 def interpolate(value: str) -> str:
-    """Resolve ``${VAR:-default}`` the way compose does with nothing set: the development default."""
-    return re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}", lambda m: m.group(2) or "", value)
+    """``value`` as compose resolves it with an operator's compose.env (every secret filled in)."""
+    return compose_env.interpolate(value, compose_env.filled())
 
 
 def env_of(name: str) -> dict[str, str]:
@@ -203,54 +200,6 @@ def test_start_order_waits_for_health_and_for_migrations():
         assert deps[migrate]["condition"] == "service_completed_successfully", name
         if name != "booking-api":  # a booking must succeed while the broker is down
             assert deps["rabbitmq"]["condition"] == "service_healthy", name
-
-
-def test_rabbitmq_loads_the_committed_definitions_through_its_config():
-    mounts = {}
-    for volume in services()["rabbitmq"]["volumes"]:
-        source, target, *_ = volume.split(":")
-        mounts[target] = source
-    conf = (repo.ROOT / mounts["/etc/rabbitmq/rabbitmq.conf"]).read_text()
-    setting = re.search(r"^load_definitions\s*=\s*(\S+)", conf, re.M)
-    assert setting, "rabbitmq.conf must load the definitions on boot"
-    folder = setting.group(1).rstrip("/") + "/"
-    # A folder: RabbitMQ imports its *.json files in name order, topology first.
-    loaded = sorted((t, s) for t, s in mounts.items() if t.startswith(folder) and t.endswith(".json"))
-    assert (repo.ROOT / loaded[0][1]).resolve() == repo.DEFINITIONS_FILE
-    for _, source in loaded:
-        definitions = json.loads((repo.ROOT / source).read_text())
-        assert definitions.get("users"), source
-
-
-def test_management_ui_has_a_development_login_that_is_not_a_service_user():
-    """Boot-time import skips `guest`; without an administrator nobody could open the UI."""
-    admin_file = repo.DEPLOY / "rabbitmq" / "compose-admin.json"
-    (admin,) = json.loads(admin_file.read_text())["users"]
-    assert "administrator" in admin["tags"] and _rabbit_password_matches(admin, "admin")
-    service_users = {u["name"] for u in json.loads(repo.DEFINITIONS_FILE.read_text())["users"]}
-    assert admin["name"] not in service_users
-
-
-def _rabbit_password_matches(user: dict, password: str) -> bool:
-    """RabbitMQ's stored hash: base64(salt(4) + H(salt + password))."""
-    algorithm = {"rabbit_password_hashing_sha256": hashlib.sha256, "rabbit_password_hashing_sha512": hashlib.sha512}
-    raw = base64.b64decode(user["password_hash"])
-    salt, digest = raw[:4], raw[4:]
-    return algorithm[user.get("hashing_algorithm", "rabbit_password_hashing_sha256")](salt + password.encode()).digest() == digest
-
-
-def test_services_log_in_as_their_least_privilege_user_with_the_password_the_broker_holds():
-    if not repo.DEFINITIONS_FILE.exists():
-        pytest.fail("deploy/rabbitmq/definitions.json is missing (notification-service topology export)")
-    definitions = json.loads(repo.DEFINITIONS_FILE.read_text())
-    users = {u["name"]: u for u in definitions["users"]}
-    for name, image in our_services().items():
-        url = urllib.parse.urlsplit(env_of(name)["AMQP_URL"])
-        assert url.username == AMQP_USER[image], f"{name} must log in as {AMQP_USER[image]}"
-        assert url.hostname == "rabbitmq"
-        assert _rabbit_password_matches(users[url.username], urllib.parse.unquote(url.password)), (
-            f"{name}: the development password in its AMQP_URL is not the one definitions.json holds"
-        )
 
 
 def test_database_urls_match_the_roles_and_databases_postgres_creates():

@@ -59,11 +59,51 @@ def test_runtime_runs_as_a_fixed_non_root_uid(image):
     assert all(kind != "RUN" for kind, _ in image.runtime.instructions[user_index:]), "nothing runs as root after USER"
 
 
-def test_image_installs_only_its_own_extra_and_no_dev_tools(service, image):
-    installs = [w for words in dockerfiles.run_words(image.runtime) for w in words if "booking-notifications[" in w]
-    assert installs == [f"booking-notifications[{service}]"], installs
-    wheels = [w for stage in image.stages[:-1] for words in dockerfiles.run_words(stage) for w in words if "[" in w]
-    assert wheels == [f".[{service}]"], wheels
+def _pip_calls(stage: dockerfiles.Stage) -> list[list[str]]:
+    """Each ``pip install`` / ``pip wheel`` of a stage as its words (from ``pip`` on, up to the next ``&&``)."""
+    calls = []
+    for words in dockerfiles.run_words(stage):
+        for i, word in enumerate(words):
+            if word == "pip" and i + 1 < len(words) and words[i + 1] in ("install", "wheel"):
+                end = words.index("&&", i) if "&&" in words[i:] else len(words)
+                calls.append(words[i:end])
+    return calls
+
+
+def _bind_mounts(stage: dockerfiles.Stage) -> dict[str, str]:
+    """RUN --mount=type=bind targets -> sources (build-context files only, not from= stages)."""
+    found = {}
+    for words in dockerfiles.run_words(stage):
+        for word in words:
+            if word.startswith("--mount=type=bind,") and "from=" not in word:
+                fields = dict(f.split("=", 1) for f in word.removeprefix("--mount=").split(","))
+                found[fields["target"]] = fields["source"]
+    return found
+
+
+def test_image_installs_its_lock_with_hashes_and_resolves_nothing(service, image):
+    """No dependency is resolved while an image builds: every pip call is --no-deps, and what it
+    installs from an index is a lock file with --require-hashes."""
+    for stage in image.stages:
+        mounts = _bind_mounts(stage)
+        for call in _pip_calls(stage):
+            assert "--no-deps" in call, f"{' '.join(call)}: would resolve dependencies at build time"
+            if "-r" in call:
+                assert "--require-hashes" in call, " ".join(call)
+                lock = mounts[call[call.index("-r") + 1]]
+                assert (repo.ROOT / lock).is_file(), lock
+            elif call[1] == "install":
+                assert "--no-index" in call, f"{' '.join(call)}: only the project's own wheel, from the builder"
+    runtime_locks = [_bind_mounts(image.runtime)[c[c.index("-r") + 1]] for c in _pip_calls(image.runtime) if "-r" in c]
+    assert runtime_locks == [f"deploy/{service}/requirements.lock"], "the runtime installs its own service's lock"
+    builder_locks = [_bind_mounts(s)[c[c.index("-r") + 1]] for s in image.stages[:-1] for c in _pip_calls(s) if "-r" in c]
+    assert builder_locks == ["deploy/build-requirements.lock"], "the build backend is locked too"
+    wheel = [c for s in image.stages[:-1] for c in _pip_calls(s) if c[1] == "wheel"]
+    assert len(wheel) == 1 and "--no-build-isolation" in wheel[0], "build isolation would fetch the backend unpinned"
+    assert any("pip check" in run for run in image.runtime.values("RUN")), "pip check proves the lock is complete"
+
+
+def test_image_installs_no_dev_tools(image):
     every_word = {w for stage in image.stages for words in dockerfiles.run_words(stage) for w in words}
     assert not every_word & DEV_TOOLS, every_word & DEV_TOOLS
     assert not any("dev]" in w or ",dev" in w for w in every_word)

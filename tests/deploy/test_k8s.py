@@ -203,9 +203,27 @@ def test_each_worker_scales_on_its_own_queue():
         assert trigger["type"] == "rabbitmq" and [trigger["metadata"]["queueName"]] == queues
         assert trigger["metadata"]["mode"] == "QueueLength"
         assert obj["spec"]["minReplicaCount"] >= 1 and obj["spec"]["maxReplicaCount"] > obj["spec"]["minReplicaCount"]
-        for ref in auths[trigger["authenticationRef"]["name"]]["spec"]["secretTargetRef"]:
-            assert ref["key"] in secrets[ref["name"]], "KEDA must read the workers' own credentials"
-            assert ref["key"] in set(configured_env("notification", container))
+        assert trigger["metadata"]["protocol"] == "http", "queue length from the management API, not an AMQP login"
+
+
+def test_keda_reads_queue_lengths_as_the_monitoring_user_from_a_secret_no_worker_loads():
+    """The scaler's credential can read queue lengths and nothing else (tests/deploy/test_broker_permissions.py)."""
+    from . import compose_env
+
+    auths = {a["metadata"]["name"]: a for a in of_kind("notification", "TriggerAuthentication")}
+    secrets = {s["metadata"]["name"]: s["stringData"] for s in of_kind("notification", "Secret")}
+    loaded = {source["secretRef"]["name"] for _, spec in pod_specs("notification") for c in spec["containers"]
+              for source in c.get("envFrom", []) if "secretRef" in source}
+    monitoring_tags, _ = compose_env.renderer().EXTRA_USERS["monitoring"]
+    assert monitoring_tags == ["monitoring"]
+    used = {t["authenticationRef"]["name"] for obj in of_kind("notification", "ScaledObject") for t in obj["spec"]["triggers"]}
+    assert used and used <= set(auths)
+    for name in used:
+        (ref,) = auths[name]["spec"]["secretTargetRef"]
+        assert ref["parameter"] == "host"
+        assert ref["name"] not in loaded, "no worker may load the scaler's credential, nor the scaler the workers'"
+        url = urllib.parse.urlsplit(secrets[ref["name"]][ref["key"]])
+        assert url.scheme in ("http", "https") and url.username == "monitoring", url._replace(netloc=url.hostname)
 
 
 _CREDENTIAL_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|_KEYS$")
