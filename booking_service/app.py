@@ -6,11 +6,11 @@ import time
 import uuid
 
 import structlog
-from flask import Flask, g, request
+from flask import Flask, abort, g, request
 from flask_smorest import Api
 
 from . import logs, metrics
-from .api import errors
+from .api import errors, openapi
 from .api.bookings import blp as bookings_blp
 from .api.docs import blp as docs_blp
 from .api.health import blp as health_blp
@@ -19,6 +19,12 @@ from .db import make_engine, make_session_factory
 
 log = structlog.get_logger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class BookingApi(Api):
+    """flask-smorest's Api documenting the API's own error shape (``errors.ErrorSchema``)."""
+
+    ERROR_SCHEMA = errors.ErrorSchema
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -43,7 +49,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["BOOKING_SESSION_FACTORY"] = session_factory
     app.extensions["booking_engine"] = engine
 
-    api = Api(app)
+    api = BookingApi(app, spec_kwargs={"extra_plugins": [openapi.ApiConventions()]})
+    openapi.register_components(api.spec)
     api.register_blueprint(bookings_blp)
     app.register_blueprint(health_blp)
     app.register_blueprint(docs_blp)
@@ -53,6 +60,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def _request_context(app: Flask) -> None:
+    metrics_port = app.config["BOOKING_SETTINGS"].metrics_port
+
     @app.before_request
     def _begin():
         g.started = time.perf_counter()
@@ -60,13 +69,21 @@ def _request_context(app: Flask) -> None:
         g.request_id = incoming if 0 < len(incoming) <= 200 and incoming.isprintable() else str(uuid.uuid4())
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
+        if metrics_port is not None:
+            # /metrics on its own listener only; that listener serves nothing else.
+            on_metrics_port = metrics.listener_port(request.environ) == metrics_port
+            if on_metrics_port != (request.path == "/metrics"):
+                abort(404)
 
     @app.after_request
     def _finish(response):
+        # Fixed label values only: a label taken from the request (any method name,
+        # any path) would add a series per distinct value, without bound.
         route = request.url_rule.rule if request.url_rule else "unmatched"
+        method = metrics.method_label(request.method)
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        metrics.http_requests().labels(request.method, route, str(response.status_code)).inc()
-        metrics.http_latency().labels(request.method, route).observe(elapsed)
+        metrics.http_requests().labels(method, route, str(response.status_code)).inc()
+        metrics.http_latency().labels(method, route).observe(elapsed)
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
         if route not in ("/healthz", "/metrics"):
             log.info("request", method=request.method, route=route, status=response.status_code,

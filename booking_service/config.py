@@ -40,6 +40,10 @@ class Settings:
     #: PROMETHEUS_MULTIPROC_DIR with the API (its own container), this is how its
     #: publish counters are scraped.
     relay_metrics_port: int = 0
+    #: host:port where the API serves /metrics instead of on its public port ("" = on
+    #: the API port, as before). gunicorn listens on both; a request for /metrics on
+    #: the API port is a 404, and the metrics port serves nothing but /metrics.
+    metrics_bind: str = ""
     #: Timeout of the broker check in /readyz.
     ready_broker_timeout_seconds: float = 0.5
 
@@ -60,4 +64,15 @@ class Settings:
             relay_batch_size=int(env.get("BOOKING_RELAY_BATCH_SIZE", d.relay_batch_size)),
             relay_max_backoff_seconds=float(env.get("BOOKING_RELAY_MAX_BACKOFF_SECONDS", d.relay_max_backoff_seconds)),
             relay_metrics_port=int(env.get("BOOKING_RELAY_METRICS_PORT", d.relay_metrics_port)),
+            metrics_bind=env.get("BOOKING_METRICS_BIND", d.metrics_bind).strip(),
         )
+
+    @property
+    def metrics_port(self) -> int | None:
+        """Port of ``metrics_bind``, or None when /metrics stays on the API port."""
+        if not self.metrics_bind:
+            return None
+        host, sep, port = self.metrics_bind.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"BOOKING_METRICS_BIND must be host:port, got {self.metrics_bind!r}")
+        return int(port)

@@ -10,6 +10,10 @@ The flock is released right after COMMIT or ROLLBACK (the connection class
 below), so it covers exactly the write transaction. Processes that do not take
 the flock (the sqlite3 shell, another program) still meet ``busy_timeout``.
 
+Every engine hides SQL parameters (``hide_parameters``): a database error while
+saving a booking would otherwise print the customer's name, e-mail and push
+tokens into the log (``[parameters: {...}]``).
+
 PostgreSQL: no ``pool_pre_ping`` (a round trip on every request); a connection
 found dead is dropped and the create path runs its transaction again on a new
 one when nothing can have been committed (``booking_insert.write``).
@@ -91,12 +95,13 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> sa.Engine:
         if sqlite_synchronous.upper() not in SQLITE_SYNCHRONOUS:
             raise ValueError(f"sqlite synchronous must be one of {SQLITE_SYNCHRONOUS}")
         engine = sa.create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False, "factory": WriteLockedConnection}
+            url, hide_parameters=True,
+            connect_args={"timeout": 30, "check_same_thread": False, "factory": WriteLockedConnection},
         )
         _sqlite_pragmas(engine, sqlite_synchronous.upper())
         return engine
     # One sync gunicorn worker serves one request at a time: a small pool suffices.
-    return sa.create_engine(url, pool_size=2, max_overflow=8, pool_recycle=1800)
+    return sa.create_engine(url, hide_parameters=True, pool_size=2, max_overflow=8, pool_recycle=1800)
 
 
 def _sqlite_pragmas(engine: sa.Engine, synchronous: str) -> None:

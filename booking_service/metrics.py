@@ -18,6 +18,24 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY
 
 
+#: The ``method`` label's values; any other method is counted as "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
+def listener_port(environ: dict) -> int | None:
+    """The local port the request came in on (the socket, not the spoofable Host header); None if unknown."""
+    sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+    try:
+        name = sock.getsockname() if sock is not None else None
+    except OSError:  # the client hung up meanwhile
+        return None
+    return name[1] if isinstance(name, tuple) else None
+
+
 @functools.cache
 def http_requests() -> Counter:
     return Counter("booking_http_requests_total", "HTTP requests by route and status", ["method", "route", "status"])

@@ -8,7 +8,6 @@ from datetime import timedelta
 
 from flask import current_app, g, jsonify, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
@@ -17,13 +16,15 @@ from ..errors import Conflict, IdempotencyMismatch
 from ..models import IdempotencyKey
 from .auth import require_api_key
 from .context import db_session
+from .json_body import Blueprint
+from .openapi import CREATED_HEADERS, IDEMPOTENCY_KEY_PARAMETER, PAGINATION_HEADERS, error_responses
 from .schemas import (
     BookingCreateSchema,
     BookingQuerySchema,
     BookingRescheduleSchema,
     BookingSchema,
-    ApiErrorSchema,
     booking_document,
+    pagination_metadata,
 )
 
 blp = Blueprint("bookings", __name__, url_prefix="/v1/bookings", description="Bookings of resources")
@@ -45,7 +46,8 @@ def _lead() -> timedelta:
 
 
 def _request_hash() -> str:
-    canonical = json.dumps(request.get_json(silent=True), sort_keys=True, separators=(",", ":"))
+    # The body as the bounded decoder read it (json_body.BoundedParser).
+    canonical = json.dumps(g.get("json_body"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -60,32 +62,37 @@ def _replay(session, key: str, request_hash: str):
     response = jsonify(stored.response)
     response.status_code = stored.status_code
     response.headers["Idempotent-Replayed"] = "true"
+    if stored.status_code == 201:
+        response.headers["Location"] = f"/v1/bookings/{stored.response['id']}"
     return response
 
 
 @blp.route("")
 class BookingCollection(MethodView):
     @blp.arguments(BookingQuerySchema, location="query")
-    @blp.response(200, BookingSchema(many=True))
-    @blp.paginate()
-    def get(self, query, pagination_parameters):
-        """List bookings, filtered by resource, status and time range (paginated)."""
+    @blp.response(200, BookingSchema(many=True), headers=PAGINATION_HEADERS)
+    def get(self, query):
+        """List bookings, filtered by resource, status and time range (paginated: page, page_size)."""
+        page, page_size = query.pop("page"), query.pop("page_size")
         select = bookings.search(db_session(), **query)
-        pagination_parameters.item_count = db_session().execute(
+        total = db_session().execute(
             sa.select(sa.func.count()).select_from(select.order_by(None).subquery())
         ).scalar_one()
-        page = select.offset(pagination_parameters.first_item).limit(pagination_parameters.page_size)
-        return db_session().execute(page).scalars().all()
+        rows = db_session().execute(select.offset((page - 1) * page_size).limit(page_size)).scalars().all()
+        return rows, {"X-Pagination": json.dumps(pagination_metadata(page, page_size, total))}
 
     @blp.arguments(CREATE_SCHEMA)
-    @blp.response(201, BookingSchema)
-    @blp.alt_response(409, schema=ApiErrorSchema, description="The resource is already booked for that time")
-    @blp.alt_response(422, schema=ApiErrorSchema, description="Invalid input, or Idempotency-Key reused with another body")
+    @blp.response(201, BookingSchema, headers=CREATED_HEADERS)
+    @blp.doc(parameters=[IDEMPOTENCY_KEY_PARAMETER], responses=error_responses(409))
     def post(self, data):
-        """Book a resource. Send an ``Idempotency-Key`` header to retry safely."""
+        """Book a resource. Send an ``Idempotency-Key`` header to retry safely.
+
+        409: the resource is already booked for that time. 422: invalid input, or the
+        Idempotency-Key was used before with another body.
+        """
         key = request.headers.get(IDEMPOTENCY_HEADER)
-        if key is not None and not (0 < len(key) <= 200):
-            raise IdempotencyMismatch("Idempotency-Key must be 1 to 200 characters.")
+        if key is not None and not (0 < len(key) <= 200 and key.isprintable()):
+            raise IdempotencyMismatch("Idempotency-Key must be 1 to 200 printable characters.")
         customer = data["customer"]
         new = bookings.NewBooking(
             resource_id=data["resource_id"],
@@ -122,14 +129,14 @@ class BookingCollection(MethodView):
 @blp.route("/<uuid:booking_id>")
 class BookingItem(MethodView):
     @blp.response(200, BookingSchema)
-    @blp.alt_response(404, schema=ApiErrorSchema)
+    @blp.doc(responses=error_responses(404))
     def get(self, booking_id):
         """Read one booking."""
         return bookings.get(db_session(), str(booking_id))
 
     @blp.arguments(BookingRescheduleSchema)
     @blp.response(200, BookingSchema)
-    @blp.alt_response(409, schema=ApiErrorSchema)
+    @blp.doc(responses=error_responses(404, 409))
     def patch(self, data, booking_id):
         """Reschedule: move the booking; its reminder moves with it."""
         with db_session().begin():
@@ -141,7 +148,7 @@ class BookingItem(MethodView):
 @blp.route("/<uuid:booking_id>/cancel")
 class BookingCancel(MethodView):
     @blp.response(200, BookingSchema)
-    @blp.alt_response(409, schema=ApiErrorSchema)
+    @blp.doc(responses=error_responses(404, 409))
     def post(self, booking_id):
         """Cancel: the customer is told, and the pending reminder is withdrawn."""
         with db_session().begin():

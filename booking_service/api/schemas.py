@@ -1,34 +1,100 @@
 """HTTP request/response schemas (separate from the wire schemas in ``shared``).
 
 The API rejects unknown fields (marshmallow's default ``RAISE``), unlike the
-message consumers, which tolerate them.
+message consumers, which tolerate them. Every input is bounded here, so bad
+input is a 422 naming the field, never a database or encoding error (a 500):
+lengths within the columns, single-line text where the value can reach an
+e-mail header, no NUL anywhere (PostgreSQL refuses it), datetimes inside a
+range every backend and every reminder computation can hold.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from typing import Any
 
-from marshmallow import Schema, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from shared.messages import LOCALE_PATTERN, AwareDateTime, check_ends_after_start, validate_timezone
+from shared.messages import (
+    LOCALE_PATTERN,
+    MAX_TIMEZONE_LENGTH,
+    AwareDateTime,
+    check_ends_after_start,
+    single_line,
+    validate_timezone,
+)
 
 from ..outbox import iso_utc
 
+#: Earliest and (exclusive) latest instant accepted anywhere a datetime is.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9999, 1, 1, tzinfo=timezone.utc)
+#: Longest locale tag the column holds.
+MAX_LOCALE_LENGTH = 35
+#: Highest page number of a listing (page x page_size stays far inside a 64-bit OFFSET).
+MAX_PAGE = 1_000_000
+MAX_PAGE_SIZE = 100
+#: Free text (notes) may span lines, but holds no other control character (NUL breaks PostgreSQL).
+MULTI_LINE_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+
+
+def _no_final_newline(value: str) -> None:
+    # shared.messages.single_line is re.match with "$", and Python's "$" also matches
+    # before a final "\n": "room\n" passes it. Everything else it refuses.
+    if value.endswith("\n"):
+        raise ValidationError(single_line.error)
+
+
+#: One line of text without control characters: the contract's rule (documented as its
+#: pattern), held to the whole value.
+ONE_LINE = [single_line, _no_final_newline]
+
+
+def _text(max_length: int, min_length: int = 1) -> list:
+    return [validate.Length(min=min_length, max=max_length), *ONE_LINE]
+
+
+class BoundedDateTime(AwareDateTime):
+    """An ISO-8601 datetime with an offset, from 1970 up to (not including) the year 9999 in UTC.
+
+    ``9999-12-31T20:00:00-05:00`` parses, but is year 10000 in UTC; ``0001-01-01T00:01:00Z``
+    minus a reminder's lead is before year 1: both overflowed into 500s.
+    """
+
+    default_error_messages = {"range": "Must be between 1970-01-01T00:00:00Z and 9999-01-01T00:00:00Z."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        metadata = kwargs.pop("metadata", {})
+        description = metadata.get("description", "ISO-8601 with offset")
+        super().__init__(metadata={**metadata, "description": f"{description}; {self.default_error_messages['range']}"},
+                         **kwargs)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
+        parsed = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            in_utc = parsed.astimezone(timezone.utc)
+        except OverflowError:
+            raise self.make_error("range") from None
+        if not EARLIEST <= in_utc < LATEST:
+            raise self.make_error("range")
+        return parsed
+
 
 class CustomerSchema(Schema):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    email = fields.Email(required=True, validate=validate.Length(max=320))
-    locale = fields.String(load_default="en", validate=validate.Regexp(LOCALE_PATTERN))
-    timezone = fields.String(load_default="UTC", validate=validate_timezone, metadata={"description": "IANA name"})
-    push_tokens = fields.List(
-        fields.String(validate=validate.Length(min=1, max=4096)), load_default=list, validate=validate.Length(max=20)
-    )
+    name = fields.String(required=True, validate=_text(200))
+    email = fields.Email(required=True, validate=[validate.Length(max=320), *ONE_LINE])
+    locale = fields.String(load_default="en", validate=[validate.Length(max=MAX_LOCALE_LENGTH),
+                                                        validate.Regexp(LOCALE_PATTERN)])
+    timezone = fields.String(load_default="UTC",
+                             validate=[validate.Length(min=1, max=MAX_TIMEZONE_LENGTH), validate_timezone],
+                             metadata={"description": "IANA name"})
+    push_tokens = fields.List(fields.String(validate=_text(4096)), load_default=list, validate=validate.Length(max=20))
 
 
 class _TimeRange(Schema):
-    starts_at = AwareDateTime(required=True, metadata={"description": "ISO-8601 with offset"})
-    ends_at = AwareDateTime(required=True, metadata={"description": "ISO-8601 with offset, after starts_at"})
+    starts_at = BoundedDateTime(required=True)
+    ends_at = BoundedDateTime(required=True, metadata={"description": "ISO-8601 with offset, after starts_at"})
 
     @validates_schema
     def _order(self, data: dict, **kwargs: Any) -> None:
@@ -36,35 +102,46 @@ class _TimeRange(Schema):
 
 
 class BookingCreateSchema(_TimeRange):
-    resource_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    resource_id = fields.String(required=True, validate=_text(200))
     customer = fields.Nested(CustomerSchema, required=True)
-    notes = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2000))
+    notes = fields.String(load_default=None, allow_none=True, validate=[
+        validate.Length(max=2000),
+        validate.Regexp(MULTI_LINE_PATTERN, error="Must be text without control characters other than tab and line breaks."),
+    ])
 
 
 class BookingRescheduleSchema(_TimeRange):
     pass
 
 
-class BookingSchema(Schema):
-    id = fields.String()
-    status = fields.String()
-    version = fields.Integer()
-    resource_id = fields.String()
-    starts_at = AwareDateTime()
-    ends_at = AwareDateTime()
-    customer = fields.Method("_customer")
-    notes = fields.String(allow_none=True)
-    created_at = AwareDateTime()
-    updated_at = AwareDateTime()
+class BookingCustomerSchema(Schema):
+    """The customer as a booking is read back (from the booking's columns)."""
 
-    def _customer(self, booking: Any) -> dict:
-        return {
-            "name": booking.customer_name,
-            "email": booking.customer_email,
-            "locale": booking.customer_locale,
-            "timezone": booking.customer_timezone,
-            "push_tokens": list(booking.push_tokens or []),
-        }
+    name = fields.String(required=True, attribute="customer_name")
+    email = fields.String(required=True, attribute="customer_email", metadata={"format": "email"})
+    locale = fields.String(required=True, attribute="customer_locale")
+    timezone = fields.String(required=True, attribute="customer_timezone")
+    push_tokens = fields.List(fields.String(), required=True)
+
+
+class _Columns(fields.Nested):
+    """A nested object built from the parent's own attributes (the customer_* columns)."""
+
+    def get_value(self, obj: Any, attr: str, accessor: Any = None, default: Any = None) -> Any:
+        return obj
+
+
+class BookingSchema(Schema):
+    id = fields.UUID(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(["confirmed", "cancelled"]))
+    version = fields.Integer(required=True)
+    resource_id = fields.String(required=True)
+    starts_at = AwareDateTime(required=True)
+    ends_at = AwareDateTime(required=True)
+    customer = _Columns(BookingCustomerSchema, required=True)
+    notes = fields.String(required=True, allow_none=True)
+    created_at = AwareDateTime(required=True)
+    updated_at = AwareDateTime(required=True)
 
 
 def booking_document(values: Mapping[str, Any]) -> dict:
@@ -94,11 +171,36 @@ def booking_document(values: Mapping[str, Any]) -> dict:
 
 
 class BookingQuerySchema(Schema):
-    resource_id = fields.String()
+    resource_id = fields.String(validate=_text(200))
     status = fields.String(validate=validate.OneOf(["confirmed", "cancelled"]))
-    starts_from = AwareDateTime(data_key="from", metadata={"description": "bookings ending after this time"})
-    starts_to = AwareDateTime(data_key="to", metadata={"description": "bookings starting before this time"})
+    starts_from = BoundedDateTime(data_key="from", metadata={"description": "bookings ending after this time"})
+    starts_to = BoundedDateTime(data_key="to", metadata={"description": "bookings starting before this time"})
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE))
+    page_size = fields.Integer(load_default=10, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
 
 
-class ApiErrorSchema(Schema):
-    error = fields.Dict(metadata={"description": "{code, status, message, details?, request_id}"})
+class PaginationSchema(Schema):
+    """What the X-Pagination header carries, as a JSON string (flask-smorest's fields and rules)."""
+
+    total = fields.Integer(required=True, metadata={"description": "Number of bookings that match"})
+    total_pages = fields.Integer(required=True)
+    first_page = fields.Integer(metadata={"description": "Absent when nothing matches"})
+    last_page = fields.Integer(metadata={"description": "Absent when nothing matches"})
+    page = fields.Integer(metadata={"description": "Absent past the last page"})
+    previous_page = fields.Integer()
+    next_page = fields.Integer()
+
+
+def pagination_metadata(page: int, page_size: int, total: int) -> dict:
+    """The X-Pagination object, as flask-smorest's ``paginate`` made it before (clients keep parsing it)."""
+    metadata: dict[str, int] = {"total": total, "total_pages": 0}
+    if total:
+        last_page = (total - 1) // page_size + 1
+        metadata.update(total_pages=last_page, first_page=1, last_page=last_page)
+        if page <= last_page:
+            metadata["page"] = page
+            if page > 1:
+                metadata["previous_page"] = page - 1
+            if page < last_page:
+                metadata["next_page"] = page + 1
+    return metadata

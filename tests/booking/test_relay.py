@@ -7,7 +7,6 @@ import json
 import pathlib
 import socket
 import threading
-import time
 import urllib.parse
 from datetime import datetime, timedelta, timezone
 
@@ -69,18 +68,21 @@ def test_booking_over_http_produces_exactly_one_celery_v2_message(client, sessio
 
 def test_reminder_carries_expires_and_low_priority(client, session_factory, bound_queue):
     url, channel, queue = bound_queue
-    # The lead is 1 h in these tests, so this reminder falls due within about 2 s.
-    soon = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(hours=1, seconds=2)
-    client.post("/v1/bookings", json=booking_body(start=soon), headers=AUTH)
+    # The lead is 1 h in these tests: this reminder falls due in 10 minutes, and expires at the start.
+    start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(hours=1, minutes=10)
+    client.post("/v1/bookings", json=booking_body(start=start), headers=AUTH)
     relay = Relay(session_factory, url)
     relay._connect()
     assert relay.publish_due() == 1  # the confirmation only: the reminder is not due yet
-    wait_for(lambda: relay.publish_due() == 1, timeout=10)
+    with session_factory() as s, s.begin():  # the 10 minutes pass: the reminder falls due
+        s.execute(sa.update(OutboxMessage).where(OutboxMessage.event == "booking.reminder")
+                  .values(available_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+    assert relay.publish_due() == 1
     relay._disconnect()
     by_event = {json.loads(b)[1]["message"]["event"]: p for _m, p, b in drain(channel, queue)}
     reminder = by_event["booking.reminder"]
     assert reminder.priority == shared.Priority.LOW < by_event["booking.confirmed"].priority
-    assert datetime.fromisoformat(reminder.headers["expires"]) == soon
+    assert datetime.fromisoformat(reminder.headers["expires"]) == start
 
 
 def test_unroutable_message_is_not_marked_published(client, session_factory, vhost_url):
@@ -286,32 +288,48 @@ def drain_into(channel, queue, into: list) -> list:
     return into
 
 
+def _leased(session_factory) -> int:
+    with session_factory() as s:
+        return s.execute(sa.select(sa.func.count()).select_from(OutboxMessage).where(
+            OutboxMessage.status == "pending", OutboxMessage.locked_until.is_not(None))).scalar_one()
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_two_relays_on_postgresql_publish_each_row_once(client, session_factory, bound_queue):
+    """Relay A leases a batch and waits on a stalled broker link; relay B must skip
+    A's leased rows and publish all the others; then A's confirms arrive. Both take
+    a share by construction, and no row goes out twice."""
     url, channel, queue = bound_queue
     for i in range(40):
         start = datetime(2032, 1, 1, tzinfo=timezone.utc) + timedelta(hours=i)
         assert client.post("/v1/bookings", json=booking_body(resource="room-r", start=start), headers=AUTH).status_code == 201
-    # Small batches, both connected before either starts: a window of confirms is so
-    # quick that a relay still connecting would otherwise find nothing left to take.
-    relays = [Relay(session_factory, url, poll_seconds=0.01, batch_size=2) for _ in range(2)]
-    for r in relays:
-        r._connect()
-    threads = [threading.Thread(target=r.run, daemon=True) for r in relays]
-    for t in threads:
-        t.start()
+    proxy = CuttableProxy(*_target(url))
+    proxy.restore()
+    relay_a = Relay(session_factory, proxied_url(url, proxy), poll_seconds=0.01, batch_size=2)
+    relay_b = Relay(session_factory, url, poll_seconds=0.01, batch_size=2)
+    relay_a._connect()
+    threads = [threading.Thread(target=r.run, daemon=True) for r in (relay_a, relay_b)]
     try:
-        wait_for(lambda: len(drain_into(channel, queue, seen)) >= 40)
-        time.sleep(0.3)
-        drain_into(channel, queue, seen)
+        proxy.freeze()
+        threads[0].start()
+        wait_for(lambda: _leased(session_factory) == 2)  # A holds its batch, unconfirmed
+        threads[1].start()
+        wait_for(lambda: list(statuses(session_factory).values()).count("published") == 38)  # B took all the rest
+        assert _leased(session_factory) == 2 and relay_a.stats.published == 0
+        proxy.thaw()
+        wait_for(lambda: list(statuses(session_factory).values()).count("published") == 40)
     finally:
-        for r in relays:
+        proxy.thaw()
+        for r in (relay_a, relay_b):
             r.stop()
         for t in threads:
-            t.join(10)
+            if t.ident is not None:  # started
+                t.join(10)
+        proxy.close()
+    drain_into(channel, queue, seen)  # the relays are stopped: every confirmed message is on the queue
     ids = [json.loads(b)[1]["message"]["notification_id"] for b in seen]
     assert len(ids) == 40 and len(set(ids)) == 40
-    assert all(r.stats.published > 0 for r in relays), "both relays took a share"
+    assert (relay_a.stats.published, relay_b.stats.published) == (2, 38)
 
 
 def test_relay_understands_the_celery_style_default_vhost_url(session_factory, amqp_url):
