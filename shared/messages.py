@@ -28,8 +28,19 @@ NOTIFICATION_REQUESTED_VERSIONS = (1,)
 LOCALE_PATTERN = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$"
 #: One line of text: no control characters (CR/LF would end an e-mail header, NUL breaks PostgreSQL).
 SINGLE_LINE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+
+
+class _WholeValue(validate.Regexp):
+    """``Regexp`` over the whole value: Python's ``$`` also matches before a final newline."""
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 #: The same rule as a marshmallow validator (apispec turns it into the JSON Schema's ``pattern``).
-single_line = validate.Regexp(SINGLE_LINE_PATTERN, error="Must be one line without control characters.")
+single_line = _WholeValue(SINGLE_LINE_PATTERN, error="Must be one line without control characters.")
 #: Longest IANA timezone name accepted (the longest real one has 32 characters).
 MAX_TIMEZONE_LENGTH = 64
 

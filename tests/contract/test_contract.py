@@ -159,3 +159,11 @@ def test_amqp_url_default_vhost_is_spelled_for_pika(url, expected):
     from shared.amqp_url import for_pika
 
     assert for_pika(url) == expected
+
+
+@pytest.mark.parametrize("value", ["room\n", "room\r\n", "ro\x00om", "a\rb", "tab\there"])
+def test_single_line_fields_refuse_any_control_character_even_a_final_newline(value):
+    from shared.messages import single_line
+
+    with pytest.raises(ValidationError):
+        single_line(value)
