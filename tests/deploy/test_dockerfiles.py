@@ -166,7 +166,8 @@ def test_default_command_is_a_real_entry_point_of_the_image(service, image):
 def test_booking_image_serves_http_with_a_healthcheck_on_its_exposed_port():
     image = dockerfiles.load("booking")
     port = int(image.env()["BOOKING_BIND"].rsplit(":", 1)[1])
-    assert image.exposed_ports() == {port}
+    metrics = int(image.env()["BOOKING_METRICS_BIND"].rsplit(":", 1)[1])  # /metrics off the public port
+    assert metrics != port and image.exposed_ports() == {port, metrics}
     (check,) = image.runtime.values("HEALTHCHECK")
     assert f"127.0.0.1:{port}/healthz" in check
     assert image.argv() == ["booking-service", "serve"]

@@ -106,13 +106,19 @@ def test_every_pod_of_the_team_is_denied_ingress_by_default(team):
         assert any(selects(p["spec"]["podSelector"], pod["labels"]) for p in deny), f"{name} is not covered"
 
 
-def test_only_the_api_port_is_open_and_to_anyone():
+def test_only_the_api_port_is_open_and_to_anyone_and_its_metrics_port_to_monitoring():
     api = pods("booking")["booking-api"]
-    ((peers, ports),) = allowed_ingress("booking", "booking-api")
-    assert peers == [], "the public API takes connections from any source"
+    rules = allowed_ingress("booking", "booking-api")
+    public = [(peers, ports) for peers, ports in rules if peers == []]
+    assert len(public) == 1, "the public API takes connections from any source, on one port"
+    ((_, ports),) = public
     assert [api["ports"][p["port"]] for p in ports] == [api["ports"]["http"]]
     (service,) = of_kind("booking", "Service")
     assert [p["targetPort"] for p in service["spec"]["ports"]] == [p["port"] for p in ports]
+    scraped = [(peers, ports) for peers, ports in rules if peers != []]
+    assert [[api["ports"][p["port"]] for p in ports] for _peers, ports in scraped] == [[api["ports"]["metrics"]]]
+    assert [peers for peers, _ports in scraped] == [
+        [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]]
     assert {n: allowed_ingress("booking", n) for n in pods("booking") if n != "booking-api"} == {
         "booking-relay": [], "booking-migrate": []}
 
