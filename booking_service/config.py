@@ -40,6 +40,10 @@ class Settings:
     #: PROMETHEUS_MULTIPROC_DIR with the API (its own container), this is how its
     #: publish counters are scraped.
     relay_metrics_port: int = 0
+    #: Receipts consumer: unacknowledged receipts the broker may hand it at once.
+    receipts_prefetch: int = 50
+    #: Receipts consumer: ceiling of the reconnect backoff (broker or database away).
+    receipts_max_backoff_seconds: float = 3.0
     #: Timeout of the broker check in /readyz.
     ready_broker_timeout_seconds: float = 0.5
 
@@ -60,4 +64,7 @@ class Settings:
             relay_batch_size=int(env.get("BOOKING_RELAY_BATCH_SIZE", d.relay_batch_size)),
             relay_max_backoff_seconds=float(env.get("BOOKING_RELAY_MAX_BACKOFF_SECONDS", d.relay_max_backoff_seconds)),
             relay_metrics_port=int(env.get("BOOKING_RELAY_METRICS_PORT", d.relay_metrics_port)),
+            receipts_prefetch=int(env.get("BOOKING_RECEIPTS_PREFETCH", d.receipts_prefetch)),
+            receipts_max_backoff_seconds=float(env.get("BOOKING_RECEIPTS_MAX_BACKOFF_SECONDS",
+                                                       d.receipts_max_backoff_seconds)),
         )
