@@ -36,9 +36,8 @@ from marshmallow import ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
 
 import shared
-from shared.amqp_url import for_pika
 
-from . import metrics
+from . import amqp, metrics
 from .models import NotificationReceipt, utcnow
 from .relay import reconnect_delay
 
@@ -113,12 +112,7 @@ class ReceiptConsumer:
         self.applied = self.duplicates = self.rejected = self.failures = 0
 
     def _connect(self) -> None:
-        params = pika.URLParameters(for_pika(self.amqp_url))
-        params.heartbeat = 30
-        params.blocked_connection_timeout = 30
-        params.connection_attempts = 1
-        params.socket_timeout = 5
-        self.connection = pika.BlockingConnection(params)
+        self.connection = pika.BlockingConnection(amqp.parameters(self.amqp_url))
         channel = self.connection.channel()
         channel.queue_declare(self.queue, passive=True)  # the notification service's topology declares it
         channel.basic_qos(prefetch_count=self.prefetch)
