@@ -235,3 +235,33 @@ def test_the_timeline_needs_a_key_and_a_booking_and_is_documented(client):
     operation = spec["paths"]["/v1/bookings/{booking_id}/notifications"]["get"]
     assert {"200", "401", "404"} <= set(operation["responses"])
     assert "BookingNotifications" in spec["components"]["schemas"]
+
+
+def test_receipts_wait_in_the_queue_while_the_database_is_away(postgres_admin_url, broker):
+    """The consumer's database does not exist yet: nothing is acked, and once it is there every receipt lands."""
+    from booking_service.migrate import upgrade
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    url = sa.engine.make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    running = ReceiptConsumer(engine, broker, prefetch=10, max_backoff=0.5)
+    thread = threading.Thread(target=running.run, daemon=True)
+    admin = sa.create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    booking_id, nid = str(uuid.uuid4()), str(uuid.uuid4())
+    try:
+        thread.start()
+        publish(broker, *story(booking_id, nid))
+        wait_for(lambda: running.failures >= 2, 20, "the consumer to find the database away")
+        assert running.applied == 0
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        upgrade(url)
+        wait_for(lambda: running.applied == 4, 30, "every receipt once the database is back")
+        assert queue_depth(broker, shared.BOOKING_RECEIPTS_QUEUE) == 0
+    finally:
+        running.stop()
+        thread.join(10)
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

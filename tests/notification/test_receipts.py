@@ -236,3 +236,34 @@ def test_a_worker_publishes_sent_retrying_and_dead_receipts_without_addresses(re
     assert EMAIL not in everything
     for _p, m in seen:
         shared.load_notification_status(m)
+
+
+def test_an_unroutable_receipt_waits_and_one_that_breaks_the_contract_never_blocks_the_rest(database_url, vhost_url):
+    upgrade(database_url)
+    log = SqlDeliveryLog(database_url)
+    connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
+    channel = connection.channel()
+    channel.exchange_declare(shared.RECEIPTS_EXCHANGE, "topic", durable=True)  # the exchange, no queue bound
+    outbox = ReceiptOutbox(log.engine)
+    try:
+        broken, fine = str(uuid.uuid4()), str(uuid.uuid4())
+        log.open(broken, "booking.confirmed", BookingRef("not-a-uuid", 1), [("email", EMAIL)], NOW)
+        log.open(fine, "booking.confirmed", BookingRef(str(uuid.uuid4()), 1), [("email", EMAIL)], NOW)
+        for nid in (broken, fine):
+            log.drop(delivery_id(nid, "email", EMAIL), DeliveryStatus.EXPIRED, "expired", NOW)
+        publisher = ReceiptPublisher(log, vhost_url, "test-owner")
+        publisher._connect()
+        assert publisher.publish_batch() == 0
+        (bad,) = log.receipts_of(delivery_id(broken, "email", EMAIL))
+        assert bad.published_at is not None and "breaks the contract" in bad.last_error  # closed, logged
+        (refused,) = log.receipts_of(delivery_id(fine, "email", EMAIL))
+        assert refused.published_at is None and "refused" in refused.last_error
+        assert outbox.claim("other", 10) == []  # held back for a while, not retried in a loop
+        queue = channel.queue_declare("", exclusive=True).method.queue
+        channel.queue_bind(queue, shared.RECEIPTS_EXCHANGE, "#")
+        assert [r.status for r in outbox.claim("other", 10, now=datetime.now(timezone.utc) + timedelta(minutes=1))] \
+            == ["expired"]  # after the delay it is due again
+        publisher._disconnect()
+    finally:
+        connection.close()
+        log.engine.dispose()
