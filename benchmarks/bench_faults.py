@@ -1,10 +1,12 @@
 """Benchmark: bookings through the whole mesh while providers fail and processes and the broker are killed.
 
     .venv/bin/python benchmarks/bench_faults.py [--rate 20] [--duration 120] [--database sqlite|postgresql]
-        [--faults worker@25,relay@45,broker@60,worker@80 | none] [--keep-logs]
+        [--faults worker@25,relay@45,broker@60,worker@80 | none] [--workers split|single] [--keep-logs]
 
 Every part of the mesh is a separate process: the booking API (gunicorn), the
-outbox relay and a Celery worker (threads pool), on a PRIVATE RabbitMQ node
+outbox relay and the Celery workers as the Procfile runs them (a dispatch
+worker and an e-mail/push send worker, threads pool, nice 10; ``--workers
+single``: one worker on all three queues), on a PRIVATE RabbitMQ node
 that this script starts and kills with SIGKILL (``tests/private_broker.py``;
 the shared broker on 5672 is never touched). The e-mail and push providers
 are one fake HTTP server in this process that answers 503 to 30 % of the
@@ -13,7 +15,7 @@ accepts the rest. It does NOT deduplicate by ``Idempotency-Key`` (it models
 SMTP or FCM without idempotency), so a second accepted call for one delivery
 is a second e-mail: a duplicate "in effect".
 
-While a client posts bookings at a steady rate, the worker's process group
+While a client posts bookings at a steady rate, the workers' process groups
 and the relay are SIGKILLed and restarted, and the broker is SIGKILLed and
 restarted (same data directory). After the load stops the script waits until
 every booking's confirmation e-mail and push message is accepted by the
@@ -64,9 +66,6 @@ EMAIL_PATH = "/v1/email/send"
 PUSH_PATH = "/v1/projects/fake/messages:send"
 CONFIRMED = "booking.confirmed"
 WORK_QUEUES = ("notifications.dispatch", "notifications.email", "notifications.push")
-#: A duplicate whose earlier accepted call finished this close before a worker SIGKILL is
-#: attributed to the kill (the worker died between the provider's answer and recording it).
-KILL_WINDOW = 1.0
 
 
 def log(t0: float | None, text: str) -> None:
@@ -240,7 +239,7 @@ class FakeProvider:
 class Mesh:
     """API, relay and worker as subprocesses, each in its own session (so a SIGKILL takes its whole group)."""
 
-    def __init__(self, root: pathlib.Path, env: dict[str, str], concurrency: int) -> None:
+    def __init__(self, root: pathlib.Path, env: dict[str, str], layout: str, concurrency: int, nice: int) -> None:
         self.root = root
         self.env = env
         self.procs: dict[str, subprocess.Popen] = {}
@@ -250,10 +249,21 @@ class Mesh:
         self.commands = {
             "api": [str(BIN / "booking-service"), "serve"],
             "relay": [str(BIN / "booking-service"), "relay"],
-            "worker": [str(BIN / "celery"), "-A", "notification_service.celery_app", "worker", "-P", "threads",
-                       "-c", str(concurrency), "-Q", ",".join(WORK_QUEUES), "--without-gossip", "--without-mingle",
-                       "-l", "INFO", "-n", "faults@%h"],
         }
+        prefix = ["nice", "-n", str(nice)] if nice else []
+
+        def worker(queues, threads: int, name: str) -> list[str]:
+            return prefix + [str(BIN / "celery"), "-A", "notification_service.celery_app", "worker", "-P", "threads",
+                             "-c", str(threads), "-Q", ",".join(queues), "--without-gossip", "--without-mingle",
+                             "-l", "INFO", "-n", f"{name}@%h"]
+
+        if layout == "split":  # the Procfile: a dispatch worker and a send worker for e-mail and push
+            self.workers = ["dispatch", "send"]
+            self.commands["dispatch"] = worker(WORK_QUEUES[:1], 8, "faults-dispatch")
+            self.commands["send"] = worker(WORK_QUEUES[1:], concurrency, "faults-send")
+        else:
+            self.workers = ["worker"]
+            self.commands["worker"] = worker(WORK_QUEUES, concurrency, "faults")
 
     def run(self, name: str, *argv: str) -> str:
         done = subprocess.run(argv, env=self.env, cwd=self.root, capture_output=True, text=True, timeout=180,
@@ -446,15 +456,16 @@ def run_faults(plan, t0, stop, mesh: Mesh, broker: PrivateBroker, down: float, t
                 broker.start()
                 note(f"broker back, accepting AMQP (restart took {time.monotonic() - began:.1f} s)")
             else:
+                names = mesh.workers if kind == "worker" else [kind]
                 began = time.monotonic()
-                pid = mesh.kill(kind)
+                pids = [mesh.kill(name) for name in names]
                 if kind == "worker":
                     worker_kills.append((began, time.monotonic()))
-                note(f"{kind} SIGKILL (process group {pid})")
+                note(f"{'+'.join(names)} SIGKILL (process groups {', '.join(map(str, pids))})")
                 if stop.wait(down):
                     return
-                pid = mesh.start(kind)
-                note(f"{kind} restarted (pid {pid})")
+                pids = [mesh.start(name) for name in names]
+                note(f"{'+'.join(names)} restarted (pids {', '.join(map(str, pids))})")
         except Exception as exc:  # noqa: BLE001 - report and carry on with the schedule
             note(f"fault {kind} failed: {exc!r}")
 
@@ -463,8 +474,14 @@ def run_faults(plan, t0, stop, mesh: Mesh, broker: PrivateBroker, down: float, t
 # Analysis
 # ---------------------------------------------------------------------------------------------
 
-def classify_duplicates(calls: list[Call], worker_kills: list[tuple[float, float]]) -> dict:
-    """Per delivery (Idempotency-Key): extra accepted calls, explained by an earlier hang or not."""
+def classify_duplicates(calls: list[Call], worker_kills: list[tuple[float, float]], first_sent: dict[str, float]) -> dict:
+    """Per delivery (Idempotency-Key): extra accepted calls, explained by an earlier hang or not.
+
+    An unexplained extra is put down to a worker SIGKILL when an earlier accepted call had started before
+    a kill and the workers had not logged the delivery as sent before that kill (``first_sent``: the
+    first "sent" log line per delivery id, monotonic): the worker died between the provider's answer
+    and recording it.
+    """
     by_key: dict[str, list[Call]] = {}
     for call in calls:
         if call.accepted and call.key:
@@ -486,10 +503,10 @@ def classify_duplicates(calls: list[Call], worker_kills: list[tuple[float, float
                 explained += 1
                 continue
             earlier = [p for p in accepted if p.arrived < call.arrived]
-            # (began, ended): SIGKILL sent between the two monotonic stamps
-            killed = any(p.arrived <= ended and p.answered >= began - KILL_WINDOW
-                         for began, ended in worker_kills for p in earlier)
-            cause = "an earlier accepted call was in flight at a worker SIGKILL" if killed else "other"
+            recorded = first_sent.get(key, math.inf)
+            # (began, ended): the SIGKILL was sent between the two monotonic stamps
+            killed = any(p.arrived <= ended and recorded >= began for began, ended in worker_kills for p in earlier)
+            cause = "accepted but not yet recorded when the workers were SIGKILLed" if killed else "other"
             unexplained.append((key, previous, call, cause))
     return {"keys": keys_dup, "extra": extra, "explained": explained, "unexplained": unexplained}
 
@@ -530,8 +547,8 @@ def queue_depths(broker: PrivateBroker) -> dict[str, int]:
     return depths
 
 
-LOG_PATTERNS = {
-    "worker": {
+WORKER_LOGS = ("worker", "dispatch", "send")
+WORKER_PATTERNS = {
         "retrying": '"retrying"',
         "dead-lettered": '"dead-lettered"',
         "deferred (live lease)": "another attempt holds the delivery",
@@ -540,7 +557,9 @@ LOG_PATTERNS = {
         "reconnected": "Connected to amqp://",
         "could not store reason": "could not store",
         "tracebacks": "Traceback",
-    },
+}
+LOG_PATTERNS = {
+    **{name: WORKER_PATTERNS for name in WORKER_LOGS},
     "relay": {
         "broker unavailable": "relay_broker_unavailable",
         "database unavailable": "relay_database_unavailable",
@@ -558,8 +577,8 @@ ERROR_LINE = re.compile(r'"level":\s*"(error|critical)"')
 TIMELINE_EVENTS = (
     ("relay", '"relay_connected"', "relay connected to the broker"),
     ("relay", '"relay_broker_unavailable"', "relay: broker unavailable, next try in {retry_in} s"),
-    ("worker", "Connected to amqp://", "worker consumer connected"),
-    ("worker", "consumer stalled", "worker: stall watchdog reconnects the consumer"),
+    *((name, "Connected to amqp://", f"{name} worker: consumer connected") for name in WORKER_LOGS),
+    *((name, "consumer stalled", f"{name} worker: stall watchdog reconnects the consumer") for name in WORKER_LOGS),
 )
 
 
@@ -583,11 +602,45 @@ def log_timeline(root: pathlib.Path, wall_t0: float, since: float) -> list[Fault
     return events
 
 
+def record_lags(root: pathlib.Path, wall_t0: float, t0: float, calls: list[Call]) -> tuple[list[float], dict[str, float]]:
+    """Seconds from the provider's acceptance to the worker's "sent" log line (written after the delivery
+    log recorded it): how long a SIGKILL can strike between the two and cause a resend."""
+    sent_at: dict[str, float] = {}
+    for name in WORKER_LOGS:
+        path = root / f"{name}.log"
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            if '"sent"' not in line or not line.startswith("{"):
+                continue
+            try:
+                entry = json.loads(line)
+                if entry.get("event") != "sent":
+                    continue
+                at = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00")).timestamp() - wall_t0 + t0
+            except (ValueError, KeyError):
+                continue
+            key = entry.get("task_id", "")
+            sent_at[key] = min(at, sent_at.get(key, math.inf))
+    accepted: dict[str, list[float]] = {}
+    for call in calls:
+        if call.accepted:
+            accepted.setdefault(call.key, []).append(call.answered)
+    lags = []
+    for key, at in sent_at.items():
+        before = [answered for answered in accepted.get(key, []) if answered <= at + 0.05]
+        if before:
+            lags.append(max(0.0, at - max(before)))
+    return lags, sent_at
+
+
 def log_signals(root: pathlib.Path) -> list[tuple[str, str, int]]:
     found = []
     for name, patterns in LOG_PATTERNS.items():
         path = root / f"{name}.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
+        if not path.exists():
+            continue
+        text = path.read_text(errors="replace")
         for label, needle in patterns.items():
             found.append((name, label, text.count(needle)))
         found.append((name, "error/critical lines", len(ERROR_LINE.findall(text))))
@@ -647,7 +700,13 @@ def main() -> None:
                         help="comma-separated KIND@SECONDS (worker|relay|broker), or 'none'; default "
                              "worker@25,relay@45,broker@60,worker@80 scaled to --duration")
     parser.add_argument("--down", type=float, default=2.0, help="seconds a killed worker or relay stays down")
-    parser.add_argument("--concurrency", type=int, default=64, help="worker threads (-c)")
+    parser.add_argument("--workers", choices=["split", "single"], default="split",
+                        help="split (the Procfile): a dispatch worker -c 8 and a send worker -c CONCURRENCY; "
+                             "single: one worker -c CONCURRENCY on all three queues")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="threads of the send worker (split, default 100 as in the Procfile) or of the single "
+                             "worker (default 64)")
+    parser.add_argument("--worker-nice", type=int, default=10, help="nice level of the workers (the Procfile: 10)")
     parser.add_argument("--p503", type=float, default=0.30, help="share of provider calls answered 503")
     parser.add_argument("--phang", type=float, default=0.02, help="share of calls that hang past the timeout, then accepted")
     parser.add_argument("--http-timeout", type=float, default=2.0, help="NOTIFICATION_HTTP_TIMEOUT")
@@ -657,6 +716,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep-logs", action="store_true", help="keep the temporary folder with every process's log")
     args = parser.parse_args()
+    if args.concurrency is None:
+        args.concurrency = 100 if args.workers == "split" else 64
     plan = parse_faults(args.faults, args.duration)
 
     def on_term(_signum, _frame):
@@ -701,11 +762,13 @@ def main() -> None:
             "PUSH_BACKEND": "http",
             "PUSH_HTTP_URL": provider.push_url,
         })
-        mesh = Mesh(tmp, env, args.concurrency)
+        mesh = Mesh(tmp, env, args.workers, args.concurrency, args.worker_nice)
+        workers_text = (f"workers: dispatch -c 8 + send -c {args.concurrency}" if args.workers == "split" else
+                        f"worker -c {args.concurrency}") + f" (-P threads, nice {args.worker_nice})"
         mesh.run("migrate-booking", str(BIN / "booking-service"), "migrate")
         mesh.run("migrate-notification", str(BIN / "notification-service"), "migrate")
         mesh.run("topology", str(BIN / "notification-service"), "topology", "declare")
-        for name in ("worker", "api", "relay"):
+        for name in (*mesh.workers, "api", "relay"):
             mesh.start(name)
         base_url = f"http://127.0.0.1:{api_port}"
         wait_until(lambda: healthy(base_url + "/healthz"), 60, "the booking API")
@@ -718,7 +781,7 @@ def main() -> None:
                    120, "the warm-up booking's e-mail and push")
         log(None, f"mesh up (logs in {tmp}); load: {args.rate:g} bookings/s for {args.duration:g} s, database "
                   f"{args.database}, provider 503 {args.p503:.0%} / hang {args.phang:.0%} ({args.hang:g} s, timeout "
-                  f"{args.http_timeout:g} s), worker -P threads -c {args.concurrency}")
+                  f"{args.http_timeout:g} s), {workers_text}")
         log(None, "fault plan: " + (", ".join(f"{kind}@{at:.0f}s" for at, kind in plan) or "none"))
 
         # ---- load + faults --------------------------------------------------------------------
@@ -811,7 +874,8 @@ def main() -> None:
         committed = {b.booking_id: b.committed for b in bookings}
         latencies = [call.answered - committed[item[0]] for item, call in accepted_items.items() if call is not None]
         our_calls = [c for c in calls if c.booking_id in ours]
-        dups = classify_duplicates(our_calls, worker_kills)
+        lags, first_sent = record_lags(tmp, wall_t0, t0, our_calls)
+        dups = classify_duplicates(our_calls, worker_kills, first_sent)
         other_events = sum(1 for c in our_calls if c.event != CONFIRMED)
         unknown_calls = sum(1 for c in calls if c.booking_id not in ours and c.booking_id != warm.booking_id)
 
@@ -822,7 +886,7 @@ def main() -> None:
         busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
         print()
         print(f"bench_faults: {args.rate:g} bookings/s for {args.duration:g} s, database {args.database}, "
-              f"{os.cpu_count()} cores, worker -P threads -c {args.concurrency}, provider 503 {args.p503:.0%}, "
+              f"{os.cpu_count()} cores, {workers_text}, provider 503 {args.p503:.0%}, "
               f"hang {args.phang:.0%} ({args.hang:g} s > timeout {args.http_timeout:g} s)")
         print()
         rows = [
@@ -842,11 +906,13 @@ def main() -> None:
             ("  extra accepted calls", dups["extra"]),
             ("  explained by an accepted-after-timeout", dups["explained"]),
             ("DUPLICATED IN EFFECT (extras not after a timeout)", len(dups["unexplained"])),
-            ("  of which: earlier call in flight at a worker SIGKILL", killed_dups),
+            ("  of which: accepted, not yet recorded at a worker SIGKILL", killed_dups),
             ("  of which: no fault explains them", len(dups["unexplained"]) - killed_dups),
             ("latency commit → accepted p50", f"{pct(latencies, 0.50):.2f} s"),
             ("latency commit → accepted p95", f"{pct(latencies, 0.95):.2f} s"),
             ("latency commit → accepted max", f"{max(latencies, default=float('nan')):.2f} s"),
+            ("provider accepted → worker logged sent p50 / p95 / max", "{:.3f} / {:.3f} / {:.3f} s ({} sends)".format(
+                pct(lags, 0.5), pct(lags, 0.95), max(lags, default=float("nan")), len(lags))),
             ("drain time after the load stopped", f"{drain_seconds:.1f} s" if drain_seconds is not None else
              f"did not drain in {args.drain_timeout:g} s"),
             ("provider calls (503 / hang / ok)", f"{len(our_calls)} ({sum(c.outcome == '503' for c in our_calls)} / "
@@ -954,9 +1020,9 @@ def main() -> None:
         print(f"TARGET {'MET' if not dups['unexplained'] else 'MISSED'}: duplicated in effect == 0 "
               f"(apart from accepted-after-timeout; got {len(dups['unexplained'])})")
         if dups["unexplained"]:
-            print(f"   ({killed_dups} of them follow a call the worker was SIGKILLed during, or within {KILL_WINDOW:g} s "
-                  f"after, i.e. before it could record the provider's answer: unavoidable without provider "
-                  f"idempotency; {len(dups['unexplained']) - killed_dups} have no such excuse)")
+            print(f"   ({killed_dups} of them repeat a call the provider accepted but the SIGKILLed worker had not "
+                  f"recorded: unavoidable without provider idempotency; {len(dups['unexplained']) - killed_dups} "
+                  f"have no such excuse)")
         print(f"TARGET {'MET' if p95 <= 10 else 'MISSED'}: p95 commit → accepted <= 10 s (p95 {p95:.2f} s)")
         if args.keep_logs:
             print(f"\nlogs kept in {tmp}")

@@ -1,4 +1,4 @@
-"""``booking-service migrate | relay | serve`` (also ``python -m booking_service``)."""
+"""``booking-service migrate | relay | receipts | serve`` (also ``python -m booking_service``)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply the database migrations (alembic upgrade head)")
     sub.add_parser("relay", help="publish the outbox to RabbitMQ until stopped (SIGTERM/SIGINT)")
+    sub.add_parser("receipts", help="store delivery receipts from booking.receipts until stopped (SIGTERM/SIGINT)")
     serve = sub.add_parser("serve", help="run the HTTP API under gunicorn (BOOKING_BIND, default 0.0.0.0:8000)")
     serve.add_argument("gunicorn_args", nargs=argparse.REMAINDER, help="extra gunicorn arguments")
     args = parser.parse_args(argv)
@@ -32,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         from .relay import run_forever
 
         run_forever(settings)
+        return 0
+    if args.command == "receipts":
+        from .receipts import run_forever as consume_receipts
+
+        consume_receipts(settings)
         return 0
     gunicorn = [sys.executable, "-m", "gunicorn", "--config", "python:booking_service.gunicorn_conf"]
     os.execv(sys.executable, gunicorn + list(args.gunicorn_args or []) + ["booking_service.app:create_app()"])

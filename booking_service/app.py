@@ -14,6 +14,7 @@ from .api import errors, openapi
 from .api.bookings import blp as bookings_blp
 from .api.docs import blp as docs_blp
 from .api.health import blp as health_blp
+from .api.notifications import blp as notifications_blp
 from .config import Settings
 from .db import make_engine, make_session_factory
 
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api = BookingApi(app, spec_kwargs={"extra_plugins": [openapi.ApiConventions()]})
     openapi.register_components(api.spec)
     api.register_blueprint(bookings_blp)
+    api.register_blueprint(notifications_blp)
     app.register_blueprint(health_blp)
     app.register_blueprint(docs_blp)
     errors.register(app)

@@ -44,6 +44,10 @@ class Settings:
     #: the API port, as before). gunicorn listens on both; a request for /metrics on
     #: the API port is a 404, and the metrics port serves nothing but /metrics.
     metrics_bind: str = ""
+    #: Receipts consumer: unacknowledged receipts the broker may hand it at once.
+    receipts_prefetch: int = 50
+    #: Receipts consumer: ceiling of the reconnect backoff (broker or database away).
+    receipts_max_backoff_seconds: float = 3.0
     #: Timeout of the broker check in /readyz.
     ready_broker_timeout_seconds: float = 0.5
 
@@ -65,6 +69,9 @@ class Settings:
             relay_max_backoff_seconds=float(env.get("BOOKING_RELAY_MAX_BACKOFF_SECONDS", d.relay_max_backoff_seconds)),
             relay_metrics_port=int(env.get("BOOKING_RELAY_METRICS_PORT", d.relay_metrics_port)),
             metrics_bind=env.get("BOOKING_METRICS_BIND", d.metrics_bind).strip(),
+            receipts_prefetch=int(env.get("BOOKING_RECEIPTS_PREFETCH", d.receipts_prefetch)),
+            receipts_max_backoff_seconds=float(env.get("BOOKING_RECEIPTS_MAX_BACKOFF_SECONDS",
+                                                       d.receipts_max_backoff_seconds)),
         )
 
     @property

@@ -61,6 +61,12 @@ def publish_failures() -> Counter:
     return Counter("booking_outbox_publish_failures_total", "Failed publish attempts by reason", ["reason"])
 
 
+@functools.cache
+def receipts_consumed() -> Counter:
+    return Counter("booking_receipts_consumed_total",
+                   "Delivery receipts the receipts consumer handled, by outcome", ["outcome"])
+
+
 class OutboxCollector:
     """Backlog and oldest-row age, read from the database when scraped."""
 

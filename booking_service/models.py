@@ -1,4 +1,4 @@
-"""Tables of the booking service: bookings, their outbox, idempotency keys."""
+"""Tables of the booking service: bookings, their outbox, delivery receipts, idempotency keys."""
 
 from __future__ import annotations
 
@@ -97,6 +97,38 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class NotificationReceipt(Base):
+    """A delivery receipt (``notification.status``) from the notification service, stored once.
+
+    ``(delivery_id, sequence)`` is unique: a redelivered or duplicated receipt
+    changes nothing. A delivery's current state is its receipt with the highest
+    sequence, whatever order they arrived in. Addresses are masked by the sender.
+    """
+
+    __tablename__ = "notification_receipts"
+    __table_args__ = (sa.UniqueConstraint("delivery_id", "sequence", name="uq_notification_receipt"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(sa.String(36), nullable=False)
+    sequence: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    notification_id: Mapped[str] = mapped_column(sa.String(36), nullable=False, index=True)
+    booking_id: Mapped[str] = mapped_column(sa.String(36), nullable=False, index=True)
+    booking_version: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    event: Mapped[str] = mapped_column(sa.String(40), nullable=False)
+    channel: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    #: Masked by the notification service (a***@example.org, devi…42).
+    recipient: Mapped[str] = mapped_column(sa.String(300), nullable=False)
+    #: sent | retrying | dead | stale | expired
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    attempt: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    reason: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
+    provider_message_id: Mapped[str | None] = mapped_column(sa.String(500), nullable=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    correlation_id: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
+    #: When the consumer stored it (the age of the newest one is the consumer's lag in /readyz).
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow, index=True)
 
 
 class IdempotencyKey(Base):

@@ -51,9 +51,8 @@ from marshmallow import ValidationError
 from sqlalchemy.orm import sessionmaker
 
 import shared
-from shared.amqp_url import for_pika
 
-from . import metrics
+from . import amqp, metrics
 from .db import READ_ONLY
 from .models import OutboxMessage, utcnow
 from .outbox import digest
@@ -181,12 +180,7 @@ class Relay:
 
     # Connection ----------------------------------------------------------------
     def _connect(self) -> None:
-        params = pika.URLParameters(for_pika(self.amqp_url))
-        params.heartbeat = 30
-        params.blocked_connection_timeout = 30
-        params.connection_attempts = 1
-        params.socket_timeout = 5
-        self.connection = pika.BlockingConnection(params)
+        self.connection = pika.BlockingConnection(amqp.parameters(self.amqp_url))
         channel = self.connection.channel()
         # The booking user may only publish: check the exchange exists, declare nothing.
         channel.exchange_declare(shared.EXCHANGE, passive=True)

@@ -115,3 +115,18 @@ def _declare_topology(sender=None, **_kwargs) -> None:
     from . import metrics
 
     metrics.start(app.settings.metrics_port)
+
+
+@signals.worker_ready.connect
+def _start_receipts(sender=None, **_kwargs) -> None:
+    """Every worker process publishes the receipts outbox (its own connection, a daemon thread)."""
+    from .receipts import start_publisher
+
+    start_publisher(sender.app.settings)
+
+
+@signals.worker_shutdown.connect
+def _stop_receipts(**_kwargs) -> None:
+    from .receipts import stop_publisher
+
+    stop_publisher()

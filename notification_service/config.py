@@ -74,6 +74,11 @@ class Settings:
     task_time_limit: float = 90.0
     metrics_port: int = 9808
     log_format: str = "console"
+    #: Every worker process publishes the delivery receipts outbox (``receipts.py``).
+    receipts_publisher: bool = True
+    receipts_poll_seconds: float = 1.0
+    receipts_batch_size: int = 100
+    receipts_max_backoff_seconds: float = 3.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -107,6 +112,10 @@ class Settings:
             task_time_limit=_num(env, "NOTIFICATION_TASK_TIME_LIMIT", 90.0),
             metrics_port=_num(env, "NOTIFICATION_METRICS_PORT", 9808, int),
             log_format=_choice(env, "NOTIFICATION_LOG_FORMAT", "console", ("json", "console")),
+            receipts_publisher=_bool(env.get("NOTIFICATION_RECEIPTS_PUBLISHER", "true"), "NOTIFICATION_RECEIPTS_PUBLISHER"),
+            receipts_poll_seconds=_num(env, "NOTIFICATION_RECEIPTS_POLL_SECONDS", 1.0),
+            receipts_batch_size=_num(env, "NOTIFICATION_RECEIPTS_BATCH_SIZE", 100, int),
+            receipts_max_backoff_seconds=_num(env, "NOTIFICATION_RECEIPTS_MAX_BACKOFF_SECONDS", 3.0),
         )
         settings.validate()
         return settings

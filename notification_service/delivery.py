@@ -83,7 +83,7 @@ class DeliveryLog(Protocol):
     """The delivery log port (``delivery_log.SqlDeliveryLog`` in production)."""
 
     def open(self, notification_id: str, event: str, booking: BookingRef,
-             addresses: list[tuple[str, str]], now: datetime) -> Opened: ...
+             addresses: list[tuple[str, str]], now: datetime, correlation_id: str | None = None) -> Opened: ...
 
     def claim(self, delivery_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim: ...
 
@@ -134,9 +134,11 @@ class SendJob:
 
 
 def open_deliveries(log: DeliveryLog, *, notification_id: str, event: str, booking: BookingRef,
-                    addresses: list[tuple[str, str]], now: datetime | None = None) -> Opened:
+                    addresses: list[tuple[str, str]], now: datetime | None = None,
+                    correlation_id: str | None = None) -> Opened:
     """Dispatch's one write: record the booking version and create every delivery (idempotent)."""
-    return log.open(notification_id, event, booking, list(dict.fromkeys(addresses)), now or utcnow())
+    return log.open(notification_id, event, booking, list(dict.fromkeys(addresses)), now or utcnow(),
+                    correlation_id)
 
 
 def send(job: SendJob, content, *, log: DeliveryLog, provider: Provider, owner: Owner, lease_seconds: float,

@@ -3,7 +3,12 @@
 Every operation is one short transaction, and the hot path is lean: dispatch
 is one transaction per notification, a send one claiming write (an
 ``UPDATE … RETURNING`` that also checks staleness) and one recording write,
-each counted in ``notification_db_transactions_total``. On SQLite every
+each counted in ``notification_db_transactions_total``. Every statement that
+changes a delivery's reported status (retrying, sent, dead, stale, expired)
+adds one to its ``receipt_seq`` (``RETURNING`` it) and inserts the receipt into
+the ``receipts`` outbox in the same transaction: one more INSERT, no more
+transactions, and a gapless sequence per delivery (``receipts.py`` publishes
+them). On SQLite every
 transaction begins ``IMMEDIATE`` (SQLite has no ``FOR UPDATE``), so claims are
 atomic across threads and worker processes. The tables are ``tables.py``;
 reads for the CLI and tests use SQLAlchemy Core.
@@ -23,7 +28,7 @@ from sqlalchemy import event
 from . import metrics
 from .delivery import STALE_REASON, BookingRef, Claim, ClaimResult, Opened, delivery_id, utcnow
 from .status import CLAIMABLE, FINAL, DeliveryStatus
-from .tables import dead_letters, deliveries
+from .tables import dead_letters, deliveries, receipts
 
 _CLAIMABLE = [s.value for s in CLAIMABLE]
 _FINAL = [s.value for s in FINAL]
@@ -71,13 +76,15 @@ SQL = {
                                 " cancelled_version = MAX_(COALESCE(cancelled_version, 0), :version),"
                                 " updated_at = :now WHERE booking_id = :bid",
     "insert_delivery": "INSERT INTO deliveries (delivery_id, notification_id, channel, address, booking_id,"
-                       " booking_version, event, status, attempts, last_error, created_at, updated_at)"
+                       " booking_version, event, status, attempts, last_error, created_at, updated_at,"
+                       " correlation_id, receipt_seq)"
                        " VALUES (:did, :nid, :channel, :address, :bid, :version, :event, :status, 0, :error,"
-                       " :now, :now) ON CONFLICT DO NOTHING RETURNING delivery_id",
+                       " :now, :now, :cid, :seq) ON CONFLICT DO NOTHING RETURNING delivery_id",
     "pending_of_notification": "SELECT delivery_id FROM deliveries WHERE notification_id = :nid"
                                " AND status = 'pending'",
-    "stale_notification": f"UPDATE deliveries SET status = 'stale', last_error = :reason, updated_at = :now"
-                          f" WHERE notification_id = :nid AND status IN ('pending', 'failed')",
+    "stale_notification": "UPDATE deliveries SET status = 'stale', last_error = :reason, updated_at = :now,"
+                          " receipt_seq = receipt_seq + 1 WHERE notification_id = :nid"
+                          " AND status IN ('pending', 'failed') RETURNING delivery_id, receipt_seq, attempts",
     "claim": f"UPDATE deliveries SET status = 'sending', attempts = attempts + 1, lease_owner = :owner,"
              f" lease_expires_at = :until, updated_at = :now WHERE delivery_id = :did"
              f" AND (status IN ({_CLAIMABLE_SQL}) OR (status = 'sending' AND lease_expires_at < :now))"
@@ -87,18 +94,24 @@ SQL = {
                  f" AND NOT {_STALE} RETURNING attempts",
     "why_not": f"SELECT status, attempts, lease_owner, lease_expires_at, {_STALE} FROM deliveries"
                f" WHERE delivery_id = :did",
-    "mark_stale": "UPDATE deliveries SET status = 'stale', last_error = :reason, updated_at = :now"
-                  " WHERE delivery_id = :did",
+    "mark_stale": "UPDATE deliveries SET status = 'stale', last_error = :reason, updated_at = :now,"
+                  " receipt_seq = receipt_seq + 1 WHERE delivery_id = :did RETURNING receipt_seq, attempts",
     "finish_sent": "UPDATE deliveries SET status = 'sent', sent_at = :now, provider_message_id = :pid,"
-                   " lease_owner = NULL, lease_expires_at = NULL, updated_at = :now"
-                   " WHERE delivery_id = :did AND status <> 'sent'",
+                   " lease_owner = NULL, lease_expires_at = NULL, updated_at = :now, receipt_seq = receipt_seq + 1"
+                   " WHERE delivery_id = :did AND status <> 'sent' RETURNING receipt_seq, attempts",
     "finish_failed": "UPDATE deliveries SET status = :status, last_error = :error, lease_owner = NULL,"
-                     " lease_expires_at = NULL, updated_at = :now WHERE delivery_id = :did"
-                     " AND status = 'sending' AND lease_owner = :owner AND attempts = :attempt",
-    "drop": f"UPDATE deliveries SET status = :status, last_error = :reason, updated_at = :now"
-            f" WHERE delivery_id = :did AND status IN ({_CLAIMABLE_SQL})",
-    "mark_dead": f"UPDATE deliveries SET status = 'dead', last_error = :reason, updated_at = :now"
-                 f" WHERE delivery_id = :did AND status IN ({_CLAIMABLE_SQL})",
+                     " lease_expires_at = NULL, updated_at = :now, receipt_seq = receipt_seq + 1"
+                     " WHERE delivery_id = :did AND status = 'sending' AND lease_owner = :owner"
+                     " AND attempts = :attempt RETURNING receipt_seq, attempts",
+    "drop": f"UPDATE deliveries SET status = :status, last_error = :reason, updated_at = :now,"
+            f" receipt_seq = receipt_seq + 1 WHERE delivery_id = :did AND status IN ({_CLAIMABLE_SQL})"
+            f" RETURNING receipt_seq, attempts",
+    # Not over `dead`: a permanent failure was recorded dead (and its receipt written) by `finish`.
+    "mark_dead": "UPDATE deliveries SET status = 'dead', last_error = :reason, updated_at = :now,"
+                 " receipt_seq = receipt_seq + 1 WHERE delivery_id = :did AND status IN ('pending', 'failed')"
+                 " RETURNING receipt_seq, attempts",
+    "insert_receipt": "INSERT INTO receipts (delivery_id, sequence, status, attempt, reason, provider_message_id,"
+                      " occurred_at) VALUES (:did, :seq, :rstatus, :attempt, :reason, :pid, :now)",
     "insert_dead_letter": "INSERT INTO dead_letters (message_id, queue, task, reason, created_at)"
                           " VALUES (:mid, :queue, :task, :reason, :now)",
 }
@@ -129,6 +142,9 @@ class SqlDeliveryLog:
         self.sqlite = self.engine.dialect.name == "sqlite"
         self._lock = threading.Lock()
         self._connection = None
+        #: Set after a commit that wrote receipts: wakes this process's receipt publisher.
+        self.receipts_written = threading.Event()
+        self._local = threading.local()
         self.sql = {name: _paramstyle(text, self.sqlite) for name, text in SQL.items()}
         if not self.sqlite:
             # Concurrent dispatches of one booking take turns (SQLite: BEGIN IMMEDIATE does it).
@@ -138,6 +154,23 @@ class SqlDeliveryLog:
 
     @contextmanager
     def _transaction(self):
+        self._local.receipts = False
+        with self._raw_transaction() as cursor:
+            yield cursor
+        if self._local.receipts:
+            self.receipts_written.set()
+
+    def _receipt(self, cur, delivery_id: str, seq_and_attempt, status: str, ts, *, reason: str | None = None,
+                 provider_message_id: str | None = None) -> None:
+        """Write the receipt of a status change the statement just made (``RETURNING receipt_seq, attempts``)."""
+        seq, attempt = seq_and_attempt
+        cur.execute(self.sql["insert_receipt"], {"did": delivery_id, "seq": seq, "rstatus": status, "attempt": attempt,
+                                                 "reason": reason and reason[:2000], "pid": provider_message_id,
+                                                 "now": ts})
+        self._local.receipts = True
+
+    @contextmanager
+    def _raw_transaction(self):
         if self.sqlite:
             with self._lock:
                 if self._connection is None:
@@ -186,25 +219,28 @@ class SqlDeliveryLog:
     # -- dispatch ---------------------------------------------------------------
 
     def open(self, notification_id: str, event: str, booking: BookingRef,
-             addresses: list[tuple[str, str]], now: datetime) -> Opened:
+             addresses: list[tuple[str, str]], now: datetime, correlation_id: str | None = None) -> Opened:
         nid, ts = str(notification_id), self._time(now)
         rows = [(channel, address, delivery_id(nid, channel, address)) for channel, address in addresses]
+        common = {"nid": nid, "bid": booking.booking_id, "version": booking.version, "event": event, "now": ts,
+                  "cid": correlation_id and str(correlation_id)[:200]}
         with self._transaction() as cur:
             if self._observe_booking(cur, booking, ts):
                 cur.execute(self.sql["stale_notification"], {"nid": nid, "now": ts, "reason": STALE_REASON})
+                for did, seq, attempts in cur.fetchall():
+                    self._receipt(cur, did, (seq, attempts), "stale", ts, reason=STALE_REASON)
                 for channel, address, did in rows:
                     cur.execute(self.sql["insert_delivery"], {
-                        "did": did, "nid": nid, "channel": channel, "address": address, "bid": booking.booking_id,
-                        "version": booking.version, "event": event, "status": DeliveryStatus.STALE.value,
-                        "error": STALE_REASON, "now": ts})
-                    cur.fetchall()
+                        **common, "did": did, "channel": channel, "address": address,
+                        "status": DeliveryStatus.STALE.value, "error": STALE_REASON, "seq": 1})
+                    if cur.fetchall():  # new, and stale from the start: its first receipt
+                        self._receipt(cur, did, (1, 0), "stale", ts, reason=STALE_REASON)
                 return Opened(stale=True, pending=[])
             fresh = set()
             for channel, address, did in rows:
                 cur.execute(self.sql["insert_delivery"], {
-                    "did": did, "nid": nid, "channel": channel, "address": address, "bid": booking.booking_id,
-                    "version": booking.version, "event": event, "status": DeliveryStatus.PENDING.value,
-                    "error": None, "now": ts})
+                    **common, "did": did, "channel": channel, "address": address,
+                    "status": DeliveryStatus.PENDING.value, "error": None, "seq": 0})
                 fresh.update(r[0] for r in cur.fetchall())
             if len(fresh) < len(rows):  # a re-run: which of the older ones are still pending?
                 cur.execute(self.sql["pending_of_notification"], {"nid": nid})
@@ -266,6 +302,7 @@ class SqlDeliveryLog:
             return Claim(ClaimResult.LEASED, attempt=attempts, lease_owner=owner, lease_expires_at=_aware(expires))
         if stale:
             cur.execute(self.sql["mark_stale"], {"did": delivery_id, "now": ts, "reason": STALE_REASON})
+            self._receipt(cur, delivery_id, cur.fetchone(), "stale", ts, reason=STALE_REASON)
             return Claim(ClaimResult.STALE)
         raise RuntimeError(f"delivery {delivery_id} could not be claimed in state {status!r}")
 
@@ -276,20 +313,29 @@ class SqlDeliveryLog:
             if status is DeliveryStatus.SENT:
                 # The provider took it: that is the truth even if this attempt's lease ran out meanwhile.
                 cur.execute(self.sql["finish_sent"], {"did": delivery_id, "now": ts, "pid": provider_message_id})
+                row = cur.fetchone()
+                if row is not None:
+                    self._receipt(cur, delivery_id, row, "sent", ts, provider_message_id=provider_message_id)
             else:
                 # Only the attempt that still holds the lease records a failure: never over `sent`,
                 # never over a newer attempt.
                 cur.execute(self.sql["finish_failed"], {"did": delivery_id, "now": ts, "status": status.value,
                                                         "error": (error or "")[:2000], "owner": owner,
                                                         "attempt": attempt})
-            return cur.rowcount == 1
+                row = cur.fetchone()
+                if row is not None:
+                    reported = "dead" if status is DeliveryStatus.DEAD else "retrying"
+                    self._receipt(cur, delivery_id, row, reported, ts, reason=error)
+            return row is not None
 
     def drop(self, delivery_id: str, status: DeliveryStatus, reason: str, now: datetime) -> bool:
         """Record an unsent delivery as ``stale`` or ``expired``; False when sent or held by a live attempt."""
         with self._transaction() as cur:
-            cur.execute(self.sql["drop"], {"did": delivery_id, "status": status.value, "reason": reason,
-                                           "now": self._time(now)})
-            if cur.rowcount == 1:
+            ts = self._time(now)
+            cur.execute(self.sql["drop"], {"did": delivery_id, "status": status.value, "reason": reason, "now": ts})
+            row = cur.fetchone()
+            if row is not None:
+                self._receipt(cur, delivery_id, row, status.value, ts, reason=reason)
                 return True
             cur.execute(self.sql["why_not"], {"did": delivery_id})
             row = cur.fetchone()
@@ -304,6 +350,9 @@ class SqlDeliveryLog:
         with self._transaction() as cur:
             if delivery_id:
                 cur.execute(self.sql["mark_dead"], {"did": delivery_id, "now": ts, "reason": reason[:2000]})
+                row = cur.fetchone()
+                if row is not None:
+                    self._receipt(cur, delivery_id, row, "dead", ts, reason=reason)
             cur.execute(self.sql["insert_dead_letter"], {
                 "mid": message_id and str(message_id)[:200], "queue": queue and str(queue)[:200],
                 "task": task and str(task)[:200], "reason": reason[:4000], "now": ts})
@@ -314,6 +363,12 @@ class SqlDeliveryLog:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(deliveries).where(deliveries.c.notification_id == str(notification_id))
                                      .order_by(deliveries.c.channel, deliveries.c.address)))
+
+    def receipts_of(self, delivery_id: str) -> list:
+        """The receipts outbox rows of one delivery, in sequence order (tests, operators)."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(receipts).where(receipts.c.delivery_id == delivery_id)
+                                     .order_by(receipts.c.sequence)))
 
     def get(self, delivery_id: str):
         with self.engine.connect() as conn:

@@ -14,6 +14,9 @@ TASKS = Counter("notification_tasks_total", "Tasks finished, by task name and ou
 RETRIES = Counter("notification_task_retries_total", "Retries scheduled, by task name.", ["task"])
 DEAD_LETTERS = Counter("notification_dead_letters_total", "Messages rejected into a dead-letter queue.", ["queue", "kind"])
 PROVIDER_LATENCY = Histogram("notification_provider_seconds", "Provider call latency.", ["provider"])
+RECEIPTS_PUBLISHED = Counter("notification_receipts_published_total", "Delivery receipts confirmed by the broker.")
+RECEIPT_PUBLISH_FAILURES = Counter("notification_receipt_publish_failures_total",
+                                   "Receipt publish failures, by reason.", ["reason"])
 DB_TRANSACTIONS = Counter("notification_db_transactions_total", "Delivery-log transactions committed or rolled back.")
 
 _started: set[int] = set()

@@ -25,6 +25,11 @@ deliveries = sa.Table(
     # The attempt that holds the delivery while it is `sending`: "host:pid:start-ticks" and until when.
     sa.Column("lease_owner", sa.String(300), nullable=True),
     sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+    # Request id of the booking call behind the notification (carried by every receipt).
+    sa.Column("correlation_id", sa.String(200), nullable=True),
+    # Sequence number of the delivery's last receipt: every status-changing statement adds one
+    # (RETURNING it) and writes the receipt in the same transaction, so receipts are gapless.
+    sa.Column("receipt_seq", sa.Integer, nullable=False, server_default="0"),
     sa.UniqueConstraint("notification_id", "channel", "address", name="uq_delivery_address"),
 )
 
@@ -44,4 +49,27 @@ dead_letters = sa.Table(
     sa.Column("task", sa.String(200), nullable=True),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: The receipts outbox: one row per status change of a delivery, written in the same
+#: transaction as the change; the receipt publisher sends it to ``notifications.receipts``
+#: and sets ``published_at`` after the broker's confirm. ``reason`` is the raw text (it is
+#: scrubbed and masked when the message is built); ``locked_until``/``lease_owner`` keep
+#: several publishers off each other's rows.
+receipts = sa.Table(
+    "receipts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.String(36), nullable=False),
+    sa.Column("sequence", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("provider_message_id", sa.String(500), nullable=True),
+    sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("lease_owner", sa.String(300), nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.UniqueConstraint("delivery_id", "sequence", name="uq_receipt_sequence"),
+    sa.Index("ix_receipts_unpublished", "published_at", "id"),
 )

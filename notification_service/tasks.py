@@ -92,7 +92,7 @@ def dispatch(self, message=None, **_ignored):
         parts[shared.CHANNEL_PUSH] = render(data, shared.CHANNEL_PUSH)
     booking = _booking(data)
     opened = delivery.open_deliveries(delivery_log(self.settings.database_url), notification_id=notification_id,
-                                      event=event, booking=booking, addresses=_addresses(data))
+                                      event=event, booking=booking, addresses=_addresses(data), correlation_id=cid)
     if opened.stale:
         log.info("stale notification dropped", booking_version=booking.version)
         return "stale"
@@ -180,7 +180,8 @@ def record_expired(request=None, expired=False, sender=None, **_kwargs) -> None:
             log.warning("expired message broke the contract", task_id=request.id, error=str(exc.messages))
             return
         opened = delivery.open_deliveries(store, notification_id=str(data["notification_id"]), event=data["event"].value,
-                                          booking=_booking(data), addresses=_addresses(data), now=now)
+                                          booking=_booking(data), addresses=_addresses(data), now=now,
+                                          correlation_id=data["correlation_id"])
         for _channel, _address, did in opened.pending:
             store.drop(did, DeliveryStatus.EXPIRED, delivery.EXPIRED_REASON, now)
     elif kwargs.get("delivery_id"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from typing import Any
 
 from kombu import Exchange, Queue
@@ -33,6 +34,8 @@ DLQ_ARGUMENTS: dict[str, Any] = {"x-max-priority": shared.MAX_PRIORITY}
 #: The durable direct exchange with NO arguments (the booking service declares it that way too).
 exchange = Exchange(shared.EXCHANGE, type="direct", durable=True)
 dead_letter_exchange = Exchange(shared.DEAD_LETTER_EXCHANGE, type="direct", durable=True)
+#: Delivery receipts (``notification.status``, plain JSON), routing key ``<channel>.<status>``.
+receipts_exchange = Exchange(shared.RECEIPTS_EXCHANGE, type="topic", durable=True)
 
 work_queues: tuple[Queue, ...] = tuple(
     Queue(name, exchange=exchange, routing_key=name, durable=True, queue_arguments=work_queue_arguments(name))
@@ -50,10 +53,23 @@ dead_letter_queues: tuple[Queue, ...] = tuple(
 )
 
 
+#: The booking service's receipts queue: every receipt (``#``); what breaks the contract is
+#: rejected by its consumer and dead-lettered to ``booking.receipts.dlq``. Declared here, with
+#: the rest of the topology, because the booking user may only read it.
+receipt_queues: tuple[Queue, ...] = (
+    Queue(shared.BOOKING_RECEIPTS_QUEUE, exchange=receipts_exchange, routing_key="#", durable=True,
+          queue_arguments={"x-dead-letter-exchange": shared.DEAD_LETTER_EXCHANGE,
+                           "x-dead-letter-routing-key": shared.dead_letter_queue(shared.BOOKING_RECEIPTS_QUEUE)}),
+    Queue(shared.dead_letter_queue(shared.BOOKING_RECEIPTS_QUEUE), exchange=dead_letter_exchange,
+          routing_key=shared.dead_letter_queue(shared.BOOKING_RECEIPTS_QUEUE), durable=True),
+)
+
+
 def declare(connection) -> None:
-    """Declare exchanges, work queues, DLX and DLQs idempotently on a kombu connection."""
+    """Declare exchanges, work queues, DLX, DLQs and the receipts queues idempotently on a kombu connection."""
     channel = connection.default_channel
-    for entity in (exchange, dead_letter_exchange, *work_queues, *dead_letter_queues):
+    for entity in (exchange, dead_letter_exchange, receipts_exchange, *work_queues, *dead_letter_queues,
+                   *receipt_queues):
         entity.bind(channel).declare()
 
 
@@ -62,11 +78,15 @@ def declare(connection) -> None:
 #: Development passwords of the two service users (documented; replace in production).
 DEV_PASSWORDS = {"booking": "booking", "notification": "notification"}
 
-#: Booking may only publish to the exchange.
-BOOKING_PERMISSIONS = {"configure": "^$", "write": f"^{shared.EXCHANGE}$", "read": "^$"}
+#: Booking may only publish to the exchange, and read (consume) its own receipts queue.
+BOOKING_PERMISSIONS = {"configure": "^$", "write": f"^{shared.EXCHANGE}$",
+                       "read": f"^{re.escape(shared.BOOKING_RECEIPTS_QUEUE)}$"}
 #: Workers: their own names plus Celery's reply/pidbox/event names (remote control, Flower events).
-_WORKER_NAMES = r"^(notifications(\..*)?|celery(\..*)?|celeryev(\..*)?|reply\.celery\.pidbox|.*\.celery\.pidbox|amq\.gen-.*)$"
-NOTIFICATION_PERMISSIONS = {"configure": _WORKER_NAMES, "write": _WORKER_NAMES, "read": _WORKER_NAMES}
+_WORKER_NAMES = r"notifications(\..*)?|celery(\..*)?|celeryev(\..*)?|reply\.celery\.pidbox|.*\.celery\.pidbox|amq\.gen-.*"
+#: The receipts queues it declares and binds (configure, write) but never reads: they are booking's.
+_RECEIPT_QUEUES = r"booking\.receipts(\.dlq)?"
+NOTIFICATION_PERMISSIONS = {"configure": f"^({_WORKER_NAMES}|{_RECEIPT_QUEUES})$",
+                            "write": f"^({_WORKER_NAMES}|{_RECEIPT_QUEUES})$", "read": f"^({_WORKER_NAMES})$"}
 
 
 def password_hash(user: str, password: str) -> str:
@@ -107,15 +127,15 @@ def definitions() -> dict[str, Any]:
         {"user": "notification", "vhost": "/", **NOTIFICATION_PERMISSIONS},
     ]
     exchanges = [
-        {"name": ex.name, "vhost": "/", "type": "direct", "durable": True, "auto_delete": False,
+        {"name": ex.name, "vhost": "/", "type": ex.type, "durable": True, "auto_delete": False,
          "internal": False, "arguments": {}}
-        for ex in (exchange, dead_letter_exchange)
+        for ex in (exchange, dead_letter_exchange, receipts_exchange)
     ]
-    queues = [_queue_definition(q) for q in (*work_queues, *dead_letter_queues)]
+    queues = [_queue_definition(q) for q in (*work_queues, *dead_letter_queues, *receipt_queues)]
     bindings = [
         {"source": q.exchange.name, "vhost": "/", "destination": q.name, "destination_type": "queue",
          "routing_key": q.routing_key, "arguments": {}}
-        for q in (*work_queues, *dead_letter_queues)
+        for q in (*work_queues, *dead_letter_queues, *receipt_queues)
     ]
     return {
         "rabbit_version": "3.10.8",

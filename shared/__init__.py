@@ -12,6 +12,7 @@ from .messages import (
     validate_notification_requested,
 )
 from .names import (
+    BOOKING_RECEIPTS_QUEUE,
     CHANNEL_EMAIL,
     CHANNEL_PUSH,
     DEAD_LETTER_EXCHANGE,
@@ -24,15 +25,36 @@ from .names import (
     MAX_PRIORITY,
     PUSH_QUEUE,
     PUSH_TASK,
+    RECEIPTS_EXCHANGE,
     TASK_QUEUES,
     WORK_QUEUES,
     Event,
     Priority,
     dead_letter_queue,
+    receipt_routing_key,
+)
+from .receipts import (
+    NOTIFICATION_STATUS,
+    RECEIPT_STATUSES,
+    NotificationStatusV1,
+    StrictNotificationStatusV1,
+    dump_notification_status,
+    load_notification_status,
+    mask_address,
 )
 from .wire import TaskMessage, decode_body, task_message
 
 __all__ = [
+    "BOOKING_RECEIPTS_QUEUE",
+    "NOTIFICATION_STATUS",
+    "NotificationStatusV1",
+    "RECEIPTS_EXCHANGE",
+    "RECEIPT_STATUSES",
+    "StrictNotificationStatusV1",
+    "dump_notification_status",
+    "load_notification_status",
+    "mask_address",
+    "receipt_routing_key",
     "CHANNEL_EMAIL",
     "CHANNEL_PUSH",
     "DEAD_LETTER_EXCHANGE",

@@ -12,10 +12,11 @@ import json
 from typing import Any
 
 from .messages import NOTIFICATION_REQUESTED, NotificationRequestedV1
+from .receipts import NOTIFICATION_STATUS, NotificationStatusV1
 
 #: (message type, version) → the marshmallow schema the JSON Schema is made from.
 #: The tolerant consumer schema is the source: extra fields are allowed on the wire.
-MESSAGE_SCHEMAS = {(NOTIFICATION_REQUESTED, 1): NotificationRequestedV1}
+MESSAGE_SCHEMAS = {(NOTIFICATION_REQUESTED, 1): NotificationRequestedV1, (NOTIFICATION_STATUS, 1): NotificationStatusV1}
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
 

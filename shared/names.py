@@ -74,6 +74,19 @@ DEFAULT_PRIORITY = {
     Event.REMINDER: Priority.LOW,
 }
 
+#: Durable topic exchange the notification service publishes delivery receipts
+#: (``notification.status`` messages, plain JSON) to; routing key ``<channel>.<status>``.
+RECEIPTS_EXCHANGE = "notifications.receipts"
+#: The booking service's queue of receipts (bound with ``#``); dead-letters into
+#: ``DEAD_LETTER_EXCHANGE`` → ``booking.receipts.dlq`` what breaks the contract.
+BOOKING_RECEIPTS_QUEUE = "booking.receipts"
+
+
+def receipt_routing_key(channel: str, status: str) -> str:
+    """Routing key of a receipt on ``RECEIPTS_EXCHANGE``: ``email.sent``, ``push.dead`` …"""
+    return f"{channel}.{status}"
+
+
 #: Delivery channels.
 CHANNEL_EMAIL = "email"
 CHANNEL_PUSH = "push"

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from .. import metrics
 from ..outbox_stats import backlog
+from ..receipt_stats import last_applied_age, queue_depth
 from .context import db_session
 
 blp = Blueprint("health", __name__)
@@ -41,10 +42,15 @@ def readyz():
     checks: dict = {}
     try:
         checks["outbox"] = backlog(db_session())
+        checks["receipts"] = {"last_applied_age_seconds": last_applied_age(db_session())}
         checks["database"] = "ok"
     except Exception as exc:  # any driver error means "not ready"; reported, not hidden
         checks["database"] = f"error: {type(exc).__name__}"
     checks["broker"] = "ok" if _broker_reachable(settings.amqp_url, settings.ready_broker_timeout_seconds) else "unreachable"
+    if checks["broker"] == "ok":
+        # The receipts consumer's lag: receipts waiting for it. Reported, never a reason to be unready.
+        checks.setdefault("receipts", {})["queue_depth"] = queue_depth(settings.amqp_url,
+                                                                       settings.ready_broker_timeout_seconds)
     ready = checks["database"] == "ok"
     status = "ok" if ready and checks["broker"] == "ok" else ("degraded" if ready else "unavailable")
     response = jsonify({"status": status, "checks": checks})

@@ -20,8 +20,18 @@ VALID = [p for p in EXAMPLES if ".valid." in p.name]
 INVALID = [p for p in EXAMPLES if ".invalid." in p.name]
 
 
-def committed_schema() -> dict:
-    return json.loads((SHARED / "schemas" / schema_filename(shared.NOTIFICATION_REQUESTED, 1)).read_text())
+#: How a consumer loads each message type.
+LOADERS = {shared.NOTIFICATION_REQUESTED: shared.load_notification_requested,
+           shared.NOTIFICATION_STATUS: shared.load_notification_status}
+
+
+def committed_schema(message_type: str = shared.NOTIFICATION_REQUESTED) -> dict:
+    return json.loads((SHARED / "schemas" / schema_filename(message_type, 1)).read_text())
+
+
+def message_type_of(path: pathlib.Path) -> str:
+    """``notification.status.v1.valid.sent.json`` → ``notification.status``."""
+    return path.name.split(".v1.", 1)[0]
 
 
 @pytest.mark.parametrize(("message_type", "version"), sorted(MESSAGE_SCHEMAS))
@@ -37,24 +47,57 @@ def test_every_message_version_has_a_committed_file():
     assert files == {schema_filename(t, v) for t, v in MESSAGE_SCHEMAS}
 
 
-def test_fixtures_exist_on_both_sides():
-    assert len(VALID) >= 4 and len(INVALID) >= 4
+@pytest.mark.parametrize("message_type", sorted(LOADERS))
+def test_fixtures_exist_on_both_sides(message_type):
+    assert len([p for p in VALID if message_type_of(p) == message_type]) >= 4
+    assert len([p for p in INVALID if message_type_of(p) == message_type]) >= 4
 
 
 @pytest.mark.parametrize("path", VALID, ids=lambda p: p.name)
 def test_valid_examples_pass_marshmallow_and_json_schema(path):
     doc = json.loads(path.read_text())
-    shared.load_notification_requested(doc)
-    jsonschema.validate(doc, committed_schema(), format_checker=jsonschema.FormatChecker())
+    LOADERS[message_type_of(path)](doc)
+    jsonschema.validate(doc, committed_schema(message_type_of(path)), format_checker=jsonschema.FormatChecker())
 
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
 def test_invalid_examples_fail_marshmallow_and_json_schema(path):
     doc = json.loads(path.read_text())
     with pytest.raises(ValidationError):
-        shared.load_notification_requested(doc)
+        LOADERS[message_type_of(path)](doc)
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(doc, committed_schema(), format_checker=jsonschema.FormatChecker())
+        jsonschema.validate(doc, committed_schema(message_type_of(path)), format_checker=jsonschema.FormatChecker())
+
+
+def test_receipt_consumer_accepts_unknown_fields_but_producer_refuses_them():
+    doc = json.loads((SHARED / "examples" / "notification.status.v1.valid.unknown-fields.json").read_text())
+    loaded = shared.load_notification_status(doc)
+    assert "cost_cents" not in loaded and "resource_id" not in loaded["booking"]
+    with pytest.raises(ValidationError) as err:
+        shared.StrictNotificationStatusV1().load(doc)
+    assert "cost_cents" in err.value.messages
+
+
+@pytest.mark.parametrize(("channel", "address", "masked"), [
+    ("email", "ada@example.org", "a***@example.org"),
+    ("email", "Ada.Lovelace+x@Mail.Example.ORG", "A***@Mail.Example.ORG"),
+    ("email", "@odd", "***@odd"),
+    ("push", "device-token-1", "devi…-1"),
+    ("push", "fcm:APA91bHun4MxP5egoKMwt2KZFBaFUH-1RYqx", "fcm:…qx"),
+    ("push", "short", "…"),
+])
+def test_addresses_are_masked_into_what_the_contract_accepts(channel, address, masked):
+    assert shared.mask_address(channel, address) == masked
+    doc = json.loads((SHARED / "examples" / "notification.status.v1.valid.sent.json").read_text())
+    shared.load_notification_status({**doc, "channel": channel, "recipient": masked})
+
+
+@pytest.mark.parametrize("address", ["ada@example.org", "device-token-1", "a**@example.org", "abcde…xyz"])
+def test_the_contract_refuses_an_unmasked_recipient(address):
+    doc = json.loads((SHARED / "examples" / "notification.status.v1.valid.sent.json").read_text())
+    with pytest.raises(ValidationError) as err:
+        shared.load_notification_status({**doc, "recipient": address})
+    assert "recipient" in err.value.messages
 
 
 def test_consumer_accepts_unknown_fields_but_producer_refuses_them():

@@ -125,6 +125,8 @@ FORBIDDEN_TO_BOOKING = {
     "publish-to-dead-letter-exchange": lambda ch, d: _confirmed(ch, shared.DEAD_LETTER_EXCHANGE, shared.EMAIL_QUEUE),
     "publish-to-amq.direct": lambda ch, d: _confirmed(ch, "amq.direct", "anything"),
     "publish-via-default-exchange": lambda ch, d: _confirmed(ch, "", shared.EMAIL_QUEUE),
+    "publish-a-receipt": lambda ch, d: _confirmed(ch, shared.RECEIPTS_EXCHANGE, "email.sent"),
+    "read-receipt-dead-letters": lambda ch, d: ch.basic_get(shared.dead_letter_queue(shared.BOOKING_RECEIPTS_QUEUE)),
 }
 
 
@@ -169,6 +171,35 @@ def test_notification_user_consumes_publishes_onward_and_dead_letters(least_priv
 def test_notification_user_is_refused_outside_its_names(least_privilege):
     with channel(least_privilege.url("notification")) as ch:
         assert refused(lambda: ch.queue_declare(f"bookings-{uuid.uuid4().hex[:6]}"))
+
+
+# ---- receipts: notification publishes them, booking alone reads its queue ----
+
+def _receipt_body() -> bytes:
+    return (repo.ROOT / "shared" / "examples" / "notification.status.v1.valid.sent.json").read_bytes()
+
+
+def test_receipts_flow_from_the_notification_user_to_the_booking_user_and_its_dead_letters(least_privilege):
+    with channel(least_privilege.url("notification")) as ch:
+        ch.exchange_declare(shared.RECEIPTS_EXCHANGE, passive=True)  # what the receipt publisher checks
+        ch.confirm_delivery()
+        for _ in range(2):
+            ch.basic_publish(shared.RECEIPTS_EXCHANGE, "email.sent", _receipt_body(), mandatory=True,
+                             properties=pika.BasicProperties(content_type="application/json", delivery_mode=2))
+        # it declares and binds the booking's queue (the topology), but may not read it
+        assert refused(lambda: ch.basic_get(shared.BOOKING_RECEIPTS_QUEUE))
+    with channel(least_privilege.url("booking")) as ch:
+        # What `booking-service receipts` and /readyz do: passive declare, qos, consume, ack, reject.
+        assert ch.queue_declare(shared.BOOKING_RECEIPTS_QUEUE, passive=True).method.message_count == 2
+        ch.basic_qos(prefetch_count=10)
+        method, _, body = get_one(ch, shared.BOOKING_RECEIPTS_QUEUE)
+        ch.basic_ack(method.delivery_tag)
+        method, _, _ = get_one(ch, shared.BOOKING_RECEIPTS_QUEUE)
+        ch.basic_reject(method.delivery_tag, requeue=False)
+    assert body == _receipt_body()
+    with channel(least_privilege.admin_url) as admin:
+        _, properties, _ = get_one(admin, shared.dead_letter_queue(shared.BOOKING_RECEIPTS_QUEUE))
+        assert properties.headers["x-death"][0]["reason"] == "rejected"
 
 
 def _env(least_privilege, tmp_path: pathlib.Path) -> dict[str, str]:

@@ -77,7 +77,7 @@ def test_stack_has_every_process_of_the_mesh():
     for name, image in our_services().items():
         by_image.setdefault(image, []).append(argv_of(name))
     booking = [argv[1] for argv in by_image["booking"]]
-    assert sorted(booking) == ["migrate", "relay", "serve"]
+    assert sorted(booking) == ["migrate", "receipts", "relay", "serve"]
     notification = by_image["notification"]
     worker_queues = {commands.option(argv, "--queues", "-Q") for argv in notification if "worker" in argv}
     assert {"notifications.dispatch", "notifications.email", "notifications.push"} <= {

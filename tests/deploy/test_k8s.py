@@ -129,7 +129,7 @@ def test_every_process_of_the_service_is_deployed(team):
     jobs = [container_argv(team, c) for j in of_kind(team, "Job") for c in j["spec"]["template"]["spec"]["containers"]]
     assert any(argv[-1] == "migrate" for argv in jobs), "a migration Job per service"
     if team == "booking":
-        assert sorted(argv[1] for argv in argvs) == ["migrate", "relay", "serve"]
+        assert sorted(argv[1] for argv in argvs) == ["migrate", "receipts", "relay", "serve"]
     else:
         queues = {q for argv in argvs if "worker" in argv for q in commands.option(argv, "--queues", "-Q").split(",")}
         assert queues == set(shared.WORK_QUEUES)

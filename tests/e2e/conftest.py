@@ -1,4 +1,4 @@
-"""The whole mesh as real subprocesses: gunicorn, the outbox relay and a Celery worker.
+"""The whole mesh as real subprocesses: gunicorn, the outbox relay, the receipts consumer and a Celery worker.
 
 Each test gets a fresh RabbitMQ vhost, a fresh PostgreSQL database for the
 booking service, a fresh SQLite file for the notification service, temporary
@@ -148,6 +148,9 @@ class Mesh:
     def patch(self, path: str, **kwargs) -> requests.Response:
         return self.session.patch(self.base_url + path, timeout=10, **kwargs)
 
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return self.session.get(self.base_url + path, timeout=10, **kwargs)
+
 
 @pytest.fixture
 def fake_push():
@@ -177,6 +180,9 @@ def mesh(tmp_path, vhost_url, postgres_url, fake_push):
         "NOTIFICATION_LOG_FORMAT": "json",
         "NOTIFICATION_METRICS_PORT": str(free_port()),
         "NOTIFICATION_RETRY_BASE_SECONDS": "0.2",
+        # A provider outage outlasts a cancellation's way through the mesh (Retry-After: 1 per retry).
+        "NOTIFICATION_MAX_RETRIES": "30",
+        "NOTIFICATION_RECEIPTS_POLL_SECONDS": "0.2",
         "EMAIL_BACKEND": "file",
         "EMAIL_FILE_DIR": str(tmp_path / "email"),
         "PUSH_BACKEND": "http",
@@ -196,6 +202,7 @@ def mesh(tmp_path, vhost_url, postgres_url, fake_push):
     )  # fmt: skip
     m.start("api", "booking-service", "serve")
     m.start("relay", "booking-service", "relay")
+    m.start("receipts", "booking-service", "receipts")
     try:
         wait_for(lambda: _ok(m.base_url + "/healthz"), 30, "the booking API to answer")
         yield m

@@ -39,7 +39,7 @@ class FakeDeliveryLog:
         cancelled = self.cancelled.get(row.booking.booking_id)
         return cancelled is not None and row.booking.version < cancelled
 
-    def open(self, notification_id, event, booking, addresses, now) -> Opened:
+    def open(self, notification_id, event, booking, addresses, now, correlation_id=None) -> Opened:
         self.writes += 1
         cancelled = self.cancelled.get(booking.booking_id)
         stale = cancelled is not None and booking.version < cancelled

@@ -1,0 +1,70 @@
+"""/v1/bookings/<id>/notifications: what became of a booking's notifications (read-only)."""
+
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields
+
+from shared.messages import AwareDateTime
+
+from .. import timeline
+from .auth import require_api_key
+from .context import db_session
+from .schemas import ApiErrorSchema
+
+blp = Blueprint("notifications", __name__, url_prefix="/v1/bookings",
+                description="What became of a booking's notifications (delivery receipts)")
+blp.before_request(require_api_key)
+
+
+class ReceiptStepSchema(Schema):
+    sequence = fields.Integer(metadata={"description": "Per delivery, from 1, in the order things happened"})
+    status = fields.String(metadata={"description": "sent | retrying | dead | stale | expired"})
+    attempt = fields.Integer()
+    occurred_at = AwareDateTime()
+    reason = fields.String(allow_none=True)
+
+
+class DeliveryStatusSchema(Schema):
+    delivery_id = fields.String()
+    channel = fields.String(metadata={"description": "email | push"})
+    recipient = fields.String(metadata={"description": "Masked address: a***@example.org, devi…42"})
+    status = fields.String(metadata={"description": "Current status: the receipt with the highest sequence"})
+    attempts = fields.Integer(metadata={"description": "Provider attempts so far"})
+    last_change_at = AwareDateTime()
+    reason = fields.String(allow_none=True, metadata={"description": "Why (retrying, dead, stale, expired)"})
+    provider_message_id = fields.String(allow_none=True)
+    sequence = fields.Integer(metadata={"description": "Sequence of the current status"})
+    history_complete = fields.Boolean(metadata={"description": "False while an earlier receipt is still on its way"})
+    history = fields.List(fields.Nested(ReceiptStepSchema))
+
+
+class NotificationStorySchema(Schema):
+    notification_id = fields.String()
+    event = fields.String(metadata={"description": "booking.confirmed | booking.cancelled | booking.rescheduled | booking.reminder"})
+    state = fields.String(metadata={"description": "scheduled | pending | published (handed to the broker) | "
+                                                   "withdrawn (cancelled or moved before it was due) | expired | invalid"})
+    requested_at = AwareDateTime(metadata={"description": "When the booking change asked for it"})
+    due_at = AwareDateTime()
+    published_at = AwareDateTime(allow_none=True, metadata={"description": "When the relay published it"})
+    correlation_id = fields.String()
+    deliveries = fields.List(fields.Nested(DeliveryStatusSchema),
+                             metadata={"description": "One per channel and address; empty until a receipt arrived"})
+
+
+class BookingNotificationsSchema(Schema):
+    booking_id = fields.String()
+    booking_status = fields.String()
+    booking_version = fields.Integer()
+    notifications = fields.List(fields.Nested(NotificationStorySchema))
+
+
+@blp.route("/<uuid:booking_id>/notifications")
+class BookingNotifications(MethodView):
+    @blp.response(200, BookingNotificationsSchema)
+    @blp.alt_response(401, schema=ApiErrorSchema, description="Missing or invalid API key")
+    @blp.alt_response(404, schema=ApiErrorSchema, description="No such booking")
+    def get(self, booking_id):
+        """What became of the booking's notifications: each one, and per channel its current status."""
+        return timeline.timeline(db_session(), str(booking_id))

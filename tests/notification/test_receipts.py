@@ -1,0 +1,269 @@
+"""Delivery receipts: written with each status change (SQLite and PostgreSQL), published with confirms
+to ``notifications.receipts`` by every worker, never lost while the broker is away, never carrying an address."""
+
+from __future__ import annotations
+
+import json
+import types
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pika
+import pytest
+
+import shared
+from notification_service.delivery import BookingRef, ClaimResult, delivery_id
+from notification_service.delivery_log import SqlDeliveryLog
+from notification_service.migrate import upgrade
+from notification_service.receipts import ReceiptOutbox, ReceiptPublisher, build_receipt, receipt_reason
+from notification_service.status import DeliveryStatus
+from tests.booking.test_relay import CuttableProxy, _target, proxied_url
+from tests.support import wait_for
+
+from .conftest import Worker, declare_topology, dispatch_message, notification, publish
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+LEASE = NOW + timedelta(seconds=60)
+EMAIL = "ada.lovelace@example.org"
+TOKEN = "fcm-token-SECRET-0042"
+
+
+def receipts_of(log, did) -> list[tuple]:
+    return [(r.sequence, r.status, r.attempt) for r in log.receipts_of(did)]
+
+
+# --- the delivery log writes them -----------------------------------------------------------
+
+
+def test_every_status_change_writes_one_gapless_receipt_in_its_transaction(database_url):
+    upgrade(database_url)
+    log = SqlDeliveryLog(database_url)
+    nid, bid = str(uuid.uuid4()), str(uuid.uuid4())
+    log.open(nid, "booking.confirmed", BookingRef(bid, 1), [("email", EMAIL), ("push", TOKEN)], NOW, "req-1")
+    mail, push = delivery_id(nid, "email", EMAIL), delivery_id(nid, "push", TOKEN)
+    assert receipts_of(log, mail) == []  # pending is no reported status: dispatch stays one INSERT per delivery
+
+    assert log.claim(mail, "w1", NOW, LEASE).result is ClaimResult.CLAIMED
+    assert log.finish(mail, "w1", 1, DeliveryStatus.FAILED, NOW, error="email provider answered 503")
+    assert log.claim(mail, "w1", NOW, LEASE).attempt == 2
+    assert log.finish(mail, "w1", 2, DeliveryStatus.SENT, NOW, provider_message_id="m-1")
+    assert not log.finish(mail, "w1", 2, DeliveryStatus.FAILED, NOW, error="late")  # no change, no receipt
+    assert receipts_of(log, mail) == [(1, "retrying", 1), (2, "sent", 2)]
+    assert [r.reason for r in log.receipts_of(mail)] == ["email provider answered 503", None]
+    assert log.receipts_of(mail)[1].provider_message_id == "m-1"
+
+    # A permanent failure is dead once: the give-up after it adds no second receipt.
+    assert log.claim(push, "w1", NOW, LEASE).result is ClaimResult.CLAIMED
+    assert log.finish(push, "w1", 1, DeliveryStatus.DEAD, NOW, error="permanent: push provider answered 400")
+    log.give_up(message_id=push, queue="q", task="t", reason="permanent: push provider answered 400", delivery_id=push)
+    assert receipts_of(log, push) == [(1, "dead", 1)]
+    row = log.get(mail)
+    assert (row.receipt_seq, row.correlation_id) == (2, "req-1")
+    log.engine.dispose()
+
+
+def test_exhausted_retries_expired_and_stale_deliveries_report_themselves(database_url):
+    upgrade(database_url)
+    log = SqlDeliveryLog(database_url)
+    bid = str(uuid.uuid4())
+    tired, late, old = (str(uuid.uuid4()) for _ in range(3))
+    for nid in (tired, late, old):
+        log.open(nid, "booking.confirmed", BookingRef(bid, 1), [("email", EMAIL)], NOW)
+    tired_d, late_d, old_d = (delivery_id(n, "email", EMAIL) for n in (tired, late, old))
+
+    log.claim(tired_d, "w1", NOW, LEASE)
+    log.finish(tired_d, "w1", 1, DeliveryStatus.FAILED, NOW, error="timeout")
+    log.give_up(message_id=tired_d, queue="q", task="t", reason="retries exhausted after 1 attempts: timeout",
+                delivery_id=tired_d)
+    assert receipts_of(log, tired_d) == [(1, "retrying", 1), (2, "dead", 1)]
+
+    assert log.drop(late_d, DeliveryStatus.EXPIRED, "expired before it was sent", NOW)
+    assert receipts_of(log, late_d) == [(1, "expired", 0)]
+
+    # A cancellation (v2) is processed: the pending v1 delivery turns stale at its next claim,
+    # and a v1 notification dispatched only now is stale from the start.
+    log.open(str(uuid.uuid4()), "booking.cancelled", BookingRef(bid, 2, cancelled=True), [("email", EMAIL)], NOW)
+    assert log.claim(old_d, "w1", NOW, LEASE).result is ClaimResult.STALE
+    assert receipts_of(log, old_d) == [(1, "stale", 0)]
+    newcomer = str(uuid.uuid4())
+    assert log.open(newcomer, "booking.confirmed", BookingRef(bid, 1), [("email", EMAIL)], NOW).stale
+    assert receipts_of(log, delivery_id(newcomer, "email", EMAIL)) == [(1, "stale", 0)]
+    log.engine.dispose()
+
+
+def test_a_claimed_receipt_is_leased_so_a_second_publisher_gets_nothing(database_url):
+    upgrade(database_url)
+    log = SqlDeliveryLog(database_url)
+    nid = str(uuid.uuid4())
+    log.open(nid, "booking.confirmed", BookingRef(str(uuid.uuid4()), 1), [("email", EMAIL)], NOW)
+    log.drop(delivery_id(nid, "email", EMAIL), DeliveryStatus.EXPIRED, "expired", NOW)
+    first, second = ReceiptOutbox(log.engine), ReceiptOutbox(log.engine)
+    assert [r.status for r in first.claim("p1", 10)] == ["expired"]
+    assert second.claim("p2", 10) == []
+    assert second.claim("p2", 10, now=datetime.now(timezone.utc) + timedelta(minutes=5))  # p1's lease ran out
+    log.engine.dispose()
+
+
+# --- building a receipt ---------------------------------------------------------------------
+
+
+def joined_row(**overrides):
+    row = dict(id=1, delivery_id=str(uuid.uuid4()), sequence=3, status="dead", attempt=2,
+               reason=f"permanent: push provider answered 400: unknown token {TOKEN} (owner {EMAIL}, cc bob@example.com)",
+               provider_message_id=None, occurred_at="2030-05-01 12:00:00.000000", notification_id=str(uuid.uuid4()),
+               channel="push", address=TOKEN, booking_id=str(uuid.uuid4()), booking_version=2,
+               event="booking.confirmed", correlation_id="req-7")
+    row.update(overrides)
+    return types.SimpleNamespace(**row)
+
+
+def test_a_receipt_masks_the_address_and_scrubs_the_reason():
+    message = build_receipt(joined_row())
+    assert message["recipient"] == "fcm-…42" and message["sequence"] == 3 and message["attempt"] == 2
+    assert message["occurred_at"] == "2030-05-01T12:00:00Z" and message["booking"]["version"] == 2
+    text = json.dumps(message)
+    assert TOKEN not in text and EMAIL not in text and "bob@example.com" not in text
+    assert "<recipient>" in message["reason"] and "b***@example.com" in message["reason"]
+    shared.load_notification_status(message)
+    email = build_receipt(joined_row(channel="email", address=EMAIL, reason=f"550 {EMAIL.upper()} unknown\r\nmore"))
+    assert email["recipient"] == "a***@example.org" and EMAIL not in json.dumps(email).lower()
+    assert "\n" not in email["reason"]
+
+
+def test_a_reason_is_one_short_line():
+    assert len(receipt_reason("x" * 5000, EMAIL)) == 200
+    assert receipt_reason("a\x00b\nc", EMAIL) == "a b c"
+    assert receipt_reason(None, EMAIL) is None
+
+
+# --- publishing -----------------------------------------------------------------------------
+
+
+def bind_test_queue(url: str) -> tuple[pika.BlockingConnection, str]:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(queue, shared.RECEIPTS_EXCHANGE, "#")
+    return connection, queue
+
+
+def drain(connection, queue: str, into: list) -> list:
+    channel = connection.channel()
+    while True:
+        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            channel.close()
+            return into
+        into.append((properties, json.loads(body)))
+
+
+def test_receipts_written_while_the_broker_is_away_go_out_by_themselves(database_url, vhost_url):
+    upgrade(database_url)
+    declare_topology(vhost_url)
+    log = SqlDeliveryLog(database_url)
+    connection, queue = bind_test_queue(vhost_url)
+    proxy = CuttableProxy(*_target(vhost_url))  # down: refuses every connection
+    publisher = ReceiptPublisher(log, proxied_url(vhost_url, proxy), "test-owner", poll_seconds=0.1,
+                                 max_backoff=0.5).start()
+    seen: list = []
+    try:
+        nids = [str(uuid.uuid4()) for _ in range(3)]
+        for nid in nids:
+            log.open(nid, "booking.confirmed", BookingRef(str(uuid.uuid4()), 1), [("email", EMAIL)], NOW, "req-x")
+            log.drop(delivery_id(nid, "email", EMAIL), DeliveryStatus.EXPIRED, "expired before it was sent", NOW)
+        wait_for(lambda: publisher.failures >= 2, 20, "the publisher to find the broker away")
+        assert ReceiptOutbox(log.engine).backlog() == 3 and drain(connection, queue, seen) == []
+        proxy.restore()
+        wait_for(lambda: len(drain(connection, queue, seen)) >= 3, 20, "the receipts after the broker returned")
+        wait_for(lambda: ReceiptOutbox(log.engine).backlog() == 0, 20, "the rows marked published")
+    finally:
+        publisher.stop()
+        proxy.close()
+        connection.close()
+        log.engine.dispose()
+    assert sorted(m["notification_id"] for _p, m in seen) == sorted(nids)
+    properties, message = seen[0]
+    assert properties.content_type == "application/json" and properties.delivery_mode == 2
+    assert properties.message_id == f"{message['delivery_id']}:1" and properties.headers["x-correlation-id"] == "req-x"
+    assert message["status"] == "expired" and message["recipient"] == "a***@example.org"
+
+
+# --- from a real worker ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def receipt_worker(module_vhost, fake_push, tmp_path_factory):
+    declare_topology(module_vhost)
+    worker = Worker(module_vhost, tmp_path_factory.mktemp("receipts"), fake_push,
+                    NOTIFICATION_RECEIPTS_POLL_SECONDS="0.2").start()
+    yield worker
+    worker.stop()
+
+
+def test_a_worker_publishes_sent_retrying_and_dead_receipts_without_addresses(receipt_worker, fake_push):
+    connection, queue = bind_test_queue(receipt_worker.url)
+    seen: list = []
+    flaky, broken = f"tok-flaky-{uuid.uuid4().hex}", f"tok-broken-{uuid.uuid4().hex}"
+    fake_push.script[flaky] = [(503, {"Retry-After": "0"}), (200, {})]
+    fake_push.script[broken] = [(400, {})]
+    first = notification(tokens=(flaky,), email=EMAIL)
+    second = notification(tokens=(broken,), email=EMAIL)
+    try:
+        publish(receipt_worker.url, dispatch_message(first))
+        publish(receipt_worker.url, dispatch_message(second))
+
+        def by_delivery():
+            drain(connection, queue, seen)
+            found: dict = {}
+            for _p, m in seen:
+                found.setdefault((m["notification_id"], m["channel"]), []).append((m["sequence"], m["status"], m["attempt"]))
+            done = {(first["notification_id"], "push"): 2, (first["notification_id"], "email"): 1,
+                    (second["notification_id"], "push"): 1, (second["notification_id"], "email"): 1}
+            return found if all(len(found.get(k, [])) >= n for k, n in done.items()) else None
+
+        found = wait_for(by_delivery, 60, "receipts of both notifications")
+    finally:
+        connection.close()
+    assert sorted(found[(first["notification_id"], "push")]) == [(1, "retrying", 1), (2, "sent", 2)]
+    assert found[(first["notification_id"], "email")] == [(1, "sent", 1)]
+    assert found[(second["notification_id"], "push")] == [(1, "dead", 1)]
+    dead = [m for _p, m in seen if m["status"] == "dead"][0]
+    assert dead["reason"].startswith("permanent: push_http provider answered 400") and dead["recipient"] == "tok-…" + broken[-2:]
+    assert {m["correlation_id"] for _p, m in seen} == {first["correlation_id"], second["correlation_id"]}
+    everything = json.dumps([m for _p, m in seen]) + receipt_worker.log_text()
+    for secret in (EMAIL, flaky, broken):
+        assert secret not in json.dumps([m for _p, m in seen])
+    assert EMAIL not in everything
+    for _p, m in seen:
+        shared.load_notification_status(m)
+
+
+def test_an_unroutable_receipt_waits_and_one_that_breaks_the_contract_never_blocks_the_rest(database_url, vhost_url):
+    upgrade(database_url)
+    log = SqlDeliveryLog(database_url)
+    connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
+    channel = connection.channel()
+    channel.exchange_declare(shared.RECEIPTS_EXCHANGE, "topic", durable=True)  # the exchange, no queue bound
+    outbox = ReceiptOutbox(log.engine)
+    try:
+        broken, fine = str(uuid.uuid4()), str(uuid.uuid4())
+        log.open(broken, "booking.confirmed", BookingRef("not-a-uuid", 1), [("email", EMAIL)], NOW)
+        log.open(fine, "booking.confirmed", BookingRef(str(uuid.uuid4()), 1), [("email", EMAIL)], NOW)
+        for nid in (broken, fine):
+            log.drop(delivery_id(nid, "email", EMAIL), DeliveryStatus.EXPIRED, "expired", NOW)
+        publisher = ReceiptPublisher(log, vhost_url, "test-owner")
+        publisher._connect()
+        assert publisher.publish_batch() == 0
+        (bad,) = log.receipts_of(delivery_id(broken, "email", EMAIL))
+        assert bad.published_at is not None and "breaks the contract" in bad.last_error  # closed, logged
+        (refused,) = log.receipts_of(delivery_id(fine, "email", EMAIL))
+        assert refused.published_at is None and "refused" in refused.last_error
+        assert outbox.claim("other", 10) == []  # held back for a while, not retried in a loop
+        queue = channel.queue_declare("", exclusive=True).method.queue
+        channel.queue_bind(queue, shared.RECEIPTS_EXCHANGE, "#")
+        assert [r.status for r in outbox.claim("other", 10, now=datetime.now(timezone.utc) + timedelta(minutes=1))] \
+            == ["expired"]  # after the delay it is due again
+        publisher._disconnect()
+    finally:
+        connection.close()
+        log.engine.dispose()
