@@ -16,8 +16,8 @@ from .test_k8s import K8S, KUBERNETES_VERSIONS, container_argv, of_kind
 
 PLATFORM = K8S / "platform"
 #: Pods by (team, name): which servers each process opens. Decided here from what each runs.
-BROKER_CLIENTS = {("booking", "booking-api"), ("booking", "booking-relay"), ("notification", "dispatch-worker"),
-                  ("notification", "email-worker"), ("notification", "push-worker")}
+BROKER_CLIENTS = {("booking", "booking-api"), ("booking", "booking-relay"), ("booking", "booking-receipts"),
+                  ("notification", "dispatch-worker"), ("notification", "email-worker"), ("notification", "push-worker")}
 DATABASE_CLIENTS = BROKER_CLIENTS | {("booking", "booking-migrate"), ("notification", "notification-migrate")}
 
 
@@ -120,7 +120,7 @@ def test_only_the_api_port_is_open_and_to_anyone_and_its_metrics_port_to_monitor
     assert [peers for peers, _ports in scraped] == [
         [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]]
     assert {n: allowed_ingress("booking", n) for n in pods("booking") if n != "booking-api"} == {
-        "booking-relay": [], "booking-migrate": []}
+        "booking-relay": [], "booking-receipts": [], "booking-migrate": []}
 
 
 def test_workers_take_only_their_metrics_port_and_only_from_the_monitoring_namespace():
