@@ -11,7 +11,7 @@ from shared.messages import AwareDateTime
 from .. import timeline
 from .auth import require_api_key
 from .context import db_session
-from .schemas import ApiErrorSchema
+from .openapi import error_responses
 
 blp = Blueprint("notifications", __name__, url_prefix="/v1/bookings",
                 description="What became of a booking's notifications (delivery receipts)")
@@ -63,8 +63,7 @@ class BookingNotificationsSchema(Schema):
 @blp.route("/<uuid:booking_id>/notifications")
 class BookingNotifications(MethodView):
     @blp.response(200, BookingNotificationsSchema)
-    @blp.alt_response(401, schema=ApiErrorSchema, description="Missing or invalid API key")
-    @blp.alt_response(404, schema=ApiErrorSchema, description="No such booking")
+    @blp.doc(responses=error_responses(404))  # 401 and the error shape come with every /v1 operation
     def get(self, booking_id):
         """What became of the booking's notifications: each one, and per channel its current status."""
         return timeline.timeline(db_session(), str(booking_id))

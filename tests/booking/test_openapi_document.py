@@ -12,7 +12,8 @@ from booking_service.api.errors import ErrorSchema
 from .conftest import AUTH, booking_body
 
 OPERATIONS = [("/v1/bookings", "get"), ("/v1/bookings", "post"), ("/v1/bookings/{booking_id}", "get"),
-              ("/v1/bookings/{booking_id}", "patch"), ("/v1/bookings/{booking_id}/cancel", "post")]
+              ("/v1/bookings/{booking_id}", "patch"), ("/v1/bookings/{booking_id}/cancel", "post"),
+              ("/v1/bookings/{booking_id}/notifications", "get")]
 
 
 @pytest.fixture
@@ -45,6 +46,7 @@ def test_every_operation_documents_the_statuses_it_answers(spec):
         ("/v1/bookings/{booking_id}", "get"): {"200", "401", "404"},
         ("/v1/bookings/{booking_id}", "patch"): {"200", "400", "401", "404", "409", "413", "422"},
         ("/v1/bookings/{booking_id}/cancel", "post"): {"200", "401", "404", "409"},
+        ("/v1/bookings/{booking_id}/notifications", "get"): {"200", "401", "404"},
     }
     for (path, method), codes in expected.items():
         responses = spec["paths"][path][method]["responses"]
