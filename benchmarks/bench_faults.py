@@ -523,16 +523,49 @@ def read_delivery_log(url: str) -> dict[tuple[str, str], tuple[str, int, str | N
         engine.dispose()
 
 
-def read_outbox(url: str) -> dict[str, tuple[str, int, str | None]]:
-    """booking id → (outbox status, attempts, last error) of its confirmation row."""
+def read_outbox(url: str) -> dict[str, tuple[str, int, str | None, str]]:
+    """booking id → (outbox status, attempts, last error, notification id) of its confirmation row."""
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT booking_id, status, attempts, last_error FROM outbox WHERE event = :e"),
-                                {"e": CONFIRMED}).all()
-        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+            rows = conn.execute(sa.text("SELECT booking_id, status, attempts, last_error, notification_id FROM outbox "
+                                        "WHERE event = :e"), {"e": CONFIRMED}).all()
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
     finally:
         engine.dispose()
+
+
+def read_dead_letters(url: str) -> dict[str, str]:
+    """message id (task id: the notification id of a dispatch) → latest recorded reason."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT message_id, reason FROM dead_letters ORDER BY id")).all()
+        return {r[0]: r[1] for r in rows if r[0]}
+    finally:
+        engine.dispose()
+
+
+def find_dead(items, booking_url: str, notification_url: str) -> dict[tuple[str, str], tuple]:
+    """Which of ``items`` ((booking id, channel)) were given up: the delivery is ``dead``, or it has no
+    delivery row because its dispatch message was dead-lettered. Value: (where, reason)."""
+    states = read_delivery_log(notification_url)
+    found = {}
+    pending_dispatch = []
+    for item in items:
+        state = states.get(item)
+        if state is not None and state[0] == "dead":
+            found[item] = ("delivery", state[2])
+        elif state is None:
+            pending_dispatch.append(item)
+    if pending_dispatch:
+        reasons = read_dead_letters(notification_url)
+        outbox = read_outbox(booking_url)
+        for item in pending_dispatch:
+            nid = (outbox.get(item[0]) or (None,) * 4)[3]
+            if nid in reasons:
+                found[item] = ("dispatch", reasons[nid])
+    return found
 
 
 def queue_depths(broker: PrivateBroker) -> dict[str, int]:
@@ -823,13 +856,9 @@ def main() -> None:
             if missing and time.monotonic() - last_db_check > 2:
                 last_db_check = time.monotonic()
                 try:
-                    states = read_delivery_log(notification_url)
+                    dead.update(find_dead(missing, booking_url, notification_url))
                 except sa.exc.SQLAlchemyError as exc:
-                    log(t0, f"delivery log unreadable: {exc!r}")
-                    states = {}
-                for item in missing:
-                    if states.get(item, ("",))[0] == "dead":
-                        dead[item] = states[item]
+                    log(t0, f"databases unreadable: {exc!r}")
                 missing = [item for item in missing if item not in dead]
             if not missing:
                 drained_at = time.monotonic()
@@ -868,8 +897,9 @@ def main() -> None:
         ours = {b.booking_id for b in bookings}
         accepted_items = {item: provider.resolved(*item) for item in expected}
         accepted = [item for item, call in accepted_items.items() if call is not None]
+        dead.update(find_dead([item for item in expected if accepted_items[item] is None], booking_url, notification_url))
         lost = [item for item in expected if accepted_items[item] is None and item not in dead]
-        dead_unsent = [item for item in expected if accepted_items[item] is None and states.get(item, ("",))[0] == "dead"]
+        dead_unsent = [item for item in expected if accepted_items[item] is None and item in dead]
         dead_although_accepted = [item for item in accepted if states.get(item, ("",))[0] == "dead"]
         committed = {b.booking_id: b.committed for b in bookings}
         latencies = [call.answered - committed[item[0]] for item, call in accepted_items.items() if call is not None]
@@ -899,7 +929,8 @@ def main() -> None:
              f"{max(load.stats.late, default=float('nan')):.2f} s"),
             ("expected deliveries (e-mail + push)", len(expected)),
             ("accepted by the provider", len(accepted)),
-            ("dead-lettered (never accepted)", len(dead_unsent)),
+            ("dead-lettered (never accepted)", f"{len(dead_unsent)} ({sum(dead[i][0] == 'dispatch' for i in dead_unsent)} "
+             f"of them at dispatch)"),
             ("dead-lettered although accepted", len(dead_although_accepted)),
             ("LOST", len(lost)),
             ("duplicated by idempotency key (keys)", dups["keys"]),
@@ -994,8 +1025,14 @@ def main() -> None:
                 stuck[where] = stuck.get(where, 0) + 1
             print("  by place: " + json.dumps(stuck))
         if dead_unsent:
-            print("\ndead-lettered deliveries (first 5): " + "; ".join(
-                f"{b[:8]} {ch}: {(states[(b, ch)][2] or '')[:100]}" for b, ch in dead_unsent[:5]))
+            reasons: dict[str, int] = {}
+            for item in dead_unsent:
+                where, reason = dead[item]
+                text = f"{where}: {re.sub(r'[0-9a-f-]{36}', '<id>', reason or '')[:150]}"
+                reasons[text] = reasons.get(text, 0) + 1
+            print("\ndead-lettered deliveries by reason:")
+            for text, count in sorted(reasons.items(), key=lambda kv: -kv[1])[:5]:
+                print(f"  {count:5}  {text}")
         if load.stats.failed:
             print("\nfailed bookings (first 5): " + "; ".join(load.stats.failed[:5]))
         statuses: dict[str, int] = {}
