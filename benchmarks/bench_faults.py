@@ -1,10 +1,10 @@
 """Benchmark: bookings through the whole mesh while providers fail and processes and the broker are killed.
 
     .venv/bin/python benchmarks/bench_faults.py [--rate 20] [--duration 120] [--database sqlite|postgresql]
-        [--faults worker@25,relay@45,broker@60,worker@80 | none] [--workers split|single] [--keep-logs]
+        [--faults worker@25,receipts@35,relay@45,broker@60,worker@80 | none] [--workers split|single] [--keep-logs]
 
 Every part of the mesh is a separate process: the booking API (gunicorn), the
-outbox relay and the Celery workers as the Procfile runs them (a dispatch
+outbox relay, the receipts consumer and the Celery workers as the Procfile runs them (a dispatch
 worker and an e-mail/push send worker, threads pool, nice 10; ``--workers
 single``: one worker on all three queues), on a PRIVATE RabbitMQ node
 that this script starts and kills with SIGKILL (``tests/private_broker.py``;
@@ -15,8 +15,8 @@ accepts the rest. It does NOT deduplicate by ``Idempotency-Key`` (it models
 SMTP or FCM without idempotency), so a second accepted call for one delivery
 is a second e-mail: a duplicate "in effect".
 
-While a client posts bookings at a steady rate, the workers' process groups
-and the relay are SIGKILLed and restarted, and the broker is SIGKILLed and
+While a client posts bookings at a steady rate, the workers' process groups,
+the relay and the receipts consumer are SIGKILLed and restarted, and the broker is SIGKILLed and
 restarted (same data directory). After the load stops the script waits until
 every booking's confirmation e-mail and push message is accepted by the
 provider or dead-lettered (or the drain deadline passes: what is missing then
@@ -249,6 +249,7 @@ class Mesh:
         self.commands = {
             "api": [str(BIN / "booking-service"), "serve"],
             "relay": [str(BIN / "booking-service"), "relay"],
+            "receipts": [str(BIN / "booking-service"), "receipts"],
         }
         prefix = ["nice", "-n", str(nice)] if nice else []
 
@@ -424,15 +425,15 @@ class FaultEvent:
 
 def parse_faults(spec: str | None, duration: float) -> list[tuple[float, str]]:
     if spec is None:  # the default schedule, scaled to the duration
-        default = [(25, "worker"), (45, "relay"), (60, "broker"), (80, "worker")]
+        default = [(25, "worker"), (35, "receipts"), (45, "relay"), (60, "broker"), (80, "worker")]
         return [(duration * at / 120.0, kind) for at, kind in default]
     if spec.strip().lower() in {"", "none"}:
         return []
     plan = []
     for item in spec.split(","):
         kind, _, at = item.strip().partition("@")
-        if kind not in {"worker", "relay", "broker"} or not at:
-            raise SystemExit(f"--faults: {item!r} is not worker@S, relay@S or broker@S")
+        if kind not in {"worker", "relay", "receipts", "broker"} or not at:
+            raise SystemExit(f"--faults: {item!r} is not worker@S, relay@S, receipts@S or broker@S")
         plan.append((float(at), kind))
     return sorted(plan)
 
@@ -566,6 +567,31 @@ def find_dead(items, booking_url: str, notification_url: str) -> dict[tuple[str,
             if nid in reasons:
                 found[item] = ("dispatch", reasons[nid])
     return found
+
+
+def read_receipts(url: str) -> dict[tuple[str, str], str]:
+    """(booking id, channel) → status of the confirmation's latest receipt in the booking's database."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT booking_id, channel, status FROM notification_receipts WHERE event = :e "
+                                        "ORDER BY sequence"), {"e": CONFIRMED}).all()
+        return {(r[0], r[1]): r[2] for r in rows}
+    finally:
+        engine.dispose()
+
+
+def receipts_agree(expected, booking_url: str, notification_url: str, deadline: float) -> tuple[int, float]:
+    """Wait (until ``deadline``, monotonic) for the booking's timelines to show every delivery's final status
+    from the delivery log; (how many agree, seconds waited)."""
+    began = time.monotonic()
+    while True:
+        states = read_delivery_log(notification_url)
+        receipts = read_receipts(booking_url)
+        agree = sum(1 for item in expected if item in states and receipts.get(item) == states[item][0])
+        if agree == len(expected) or time.monotonic() > deadline:
+            return agree, time.monotonic() - began
+        time.sleep(0.5)
 
 
 def queue_depths(broker: PrivateBroker) -> dict[str, int]:
@@ -731,7 +757,7 @@ def main() -> None:
                         help="both services' databases (PostgreSQL: fresh databases on TEST_POSTGRES_URL's server)")
     parser.add_argument("--faults", default=None,
                         help="comma-separated KIND@SECONDS (worker|relay|broker), or 'none'; default "
-                             "worker@25,relay@45,broker@60,worker@80 scaled to --duration")
+                             "worker@25,receipts@35,relay@45,broker@60,worker@80 scaled to --duration")
     parser.add_argument("--down", type=float, default=2.0, help="seconds a killed worker or relay stays down")
     parser.add_argument("--workers", choices=["split", "single"], default="split",
                         help="split (the Procfile): a dispatch worker -c 8 and a send worker -c CONCURRENCY; "
@@ -742,13 +768,21 @@ def main() -> None:
     parser.add_argument("--worker-nice", type=int, default=10, help="nice level of the workers (the Procfile: 10)")
     parser.add_argument("--p503", type=float, default=0.30, help="share of provider calls answered 503")
     parser.add_argument("--phang", type=float, default=0.02, help="share of calls that hang past the timeout, then accepted")
-    parser.add_argument("--http-timeout", type=float, default=2.0, help="NOTIFICATION_HTTP_TIMEOUT")
-    parser.add_argument("--hang", type=float, default=3.0, help="seconds a hanging call takes before the provider accepts it")
+    parser.add_argument("--http-timeout", type=float, default=10.0,
+                        help="NOTIFICATION_HTTP_TIMEOUT (default 10, the shipped default)")
+    parser.add_argument("--hang", type=float, default=None,
+                        help="seconds a hanging call takes before the provider accepts it (default: the timeout + 1)")
+    parser.add_argument("--retry-base", type=float, default=2.0,
+                        help="NOTIFICATION_RETRY_BASE_SECONDS (default 2, the shipped default)")
+    parser.add_argument("--retry-max", type=float, default=900.0,
+                        help="NOTIFICATION_RETRY_MAX_SECONDS (default 900, the shipped default)")
     parser.add_argument("--drain-timeout", type=float, default=300.0, help="seconds to wait after the load for stragglers")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds to keep watching for late duplicates after draining")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep-logs", action="store_true", help="keep the temporary folder with every process's log")
     args = parser.parse_args()
+    if args.hang is None:
+        args.hang = args.http_timeout + 1.0
     if args.concurrency is None:
         args.concurrency = 100 if args.workers == "split" else 64
     plan = parse_faults(args.faults, args.duration)
@@ -788,8 +822,8 @@ def main() -> None:
             "NOTIFICATION_LOG_FORMAT": "json",
             "NOTIFICATION_METRICS_PORT": "0",
             "NOTIFICATION_HTTP_TIMEOUT": str(args.http_timeout),
-            "NOTIFICATION_RETRY_BASE_SECONDS": "1",
-            "NOTIFICATION_RETRY_MAX_SECONDS": "10",
+            "NOTIFICATION_RETRY_BASE_SECONDS": str(args.retry_base),
+            "NOTIFICATION_RETRY_MAX_SECONDS": str(args.retry_max),
             "EMAIL_BACKEND": "http",
             "EMAIL_HTTP_URL": provider.email_url,
             "PUSH_BACKEND": "http",
@@ -801,7 +835,7 @@ def main() -> None:
         mesh.run("migrate-booking", str(BIN / "booking-service"), "migrate")
         mesh.run("migrate-notification", str(BIN / "notification-service"), "migrate")
         mesh.run("topology", str(BIN / "notification-service"), "topology", "declare")
-        for name in (*mesh.workers, "api", "relay"):
+        for name in (*mesh.workers, "api", "relay", "receipts"):
             mesh.start(name)
         base_url = f"http://127.0.0.1:{api_port}"
         wait_until(lambda: healthy(base_url + "/healthz"), 60, "the booking API")
@@ -878,6 +912,8 @@ def main() -> None:
             drain_seconds = None
             log(t0, f"drain deadline ({args.drain_timeout:g} s) passed with deliveries missing")
         stop.wait(args.settle)
+        # The receipts consumer has had the whole drain; give it up to a minute more to catch up.
+        receipts_ok, receipts_wait = receipts_agree(expected, booking_url, notification_url, time.monotonic() + 60)
 
         # ---- collect -----------------------------------------------------------------------------
         calls = provider.snapshot()
@@ -917,7 +953,8 @@ def main() -> None:
         print()
         print(f"bench_faults: {args.rate:g} bookings/s for {args.duration:g} s, database {args.database}, "
               f"{os.cpu_count()} cores, {workers_text}, provider 503 {args.p503:.0%}, "
-              f"hang {args.phang:.0%} ({args.hang:g} s > timeout {args.http_timeout:g} s)")
+              f"hang {args.phang:.0%} ({args.hang:g} s > timeout {args.http_timeout:g} s), "
+              f"retry backoff {args.retry_base:g} s doubling up to {args.retry_max:g} s with full jitter")
         print()
         rows = [
             ("bookings made (201)", f"{len(bookings)} of {load.count} scheduled"),
@@ -933,6 +970,8 @@ def main() -> None:
              f"of them at dispatch)"),
             ("dead-lettered although accepted", len(dead_although_accepted)),
             ("LOST", len(lost)),
+            ("timelines showing the delivery log's final status (receipts)",
+             f"{receipts_ok} of {len(expected)} ({receipts_wait:.1f} s after the drain)"),
             ("duplicated by idempotency key (keys)", dups["keys"]),
             ("  extra accepted calls", dups["extra"]),
             ("  explained by an accepted-after-timeout", dups["explained"]),

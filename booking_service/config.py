@@ -35,7 +35,7 @@ class Settings:
     relay_batch_size: int = 100
     #: Relay: ceiling of the reconnect backoff. Low on purpose: after a long
     #: outage the relay probes this often, so it is back within seconds of the broker.
-    relay_max_backoff_seconds: float = 3.0
+    relay_max_backoff_seconds: float = 1.0
     #: Relay: port of its own /metrics (0 = off). Where the relay does not share
     #: PROMETHEUS_MULTIPROC_DIR with the API (its own container), this is how its
     #: publish counters are scraped.

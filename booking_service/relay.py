@@ -30,7 +30,7 @@ SQLite the poll is the wake-up, so it is short (0.02 s). While idle the relay
 waits inside ``process_data_events``, which serves heartbeats.
 
 While the broker is away the relay probes it with a capped backoff (at most
-``BOOKING_RELAY_MAX_BACKOFF_SECONDS``, 3 s, small jitter), so it publishes
+``BOOKING_RELAY_MAX_BACKOFF_SECONDS``, 1 s, small jitter), so it publishes
 within seconds of the broker answering again, however long the outage was.
 """
 
@@ -162,7 +162,7 @@ class _Window:
 
 class Relay:
     def __init__(self, session_factory: sessionmaker, amqp_url: str, *, poll_seconds: float = 0.02,
-                 batch_size: int = 100, max_backoff: float = 3.0, listen: bool = True):
+                 batch_size: int = 100, max_backoff: float = 1.0, listen: bool = True):
         self.engine: sa.Engine = session_factory.kw["bind"]
         self.amqp_url = amqp_url
         self.poll_seconds = poll_seconds

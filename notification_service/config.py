@@ -68,7 +68,7 @@ class Settings:
     max_retries: int = 8
     lease_seconds: float = 60.0
     stall_check_seconds: float = 15.0
-    retry_base_seconds: float = 2.0
+    retry_base_seconds: float = 1.0
     retry_max_seconds: float = 900.0
     task_soft_time_limit: float = 60.0
     task_time_limit: float = 90.0
@@ -106,7 +106,7 @@ class Settings:
             lease_seconds=_num(env, "NOTIFICATION_LEASE_SECONDS", max(
                 60.0, 3 * _num(env, "NOTIFICATION_HTTP_TIMEOUT", 10.0), 3 * _num(env, "SMTP_TIMEOUT", 10.0))),
             stall_check_seconds=_num(env, "NOTIFICATION_STALL_CHECK_SECONDS", 15.0),
-            retry_base_seconds=_num(env, "NOTIFICATION_RETRY_BASE_SECONDS", 2.0),
+            retry_base_seconds=_num(env, "NOTIFICATION_RETRY_BASE_SECONDS", 1.0),
             retry_max_seconds=_num(env, "NOTIFICATION_RETRY_MAX_SECONDS", 900.0),
             task_soft_time_limit=_num(env, "NOTIFICATION_TASK_SOFT_TIME_LIMIT", 60.0),
             task_time_limit=_num(env, "NOTIFICATION_TASK_TIME_LIMIT", 90.0),

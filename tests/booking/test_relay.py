@@ -204,10 +204,10 @@ def test_relay_publishes_within_seconds_after_a_long_broker_outage(client, sessi
     """The reconnect backoff is capped at a few seconds: after an outage long enough
     that an uncapped exponential backoff would sleep tens of seconds, the relay
     publishes soon after the broker answers again (waited for on the message itself;
-    the deadline is a last resort, well above the 3 s cap)."""
+    the deadline is a last resort, well above the 1 s cap)."""
     url, channel, queue = bound_queue
     proxy = CuttableProxy(*_target(url))
-    relay = Relay(session_factory, proxied_url(url, proxy), poll_seconds=0.05)  # default cap: 3 s
+    relay = Relay(session_factory, proxied_url(url, proxy), poll_seconds=0.05)  # default cap: 1 s
     thread = threading.Thread(target=relay.run, daemon=True)
     try:
         thread.start()  # the proxy refuses connections: the broker is away from the start
