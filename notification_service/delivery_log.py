@@ -210,7 +210,16 @@ class SqlDeliveryLog:
         finally:
             connection.close()  # back to the pool
 
-    def _time(self, moment: datetime):
+    def write_transaction(self):
+        """A DBAPI cursor in one write transaction taken as the hot path takes it (on SQLite: the
+        process's connection, its thread lock and the workers' file lock), counted like the rest."""
+        return self._raw_transaction()
+
+    def prepare(self, sql: str) -> str:
+        """``sql`` written with ``:name`` parameters, in this driver's parameter style."""
+        return _paramstyle(sql, self.sqlite)
+
+    def time(self, moment: datetime):
         """A timestamp as the column stores it (SQLAlchemy's SQLite format: naive UTC text)."""
         if self.sqlite:
             return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
@@ -220,7 +229,7 @@ class SqlDeliveryLog:
 
     def open(self, notification_id: str, event: str, booking: BookingRef,
              addresses: list[tuple[str, str]], now: datetime, correlation_id: str | None = None) -> Opened:
-        nid, ts = str(notification_id), self._time(now)
+        nid, ts = str(notification_id), self.time(now)
         rows = [(channel, address, delivery_id(nid, channel, address)) for channel, address in addresses]
         common = {"nid": nid, "bid": booking.booking_id, "version": booking.version, "event": event, "now": ts,
                   "cid": correlation_id and str(correlation_id)[:200]}
@@ -271,7 +280,7 @@ class SqlDeliveryLog:
     # -- one send ---------------------------------------------------------------
 
     def claim(self, delivery_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim:
-        params = {"did": delivery_id, "owner": owner, "until": self._time(lease_until), "now": self._time(now)}
+        params = {"did": delivery_id, "owner": owner, "until": self.time(lease_until), "now": self.time(now)}
         with self._transaction() as cur:
             cur.execute(self.sql["claim"], params)
             row = cur.fetchone()
@@ -280,8 +289,8 @@ class SqlDeliveryLog:
             return self._why_not(cur, delivery_id, params["now"])
 
     def take_over(self, delivery_id: str, dead_owner: str, owner: str, now: datetime, lease_until: datetime) -> Claim:
-        params = {"did": delivery_id, "dead": dead_owner, "owner": owner, "until": self._time(lease_until),
-                  "now": self._time(now)}
+        params = {"did": delivery_id, "dead": dead_owner, "owner": owner, "until": self.time(lease_until),
+                  "now": self.time(now)}
         with self._transaction() as cur:
             cur.execute(self.sql["take_over"], params)
             row = cur.fetchone()
@@ -308,7 +317,7 @@ class SqlDeliveryLog:
 
     def finish(self, delivery_id: str, owner: str, attempt: int, status: DeliveryStatus, now: datetime, *,
                error: str | None = None, provider_message_id: str | None = None) -> bool:
-        ts = self._time(now)
+        ts = self.time(now)
         with self._transaction() as cur:
             if status is DeliveryStatus.SENT:
                 # The provider took it: that is the truth even if this attempt's lease ran out meanwhile.
@@ -331,7 +340,7 @@ class SqlDeliveryLog:
     def drop(self, delivery_id: str, status: DeliveryStatus, reason: str, now: datetime) -> bool:
         """Record an unsent delivery as ``stale`` or ``expired``; False when sent or held by a live attempt."""
         with self._transaction() as cur:
-            ts = self._time(now)
+            ts = self.time(now)
             cur.execute(self.sql["drop"], {"did": delivery_id, "status": status.value, "reason": reason, "now": ts})
             row = cur.fetchone()
             if row is not None:
@@ -346,7 +355,7 @@ class SqlDeliveryLog:
     def give_up(self, *, message_id: str | None, queue: str | None, task: str | None, reason: str,
                 delivery_id: str | None = None, now: datetime | None = None) -> None:
         """A message goes to its dead-letter queue: store why, and mark its delivery ``dead`` (never over sent)."""
-        ts = self._time(now or utcnow())
+        ts = self.time(now or utcnow())
         with self._transaction() as cur:
             if delivery_id:
                 cur.execute(self.sql["mark_dead"], {"did": delivery_id, "now": ts, "reason": reason[:2000]})

@@ -97,7 +97,7 @@ def test_a_claimed_receipt_is_leased_so_a_second_publisher_gets_nothing(database
     nid = str(uuid.uuid4())
     log.open(nid, "booking.confirmed", BookingRef(str(uuid.uuid4()), 1), [("email", EMAIL)], NOW)
     log.drop(delivery_id(nid, "email", EMAIL), DeliveryStatus.EXPIRED, "expired", NOW)
-    first, second = ReceiptOutbox(log.engine), ReceiptOutbox(log.engine)
+    first, second = ReceiptOutbox(log), ReceiptOutbox(log)
     assert [r.status for r in first.claim("p1", 10)] == ["expired"]
     assert second.claim("p2", 10) == []
     assert second.claim("p2", 10, now=datetime.now(timezone.utc) + timedelta(minutes=5))  # p1's lease ran out
@@ -172,10 +172,10 @@ def test_receipts_written_while_the_broker_is_away_go_out_by_themselves(database
             log.open(nid, "booking.confirmed", BookingRef(str(uuid.uuid4()), 1), [("email", EMAIL)], NOW, "req-x")
             log.drop(delivery_id(nid, "email", EMAIL), DeliveryStatus.EXPIRED, "expired before it was sent", NOW)
         wait_for(lambda: publisher.failures >= 2, 20, "the publisher to find the broker away")
-        assert ReceiptOutbox(log.engine).backlog() == 3 and drain(connection, queue, seen) == []
+        assert ReceiptOutbox(log).backlog() == 3 and drain(connection, queue, seen) == []
         proxy.restore()
         wait_for(lambda: len(drain(connection, queue, seen)) >= 3, 20, "the receipts after the broker returned")
-        wait_for(lambda: ReceiptOutbox(log.engine).backlog() == 0, 20, "the rows marked published")
+        wait_for(lambda: ReceiptOutbox(log).backlog() == 0, 20, "the rows marked published")
     finally:
         publisher.stop()
         proxy.close()
@@ -244,7 +244,7 @@ def test_an_unroutable_receipt_waits_and_one_that_breaks_the_contract_never_bloc
     connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
     channel = connection.channel()
     channel.exchange_declare(shared.RECEIPTS_EXCHANGE, "topic", durable=True)  # the exchange, no queue bound
-    outbox = ReceiptOutbox(log.engine)
+    outbox = ReceiptOutbox(log)
     try:
         broken, fine = str(uuid.uuid4()), str(uuid.uuid4())
         log.open(broken, "booking.confirmed", BookingRef("not-a-uuid", 1), [("email", EMAIL)], NOW)
