@@ -53,10 +53,11 @@ lock: install
 	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
 		| $(LOCK) - -o deploy/build-requirements.lock
 
-## bench: both benchmark scripts (bounded, loopback only)
+## bench: the three benchmark scripts (bounded, loopback only; bench_faults starts its own RabbitMQ node)
 bench: install broker
 	$(BIN)/python benchmarks/bench_booking.py
 	$(BIN)/python benchmarks/bench_notification.py
+	$(BIN)/python benchmarks/bench_faults.py
 
 clean:
 	rm -rf $(VENV) var
