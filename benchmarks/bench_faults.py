@@ -58,7 +58,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.private_broker import PrivateBroker  # noqa: E402
-from tests.support import free_port  # noqa: E402
+from tests.support import free_port, wait_for  # noqa: E402
 
 BIN = pathlib.Path(sys.executable).parent
 API_KEY = "bench"
@@ -731,17 +731,6 @@ def make_databases(kind: str, tmp: pathlib.Path):
     return urls[0], urls[1], drop
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
 def healthy(url: str) -> bool:
     try:
         return requests.get(url, timeout=1).status_code == 200
@@ -838,13 +827,13 @@ def main() -> None:
         for name in (*mesh.workers, "api", "relay", "receipts"):
             mesh.start(name)
         base_url = f"http://127.0.0.1:{api_port}"
-        wait_until(lambda: healthy(base_url + "/healthz"), 60, "the booking API")
+        wait_for(lambda: healthy(base_url + "/healthz"), 60, "the booking API")
 
         # Warm-up: one booking through the whole mesh, both deliveries accepted, before the clock starts.
         warm = Load(base_url, 1, 1, run_id + "w").post(0)
         if warm is None:
             raise SystemExit("the warm-up booking failed")
-        wait_until(lambda: provider.resolved(warm.booking_id, "email") and provider.resolved(warm.booking_id, "push"),
+        wait_for(lambda: provider.resolved(warm.booking_id, "email") and provider.resolved(warm.booking_id, "push"),
                    120, "the warm-up booking's e-mail and push")
         log(None, f"mesh up (logs in {tmp}); load: {args.rate:g} bookings/s for {args.duration:g} s, database "
                   f"{args.database}, provider 503 {args.p503:.0%} / hang {args.phang:.0%} ({args.hang:g} s, timeout "

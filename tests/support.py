@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import time
 
+import pika
+
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition", interval: float = 0.1):
     """Poll ``predicate`` until it returns something truthy and return it; fail with ``what`` after ``timeout``."""
@@ -23,3 +25,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def queue_depth(url: str, queue: str) -> int:
+    """Ready messages in ``queue`` (a passive declare on a connection of its own)."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        return connection.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        connection.close()

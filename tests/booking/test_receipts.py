@@ -18,7 +18,7 @@ from booking_service.app import create_app
 from booking_service.db import make_engine
 from booking_service.models import OutboxMessage
 from booking_service.receipts import ReceiptConsumer
-from tests.support import wait_for
+from tests.support import queue_depth, wait_for
 
 from .conftest import AUTH, booking_body
 
@@ -72,14 +72,6 @@ def publish(url: str, *bodies) -> None:
             channel.basic_publish(shared.RECEIPTS_EXCHANGE, "email.sent", raw, mandatory=True,
                                   properties=pika.BasicProperties(content_type="application/json", delivery_mode=2,
                                                                   message_id=str(uuid.uuid4())))
-    finally:
-        connection.close()
-
-
-def queue_depth(url: str, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        return connection.channel().queue_declare(queue, passive=True).method.message_count
     finally:
         connection.close()
 

@@ -19,7 +19,7 @@ import pika
 import pytest
 
 import shared
-from tests.support import wait_for
+from tests.support import queue_depth, wait_for  # noqa: F401 - queue_depth is imported from here by the tests
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CELERY = pathlib.Path(sys.executable).parent / "celery"
@@ -124,14 +124,6 @@ def declare_topology(url: str) -> None:
 
     with Connection(url) as connection:
         declare(connection)
-
-
-def queue_depth(url: str, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        return connection.channel().queue_declare(queue, passive=True).method.message_count
-    finally:
-        connection.close()
 
 
 def publish(url: str, message: shared.TaskMessage | None = None, *, body: bytes | None = None,
