@@ -258,6 +258,8 @@ class ReceiptPublisher:
         #: Connection or database failures since the last success (tests and logs read it).
         self.failures = 0
         self.published_count = 0
+        # The outbox runs on the driver's connection: its errors arrive unwrapped by SQLAlchemy.
+        self._database_errors = (sa.exc.DBAPIError, store.engine.dialect.dbapi.Error)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -286,8 +288,12 @@ class ReceiptPublisher:
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self._failed("broker_unavailable", repr(exc))
                 self._disconnect()
-            except sa.exc.DBAPIError as exc:
-                self._failed("database_unavailable", type(exc).__name__)
+            except self._database_errors as exc:
+                self._failed("database_unavailable", f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any one batch; logged and counted
+                log.error("receipt_publisher_failed", error=repr(exc), exc_info=True)
+                self._failed("unexpected", type(exc).__name__)
+                self._disconnect()
         self._disconnect()
         log.info("receipt_publisher_stopped", published=self.published_count)
 

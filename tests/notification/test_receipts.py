@@ -157,6 +157,35 @@ def drain(connection, queue: str, into: list) -> list:
         into.append((properties, json.loads(body)))
 
 
+def test_a_database_error_holds_receipts_back_but_never_stops_the_publisher(database_url, vhost_url):
+    """The outbox table unreadable for a while (here: renamed away): the publisher counts database failures,
+    keeps its thread, and publishes what was written once the table is back."""
+    upgrade(database_url)
+    declare_topology(vhost_url)
+    log = SqlDeliveryLog(database_url)
+    connection, queue = bind_test_queue(vhost_url)
+    publisher = ReceiptPublisher(log, vhost_url, "test-owner", poll_seconds=0.1, max_backoff=0.2).start()
+    seen: list = []
+    try:
+        with log.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE receipts RENAME TO receipts_away")
+        before = publisher.failures
+        wait_for(lambda: publisher.failures >= before + 2, 20, "the publisher to meet the missing table")
+        assert publisher.thread.is_alive()
+        with log.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE receipts_away RENAME TO receipts")
+        nid = str(uuid.uuid4())
+        log.open(nid, "booking.confirmed", BookingRef(str(uuid.uuid4()), 1), [("email", EMAIL)], NOW, "req-db")
+        log.drop(delivery_id(nid, "email", EMAIL), DeliveryStatus.EXPIRED, "expired before it was sent", NOW)
+        wait_for(lambda: drain(connection, queue, seen), 20, "the receipt once the table was back")
+        assert publisher.thread.is_alive()
+    finally:
+        publisher.stop()
+        connection.close()
+        log.engine.dispose()
+    assert [m["notification_id"] for _p, m in seen] == [nid]
+
+
 def test_receipts_written_while_the_broker_is_away_go_out_by_themselves(database_url, vhost_url):
     upgrade(database_url)
     declare_topology(vhost_url)
