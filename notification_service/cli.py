@@ -63,8 +63,11 @@ def cmd_dlq(args, settings: Settings) -> int:
 
     try:
         if args.dlq_command == "list":
+            # Messages first, reasons second: a worker stores the reason before it rejects the
+            # message, so every message listed has its reason in what is read after it.
+            messages = dlq.list_messages(settings.amqp_url, args.queue)
             reasons = _reasons(settings)
-            _print_json([m.summary(reasons) for m in dlq.list_messages(settings.amqp_url, args.queue)])
+            _print_json([m.summary(reasons) for m in messages])
         elif args.dlq_command == "show":
             matches = [m for m in dlq.list_messages(settings.amqp_url, args.queue) if m.message_id == args.message_id]
             if not matches:

@@ -277,5 +277,6 @@ class Worker:
         from notification_service import dlq
         from notification_service.delivery_log import delivery_log
 
+        messages = dlq.list_messages(self.url, queue)  # before the reasons, as the CLI reads them
         reasons = delivery_log(self.db_url).dead_letter_reasons()
-        return [m.summary(reasons) for m in dlq.list_messages(self.url, queue)]
+        return [m.summary(reasons) for m in messages]
