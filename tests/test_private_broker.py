@@ -18,6 +18,7 @@ from tests.private_broker import (
     find_rabbitmq_server,
     private_broker,  # noqa: F401 - the fixture
 )
+from tests.support import wait_for
 
 MANAGEMENT_URL = os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://guest:guest@localhost:15672")
 
@@ -85,7 +86,9 @@ def test_persistent_message_survives_sigkill_and_restart(private_broker):  # noq
     assert broker.pid != beam
 
     connection = pika.BlockingConnection(broker.pika_parameters())
-    channel = connection.channel()
+    # RabbitMQ 3.10 can answer AMQP a moment before a durable queue is back in its routing
+    # table after an unclean stop under load (rabbitmq-server#4563): wait for the queue itself.
+    channel = wait_for(lambda: _with_queue(connection, "survivor"), timeout=60, what="the durable queue back")
     method, properties, body = channel.basic_get("survivor", auto_ack=True)
     assert method is not None, "the persistent message did not survive kill -9"
     assert body == b"still here"
@@ -93,6 +96,16 @@ def test_persistent_message_survives_sigkill_and_restart(private_broker):  # noq
     assert properties.delivery_mode == 2
     assert channel.queue_declare("survivor", durable=True, passive=True).method.message_count == 0
     connection.close()
+
+
+def _with_queue(connection: pika.BlockingConnection, queue: str):
+    """A channel on which ``queue`` exists, or None (a failed passive declare closes its channel)."""
+    channel = connection.channel()
+    try:
+        channel.queue_declare(queue, durable=True, passive=True)
+    except pika.exceptions.ChannelClosedByBroker:
+        return None
+    return channel
 
 
 def _pika_parameters(kombu_url: str) -> pika.URLParameters:
