@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 import shared  # noqa: E402
 from benchmarks.vhost import make_vhost  # noqa: E402
+from tests.support import queue_depth  # noqa: E402
 
 BIN = pathlib.Path(sys.executable).parent
 BARE_APP = '''
@@ -199,14 +200,6 @@ def stop_worker(worker: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(10)
-
-
-def queue_depth(url: str, queue: str) -> int:
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        return conn.channel().queue_declare(queue, passive=True).method.message_count
-    finally:
-        conn.close()
 
 
 def bound_vhost(amqp_url: str):

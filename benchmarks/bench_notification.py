@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 import shared  # noqa: E402
 from benchmarks.vhost import make_vhost  # noqa: E402
 from tests.notification.conftest import declare_topology, dispatch_message, notification  # noqa: E402
-from tests.support import free_port  # noqa: E402
+from tests.support import free_port, queue_depth  # noqa: E402
 
 AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672//")
 #: Server URL to create throwaway PostgreSQL databases with (``--database postgresql``).
@@ -331,7 +331,7 @@ def provider_rate(n: int, delay: float) -> dict:
     sender = None
     try:
         publish_all(url, shared.EXCHANGE, [dispatch_message(notification(tokens=())) for _ in range(n)])
-        wait_until(lambda: _depth(url, shared.EMAIL_QUEUE) >= n, f"{n} send tasks queued")
+        wait_until(lambda: queue_depth(url, shared.EMAIL_QUEUE) >= n, f"{n} send tasks queued")
         dispatcher.terminate()
         dispatcher.wait(30)
         sender = subprocess.Popen(celery + [*POOL, "-Q", f"{shared.EMAIL_QUEUE},{shared.PUSH_QUEUE}", "-n", "s@%h"],
@@ -349,14 +349,6 @@ def provider_rate(n: int, delay: float) -> dict:
                 p.wait(30)
         drop()
         provider.close()
-
-
-def _depth(url: str, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        return connection.channel().queue_declare(queue, passive=True).method.message_count
-    finally:
-        connection.close()
 
 
 # -- tables -------------------------------------------------------------------------
