@@ -280,23 +280,21 @@ class SqlDeliveryLog:
     # -- one send ---------------------------------------------------------------
 
     def claim(self, delivery_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim:
-        params = {"did": delivery_id, "owner": owner, "until": self.time(lease_until), "now": self.time(now)}
-        with self._transaction() as cur:
-            cur.execute(self.sql["claim"], params)
-            row = cur.fetchone()
-            if row is not None:
-                return Claim(ClaimResult.CLAIMED, attempt=row[0])
-            return self._why_not(cur, delivery_id, params["now"])
+        return self._lease("claim", {"did": delivery_id, "owner": owner, "until": self.time(lease_until),
+                                     "now": self.time(now)})
 
     def take_over(self, delivery_id: str, dead_owner: str, owner: str, now: datetime, lease_until: datetime) -> Claim:
-        params = {"did": delivery_id, "dead": dead_owner, "owner": owner, "until": self.time(lease_until),
-                  "now": self.time(now)}
+        return self._lease("take_over", {"did": delivery_id, "dead": dead_owner, "owner": owner,
+                                         "until": self.time(lease_until), "now": self.time(now)})
+
+    def _lease(self, statement: str, params: dict) -> Claim:
+        """Run the leasing ``statement``; CLAIMED with the new attempt, or why the delivery is not ours."""
         with self._transaction() as cur:
-            cur.execute(self.sql["take_over"], params)
+            cur.execute(self.sql[statement], params)
             row = cur.fetchone()
             if row is not None:
                 return Claim(ClaimResult.CLAIMED, attempt=row[0])
-            return self._why_not(cur, delivery_id, params["now"])
+            return self._why_not(cur, params["did"], params["now"])
 
     def _why_not(self, cur, delivery_id: str, ts) -> Claim:
         """The rare path: classify a failed claim (and record a stale delivery as such)."""
@@ -308,7 +306,7 @@ class SqlDeliveryLog:
         if status in _FINAL:
             return Claim(ClaimResult.FINAL)
         if status == DeliveryStatus.SENDING.value:
-            return Claim(ClaimResult.LEASED, attempt=attempts, lease_owner=owner, lease_expires_at=_aware(expires))
+            return Claim(ClaimResult.LEASED, attempt=attempts, lease_owner=owner, lease_expires_at=aware(expires))
         if stale:
             cur.execute(self.sql["mark_stale"], {"did": delivery_id, "now": ts, "reason": STALE_REASON})
             self._receipt(cur, delivery_id, cur.fetchone(), "stale", ts, reason=STALE_REASON)
@@ -390,7 +388,7 @@ class SqlDeliveryLog:
             return {mid: reason for mid, reason in rows if mid}
 
 
-def _aware(value: datetime | str | None) -> datetime | None:
+def aware(value: datetime | str | None) -> datetime | None:
     """A stored timestamp as an aware datetime (SQLite keeps naive UTC text)."""
     if isinstance(value, str):
         value = datetime.fromisoformat(value)

@@ -34,7 +34,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import pika
 import pika.exceptions
@@ -48,6 +48,8 @@ from shared.receipts import MAX_REASON_LENGTH, mask_email
 from shared.wire import CORRELATION_HEADER, MESSAGE_TYPE_HEADER
 
 from . import metrics
+from .delivery import utcnow
+from .delivery_log import aware
 from .providers.http import scrub
 from .tables import receipts
 
@@ -66,16 +68,6 @@ LINGER_SECONDS = 0.1
 
 _EMAIL_LIKE = re.compile(r"[^\s@<>\"'(),;:\[\]]+@[^\s@<>\"'(),;:\[\]]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _aware(value) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def one_line(text: str | None, limit: int) -> str | None:
@@ -119,7 +111,7 @@ def build_receipt(row) -> dict:
         "status": row.status,
         "attempt": row.attempt,
         "sequence": row.sequence,
-        "occurred_at": _aware(row.occurred_at),
+        "occurred_at": aware(row.occurred_at),
         "correlation_id": one_line(row.correlation_id, 200),
         "reason": receipt_reason(row.reason, row.address),
         "provider_message_id": one_line(row.provider_message_id, 500),
