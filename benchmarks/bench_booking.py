@@ -48,7 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 import shared  # noqa: E402
 from benchmarks.vhost import make_vhost  # noqa: E402
-from tests.support import queue_depth  # noqa: E402
+from benchmarks.proc import cpu_seconds  # noqa: E402
+from tests.support import free_port, queue_depth  # noqa: E402
 
 BIN = pathlib.Path(sys.executable).parent
 BARE_APP = '''
@@ -60,24 +61,8 @@ def create_app():
         return jsonify(request.get_json()), 201
     return app
 '''
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def children(pid: int) -> list[int]:
     return [int(p) for p in pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(port: int, timeout: float = 30) -> None:

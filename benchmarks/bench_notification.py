@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO))
 import shared  # noqa: E402
 from benchmarks.vhost import make_vhost  # noqa: E402
 from tests.notification.conftest import declare_topology, dispatch_message, notification  # noqa: E402
-from tests.support import free_port, queue_depth  # noqa: E402
+from benchmarks.proc import cpu_seconds, peak_rss_mb  # noqa: E402
+from tests.support import free_port, queue_depth, wait_for  # noqa: E402
 
 AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672//")
 #: Server URL to create throwaway PostgreSQL databases with (``--database postgresql``).
@@ -54,24 +55,8 @@ WORKER_FLAGS = ["--without-gossip", "--without-mingle", "-l", "WARNING"]
 # -- measuring a process ----------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def wait_until(predicate, what: str, timeout: float = 900.0, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(interval)
+    wait_for(predicate, timeout, what, interval)
 
 
 class Run:
