@@ -16,7 +16,7 @@ RabbitMQ would dead-letter it instead), and a send retried past it is recorded
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 import structlog
 from celery import shared_task, signals
@@ -26,7 +26,7 @@ import shared
 from shared.wire import CORRELATION_HEADER
 
 from . import delivery, metrics
-from .delivery_log import delivery_log
+from .delivery_log import aware, delivery_log
 from .errors import ContractViolation
 from .lease import process_owner
 from .policy import NotificationTask, safe_kwargsrepr
@@ -119,10 +119,9 @@ def _expires(value) -> datetime | None:
     if not value:
         return None
     try:
-        moment = datetime.fromisoformat(str(value))
+        return aware(str(value))
     except ValueError:
         return None  # unreadable: send rather than drop a notification
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _send(task: NotificationTask, did: str, provider, content, expires_at) -> str:
