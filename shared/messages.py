@@ -164,15 +164,7 @@ def load_notification_requested(payload: Any) -> dict:
     Raises ``ValidationError`` with per-field messages when the payload breaks
     the contract, including an unsupported ``schema_version``.
     """
-    if not isinstance(payload, dict):
-        raise ValidationError("Message must be a JSON object.")
-    version = payload.get("schema_version")
-    if version not in NOTIFICATION_REQUESTED_VERSIONS:
-        raise ValidationError(
-            f"Unsupported schema_version {version!r}; supported: {list(NOTIFICATION_REQUESTED_VERSIONS)}.",
-            field_name="schema_version",
-        )
-    return _TOLERANT.load(payload)
+    return load_versioned(payload, NOTIFICATION_REQUESTED_VERSIONS, _TOLERANT)
 
 
 def dump_notification_requested(data: dict) -> dict:
@@ -181,8 +173,26 @@ def dump_notification_requested(data: dict) -> dict:
     ``data`` holds Python values (UUIDs, aware datetimes, Event); the result is
     JSON-ready. Raises ``ValidationError`` when it would break the contract.
     """
-    wire = _STRICT.dump(data)
-    validate_notification_requested(wire)  # dump does not validate, load does
+    return dump_strict(_STRICT, data)
+
+
+def load_versioned(payload: Any, versions, schema: Schema) -> dict:
+    """Load ``payload`` with the consumer's ``schema`` once its ``schema_version`` is one of ``versions``."""
+    if not isinstance(payload, dict):
+        raise ValidationError("Message must be a JSON object.")
+    version = payload.get("schema_version")
+    if version not in versions:
+        raise ValidationError(
+            f"Unsupported schema_version {version!r}; supported: {list(versions)}.",
+            field_name="schema_version",
+        )
+    return schema.load(payload)
+
+
+def dump_strict(schema: Schema, data: dict) -> dict:
+    """``data`` serialised by the producer's strict ``schema`` and validated (dump does not validate, load does)."""
+    wire = schema.dump(data)
+    schema.load(wire)
     return wire
 
 

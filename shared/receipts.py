@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
-from .messages import AwareDateTime, single_line
+from .messages import AwareDateTime, dump_strict, load_versioned, single_line
 from .names import CHANNEL_EMAIL, CHANNEL_PUSH, Event
 
 #: ``message_type`` of a delivery receipt.
@@ -98,22 +98,12 @@ _TOLERANT = NotificationStatusV1()
 
 def load_notification_status(payload: Any) -> dict:
     """Load a receipt as a consumer (tolerant of new fields); ``ValidationError`` when it breaks the contract."""
-    if not isinstance(payload, dict):
-        raise ValidationError("Message must be a JSON object.")
-    version = payload.get("schema_version")
-    if version not in NOTIFICATION_STATUS_VERSIONS:
-        raise ValidationError(
-            f"Unsupported schema_version {version!r}; supported: {list(NOTIFICATION_STATUS_VERSIONS)}.",
-            field_name="schema_version",
-        )
-    return _TOLERANT.load(payload)
+    return load_versioned(payload, NOTIFICATION_STATUS_VERSIONS, _TOLERANT)
 
 
 def dump_notification_status(data: dict) -> dict:
     """Validate and serialise a receipt as a producer (strict); JSON-ready."""
-    wire = _STRICT.dump(data)
-    _STRICT.load(wire)  # dump does not validate, load does
-    return wire
+    return dump_strict(_STRICT, data)
 
 
 def mask_email(address: str) -> str:
