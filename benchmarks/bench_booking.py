@@ -136,8 +136,8 @@ def serve(app_ref: str, workers: int, env: dict, cwd: str, n: int, clients: int,
 def http_round(args, env_for: dict, tmp: str, offset: int) -> dict:
     results = {}
     for label, ref, env in (("bare Flask endpoint", "bare_app:create_app()", env_for["sqlite"]),
-                            ("POST /v1/bookings, SQLite", "booking_service.app:create_app()", env_for["sqlite"]),
-                            ("POST /v1/bookings, PostgreSQL", "booking_service.app:create_app()", env_for["postgresql"])):
+                            ("POST /v1/bookings, SQLite", "booking_service.api.app:create_app()", env_for["sqlite"]),
+                            ("POST /v1/bookings, PostgreSQL", "booking_service.api.app:create_app()", env_for["postgresql"])):
         results[label] = serve(ref, args.workers, env, tmp, args.requests, args.clients, offset)
         offset += 2 * 10**6
     return results
@@ -199,7 +199,7 @@ def bound_vhost(amqp_url: str):
 
 def commit_bookings(engine, n: int, tag: str) -> None:
     """``n`` bookings (one due confirmation each; reminders far off) committed through the service's write path."""
-    from booking_service.bookings import NewBooking, create, prepare
+    from booking_service.core.bookings import NewBooking, create, prepare
 
     for i in range(n):
         start = datetime(2037, 1, 1, tzinfo=timezone.utc) + timedelta(hours=2 * i)
@@ -230,9 +230,9 @@ def raw_one_by_one(url: str, bodies: list[shared.TaskMessage]) -> float:
 
 
 def relay_round(database_url: str, amqp_url: str, rows: int, samples: int, poll: float) -> dict:
-    from booking_service.db import make_engine
-    from booking_service.models import OutboxMessage
-    from booking_service.relay import build_message
+    from booking_service.storage.db import make_engine
+    from booking_service.storage.models import OutboxMessage
+    from booking_service.relay.relay import build_message
 
     outbox = OutboxMessage.__table__
     engine = make_engine(database_url)
@@ -265,7 +265,7 @@ def relay_round(database_url: str, amqp_url: str, rows: int, samples: int, poll:
         relay_rate = len(due) / (time.perf_counter() - started)
         channel.queue_purge("bench.dispatch")
         latencies = []
-        from booking_service.bookings import NewBooking, create, prepare
+        from booking_service.core.bookings import NewBooking, create, prepare
 
         for i in range(samples):
             start = datetime(2038, 1, 1, tzinfo=timezone.utc) + timedelta(hours=2 * i)
@@ -308,8 +308,8 @@ def main() -> None:
     parser.add_argument("--skip-relay", action="store_true")
     args = parser.parse_args()
     amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672//")
-    from booking_service import logs
-    from booking_service.migrate import upgrade
+    from booking_service.runtime import logs
+    from booking_service.storage.migrate import upgrade
 
     logs.configure("json", "WARNING")
     admin = sa.create_engine(os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@localhost:5432/test"),

@@ -27,9 +27,9 @@ from flask import Flask, jsonify, request
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from booking_service.app import create_app  # noqa: E402
-from booking_service.config import Settings  # noqa: E402
-from booking_service.migrate import upgrade  # noqa: E402
+from booking_service.api.app import create_app  # noqa: E402
+from booking_service.settings import Settings  # noqa: E402
+from booking_service.storage.migrate import upgrade  # noqa: E402
 
 HEADERS = {"Authorization": "Bearer bench", "Content-Type": "application/json"}
 

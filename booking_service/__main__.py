@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from .config import Settings
+from booking_service.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,27 +20,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
 
-    from . import logs
+    from booking_service.runtime import logs
 
     logs.configure(settings.log_format, settings.log_level)
     if args.command == "migrate":
-        from .migrate import upgrade
+        from booking_service.storage.migrate import upgrade
 
         upgrade(settings.database_url)
         print("booking database is at the latest migration")
         return 0
     if args.command == "relay":
-        from .relay import run_forever
+        from booking_service.relay.relay import run_forever
 
         run_forever(settings)
         return 0
     if args.command == "receipts":
-        from .receipts import run_forever as consume_receipts
+        from booking_service.receipts.consumer import run_forever as consume_receipts
 
         consume_receipts(settings)
         return 0
-    gunicorn = [sys.executable, "-m", "gunicorn", "--config", "python:booking_service.gunicorn_conf"]
-    os.execv(sys.executable, gunicorn + list(args.gunicorn_args or []) + ["booking_service.app:create_app()"])
+    gunicorn = [sys.executable, "-m", "gunicorn", "--config", "python:booking_service.runtime.gunicorn_conf"]
+    os.execv(sys.executable, gunicorn + list(args.gunicorn_args or []) + ["booking_service.api.app:create_app()"])
     return 0  # not reached
 
 

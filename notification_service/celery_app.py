@@ -1,5 +1,5 @@
 """The Celery app of the notification service: ``celery -A notification_service.celery_app worker``."""
 
-from .app_factory import create_app
+from notification_service.worker.app import create_app
 
 app = create_app()

@@ -8,7 +8,7 @@ import pathlib
 import sys
 from typing import Any
 
-from .config import Settings
+from notification_service.settings import Settings
 
 DEFINITIONS_PATH = pathlib.Path("deploy/rabbitmq/definitions.json")
 
@@ -18,13 +18,13 @@ def _print_json(value: Any) -> None:
 
 
 def render_definitions() -> str:
-    from .topology import definitions
+    from notification_service.broker.topology import definitions
 
     return json.dumps(definitions(), indent=2, sort_keys=True) + "\n"
 
 
 def _reasons(settings: Settings) -> dict[str, str]:
-    from .delivery_log import delivery_log
+    from notification_service.delivery.log import delivery_log
 
     try:
         return delivery_log(settings.database_url).dead_letter_reasons()
@@ -34,7 +34,7 @@ def _reasons(settings: Settings) -> dict[str, str]:
 
 
 def cmd_migrate(args, settings: Settings) -> int:
-    from .migrate import upgrade
+    from notification_service.delivery.migrate import upgrade
 
     upgrade(settings.database_url)
     print("migrated")
@@ -42,7 +42,7 @@ def cmd_migrate(args, settings: Settings) -> int:
 
 
 def cmd_status(args, settings: Settings) -> int:
-    from .delivery_log import delivery_log
+    from notification_service.delivery.log import delivery_log
 
     rows = delivery_log(settings.database_url).for_notification(args.notification_id)
     if not rows:
@@ -59,7 +59,7 @@ def cmd_status(args, settings: Settings) -> int:
 
 
 def cmd_dlq(args, settings: Settings) -> int:
-    from . import dlq
+    from notification_service.broker import dlq
 
     try:
         if args.dlq_command == "list":
@@ -114,7 +114,7 @@ def cmd_topology(args, settings: Settings) -> int:
         return 0
     from kombu import Connection
 
-    from .topology import declare
+    from notification_service.broker.topology import declare
 
     with Connection(settings.amqp_url) as connection:
         declare(connection)
@@ -158,7 +158,7 @@ COMMANDS = {"migrate": cmd_migrate, "status": cmd_status, "dlq": cmd_dlq, "topol
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .logs import configure
+    from notification_service.runtime.logs import configure
 
     settings = Settings.from_env()
     configure(settings.log_format)

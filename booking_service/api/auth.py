@@ -7,7 +7,7 @@ import hmac
 
 from flask import current_app, g, request
 
-from .errors import error_response
+from booking_service.api.errors import error_response
 
 
 def client_id(key: str) -> str:

@@ -11,14 +11,19 @@ from flask.views import MethodView
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from .. import bookings
-from ..errors import Conflict, IdempotencyMismatch
-from ..models import IdempotencyKey
-from .auth import require_api_key
-from .context import db_session
-from .json_body import Blueprint
-from .openapi import CREATED_HEADERS, IDEMPOTENCY_KEY_PARAMETER, PAGINATION_HEADERS, error_responses
-from .schemas import (
+from booking_service.core import bookings
+from booking_service.core.errors import Conflict, IdempotencyMismatch
+from booking_service.storage.models import IdempotencyKey
+from booking_service.api.auth import require_api_key
+from booking_service.api.context import db_session
+from booking_service.api.json_body import Blueprint
+from booking_service.api.openapi import (
+    CREATED_HEADERS,
+    IDEMPOTENCY_KEY_PARAMETER,
+    PAGINATION_HEADERS,
+    error_responses,
+)
+from booking_service.api.schemas import (
     BookingCreateSchema,
     BookingQuerySchema,
     BookingRescheduleSchema,

@@ -21,7 +21,7 @@ from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 
-from ..errors import BookingError
+from booking_service.core.errors import BookingError
 
 log = structlog.get_logger(__name__)
 

@@ -81,6 +81,6 @@ class ApiConventions(BasePlugin):
 
 def register_components(spec) -> None:
     """Components referenced by name above. ``Error`` is ``ErrorSchema``, registered by the Api (its ERROR_SCHEMA)."""
-    from .schemas import PaginationSchema
+    from booking_service.api.schemas import PaginationSchema
 
     spec.components.schema("Pagination", schema=PaginationSchema)

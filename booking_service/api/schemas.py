@@ -25,7 +25,7 @@ from shared.messages import (
     validate_timezone,
 )
 
-from ..outbox import iso_utc
+from booking_service.core.outbox import iso_utc
 
 #: Earliest and (exclusive) latest instant accepted anywhere a datetime is.
 EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)

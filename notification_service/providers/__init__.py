@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import threading
 
-from ..config import Settings
-from .content import EmailContent, PushContent
-from .email_file import FileEmailProvider
-from .email_http import HttpEmailProvider
-from .http import TRANSIENT_STATUSES, parse_retry_after, scrub
-from .mime import build_email
-from .push_file import FilePushProvider
-from .push_http import HttpPushProvider, fcm_payload
-from .smtp import SmtpEmailProvider
+from notification_service.settings import Settings
+from notification_service.providers.content import EmailContent, PushContent
+from notification_service.providers.email_file import FileEmailProvider
+from notification_service.providers.email_http import HttpEmailProvider
+from notification_service.providers.http import TRANSIENT_STATUSES, parse_retry_after, scrub
+from notification_service.providers.mime import build_email
+from notification_service.providers.push_file import FilePushProvider
+from notification_service.providers.push_http import HttpPushProvider, fcm_payload
+from notification_service.providers.smtp import SmtpEmailProvider
 
 __all__ = [
     "EmailContent", "PushContent", "FileEmailProvider", "HttpEmailProvider", "SmtpEmailProvider",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..config import Settings
-from ..errors import PermanentError
-from .content import EmailContent
-from .http import HttpClient
-from .mime import valid_address
+from notification_service.settings import Settings
+from notification_service.errors import PermanentError
+from notification_service.providers.content import EmailContent
+from notification_service.providers.http import HttpClient
+from notification_service.providers.mime import valid_address
 
 
 class HttpEmailProvider:

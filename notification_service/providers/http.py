@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 import requests
 from requests.adapters import HTTPAdapter
 
-from .. import metrics
-from ..errors import PermanentError, TransientError
+from notification_service.runtime import metrics
+from notification_service.errors import PermanentError, TransientError
 
 #: HTTP statuses worth retrying.
 TRANSIENT_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))

@@ -13,8 +13,8 @@ import binascii
 import email.utils
 from email.header import Header
 
-from ..errors import PermanentError
-from .content import EmailContent
+from notification_service.errors import PermanentError
+from notification_service.providers.content import EmailContent
 
 
 def valid_address(address: str) -> bool:

@@ -15,11 +15,11 @@ import ssl
 import threading
 import time
 
-from .. import metrics
-from ..config import Settings
-from ..errors import PermanentError, TransientError
-from .content import EmailContent
-from .mime import build_email
+from notification_service.runtime import metrics
+from notification_service.settings import Settings
+from notification_service.errors import PermanentError, TransientError
+from notification_service.providers.content import EmailContent
+from notification_service.providers.mime import build_email
 
 
 class SmtpEmailProvider:

@@ -9,10 +9,10 @@ import pika
 import pytest
 
 import shared
-from booking_service.app import create_app
-from booking_service.config import Settings
-from booking_service.db import make_engine, make_session_factory
-from booking_service.migrate import upgrade
+from booking_service.api.app import create_app
+from booking_service.settings import Settings
+from booking_service.storage.db import make_engine, make_session_factory
+from booking_service.storage.migrate import upgrade
 
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 import shared
-from booking_service import outbox
-from booking_service.models import Booking, OutboxMessage
+from booking_service.core import outbox
+from booking_service.storage.models import Booking, OutboxMessage
 
 from .conftest import AUTH, booking_body
 

@@ -10,10 +10,10 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 
 import shared
-from booking_service.app import create_app
-from booking_service.config import Settings
-from booking_service.models import OutboxMessage
-from booking_service.relay import Relay, reconnect_delay, retry_delay
+from booking_service.api.app import create_app
+from booking_service.settings import Settings
+from booking_service.storage.models import OutboxMessage
+from booking_service.relay.relay import Relay, reconnect_delay, retry_delay
 
 from .conftest import AUTH, booking_body, drain
 
@@ -144,7 +144,7 @@ def test_reconnect_delay_doubles_then_stays_at_the_cap_with_small_jitter():
 def test_relay_keeps_going_while_the_database_is_away_and_stops_on_request(bound_queue):
     import threading
 
-    from booking_service.db import make_engine, make_session_factory
+    from booking_service.storage.db import make_engine, make_session_factory
 
     url, _channel, _queue = bound_queue
     engine = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{closed_port()}/nowhere")
@@ -165,7 +165,7 @@ def test_relay_keeps_going_while_the_database_is_away_and_stops_on_request(bound
 
 
 def test_a_booking_succeeds_when_its_pooled_postgresql_connection_was_closed_by_the_server(postgres_url, amqp_url):
-    from booking_service.migrate import upgrade
+    from booking_service.storage.migrate import upgrade
 
     upgrade(postgres_url)
     app = create_app(Settings(database_url=postgres_url, amqp_url=amqp_url, api_keys=("k",)))

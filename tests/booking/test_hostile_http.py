@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 import sqlalchemy as sa
 
-from booking_service.models import Booking, IdempotencyKey, OutboxMessage
+from booking_service.storage.models import Booking, IdempotencyKey, OutboxMessage
 from tests.hostile.http import VALID, cases
 
 from .conftest import AUTH

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from booking_service.app import create_app
-from booking_service.config import Settings
+from booking_service.api.app import create_app
+from booking_service.settings import Settings
 
 from .conftest import AUTH
 

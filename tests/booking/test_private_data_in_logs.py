@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from booking_service.app import create_app
-from booking_service.db import make_engine
+from booking_service.api.app import create_app
+from booking_service.storage.db import make_engine
 
 from .conftest import AUTH, booking_body
 

@@ -14,10 +14,10 @@ import sqlalchemy as sa
 import structlog
 
 import shared
-from booking_service.app import create_app
-from booking_service.db import make_engine
-from booking_service.models import OutboxMessage
-from booking_service.receipts import ReceiptConsumer
+from booking_service.api.app import create_app
+from booking_service.storage.db import make_engine
+from booking_service.storage.models import OutboxMessage
+from booking_service.receipts.consumer import ReceiptConsumer
 from tests.support import queue_depth, wait_for
 
 from .conftest import AUTH, booking_body
@@ -30,7 +30,7 @@ def broker(vhost_url):
     """The notification service's topology in a fresh vhost (it declares booking.receipts and its DLQ)."""
     from kombu import Connection
 
-    from notification_service.topology import declare
+    from notification_service.broker.topology import declare
 
     with Connection(vhost_url) as connection:
         declare(connection)
@@ -231,7 +231,7 @@ def test_the_timeline_needs_a_key_and_a_booking_and_is_documented(client):
 
 def test_receipts_wait_in_the_queue_while_the_database_is_away(postgres_admin_url, broker):
     """The consumer's database does not exist yet: nothing is acked, and once it is there every receipt lands."""
-    from booking_service.migrate import upgrade
+    from booking_service.storage.migrate import upgrade
 
     name = f"t_{uuid.uuid4().hex[:12]}"
     url = sa.engine.make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)

@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 import shared
-from booking_service.models import OutboxMessage
-from booking_service.relay import Relay
+from booking_service.storage.models import OutboxMessage
+from booking_service.relay.relay import Relay
 from tests import support
 
 from .conftest import AUTH, booking_body, drain

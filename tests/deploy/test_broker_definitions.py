@@ -45,7 +45,7 @@ def users_of(definitions: dict) -> dict[str, dict]:
 
 def test_committed_file_holds_development_password_hashes_so_it_is_never_imported_as_is():
     """Why the renderer exists: anyone can log in with the committed file's users (topology.DEV_PASSWORDS)."""
-    from notification_service import topology
+    from notification_service.broker import topology
 
     for name, password in topology.DEV_PASSWORDS.items():
         assert matches(users_of(committed())[name], password)
@@ -65,7 +65,7 @@ def test_rendered_definitions_keep_the_topology_and_replace_every_password():
     users = users_of(result)
     assert set(users) == USERS
     renderer = compose_env.renderer()
-    from notification_service import topology
+    from notification_service.broker import topology
 
     for name, user in users.items():
         assert matches(user, env[renderer.PASSWORD_ENV[name]]), name

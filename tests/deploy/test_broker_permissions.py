@@ -90,7 +90,7 @@ def test_file_defines_both_service_users_for_vhost_root(definitions):
 def test_booking_user_publishes_a_routed_confirmed_message_to_notifications(least_privilege):
     message = dispatch_message()
     with channel(least_privilege.url("booking")) as ch:
-        # The relay checks the exchange exists before publishing (booking_service/relay.py).
+        # The relay checks the exchange exists before publishing (booking_service/relay/relay.py).
         ch.exchange_declare(shared.EXCHANGE, passive=True)
         publish(ch, message)  # raises UnroutableError / NackError if not confirmed and routed
     with channel(least_privilege.admin_url) as admin:

@@ -104,8 +104,8 @@ class Mesh:
         """The notification service's delivery-log rows of one booking (read in-process)."""
         import sqlalchemy as sa
 
-        from notification_service.delivery_log import delivery_log
-        from notification_service.tables import deliveries
+        from notification_service.delivery.log import delivery_log
+        from notification_service.delivery.tables import deliveries
 
         log = delivery_log(self.env["NOTIFICATION_DATABASE_URL"])
         with log.engine.connect() as conn:

@@ -120,7 +120,7 @@ def module_vhost(amqp_url, management):
 def declare_topology(url: str) -> None:
     from kombu import Connection
 
-    from notification_service.topology import declare
+    from notification_service.broker.topology import declare
 
     with Connection(url) as connection:
         declare(connection)
@@ -256,7 +256,7 @@ class Worker:
 
     def status(self, notification_id: str) -> list[dict]:
         """The delivery log's rows of one notification, read in-process (no CLI per poll)."""
-        from notification_service.delivery_log import delivery_log
+        from notification_service.delivery.log import delivery_log
 
         return [dict(row._mapping) for row in delivery_log(self.db_url).for_notification(notification_id)]
 
@@ -274,8 +274,8 @@ class Worker:
 
     def dlq(self, queue: str | None = None) -> list[dict]:
         """What ``notification-service dlq list`` prints, computed in-process."""
-        from notification_service import dlq
-        from notification_service.delivery_log import delivery_log
+        from notification_service.broker import dlq
+        from notification_service.delivery.log import delivery_log
 
         messages = dlq.list_messages(self.url, queue)  # before the reasons, as the CLI reads them
         reasons = delivery_log(self.db_url).dead_letter_reasons()

@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from notification_service.delivery import (
-    STALE_REASON, BookingRef, Claim, ClaimResult, Opened, delivery_id,
+from notification_service.delivery.machine import (
+    STALE_REASON,
+    BookingRef,
+    Claim,
+    ClaimResult,
+    Opened,
+    delivery_id,
 )
 from notification_service.errors import PermanentError, TransientError
-from notification_service.status import CLAIMABLE, FINAL, DeliveryStatus
+from notification_service.delivery.status import CLAIMABLE, FINAL, DeliveryStatus
 
 
 @dataclass

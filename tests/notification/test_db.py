@@ -7,10 +7,10 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
-from notification_service.delivery import BookingRef, ClaimResult, delivery_id
-from notification_service.delivery_log import SqlDeliveryLog
-from notification_service.migrate import upgrade
-from notification_service.status import DeliveryStatus
+from notification_service.delivery.machine import BookingRef, ClaimResult, delivery_id
+from notification_service.delivery.log import SqlDeliveryLog
+from notification_service.delivery.migrate import upgrade
+from notification_service.delivery.status import DeliveryStatus
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 LEASE = NOW + timedelta(seconds=60)
@@ -88,7 +88,7 @@ def test_migration_matches_the_tables(database_url):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from notification_service.tables import metadata
+    from notification_service.delivery.tables import metadata
 
     upgrade(database_url)
     engine = sa.create_engine(database_url)

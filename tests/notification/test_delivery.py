@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from notification_service import delivery
-from notification_service.delivery import BookingRef, Outcome, SendJob
-from notification_service.status import DeliveryStatus
+from notification_service.delivery import machine as delivery
+from notification_service.delivery.machine import BookingRef, Outcome, SendJob
+from notification_service.delivery.status import DeliveryStatus
 from tests.notification.fakes import FakeDeliveryLog, FakeOwner, FakeProvider, PermanentError, TransientError
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -193,7 +193,7 @@ def test_missing_delivery_is_a_permanent_error():
 
 
 def test_stall_is_ready_work_free_capacity_and_no_progress_twice_in_a_row():
-    from notification_service.watchdog import Observation, is_stalled
+    from notification_service.worker.watchdog import Observation, is_stalled
 
     stuck = Observation(received=10, ready=5, capacity=3)
     assert not is_stalled(None, stuck)  # one look is not enough

@@ -6,7 +6,7 @@ import email
 import threading
 
 import shared
-from notification_service.delivery import delivery_id
+from notification_service.delivery.machine import delivery_id
 
 from tests.support import wait_for
 

@@ -12,11 +12,16 @@ import pika
 import pytest
 
 import shared
-from notification_service.delivery import BookingRef, ClaimResult, delivery_id
-from notification_service.delivery_log import SqlDeliveryLog
-from notification_service.migrate import upgrade
-from notification_service.receipts import ReceiptOutbox, ReceiptPublisher, build_receipt, receipt_reason
-from notification_service.status import DeliveryStatus
+from notification_service.delivery.machine import BookingRef, ClaimResult, delivery_id
+from notification_service.delivery.log import SqlDeliveryLog
+from notification_service.delivery.migrate import upgrade
+from notification_service.receipts.publisher import (
+    ReceiptOutbox,
+    ReceiptPublisher,
+    build_receipt,
+    receipt_reason,
+)
+from notification_service.delivery.status import DeliveryStatus
 from tests.booking.test_relay import CuttableProxy, _target, proxied_url
 from tests.support import wait_for
 

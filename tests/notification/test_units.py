@@ -18,14 +18,20 @@ import requests
 import responses
 
 import shared
-from notification_service import cli, topology
-from notification_service.config import ConfigError, Settings
+from notification_service import cli
+from notification_service.broker import topology
+from notification_service.settings import ConfigError, Settings
 from notification_service.errors import PermanentError, TransientError
 from notification_service.providers import (
-    EmailContent, FileEmailProvider, HttpEmailProvider, HttpPushProvider, PushContent, SmtpEmailProvider,
+    EmailContent,
+    FileEmailProvider,
+    HttpEmailProvider,
+    HttpPushProvider,
+    PushContent,
+    SmtpEmailProvider,
     parse_retry_after,
 )
-from notification_service.templates import locale_chain, render
+from notification_service.rendering.templates import locale_chain, render
 from tests.support import wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -108,7 +114,7 @@ def test_retry_after_parsing():
 
 
 def test_celery_retry_settings_come_from_ours_and_retry_after_is_capped(monkeypatch):
-    from notification_service.app_factory import create_app
+    from notification_service.worker.app import create_app
 
     app = create_app(Settings(retry_base_seconds=2, retry_max_seconds=900, max_retries=5))
     app.loader.import_default_modules()
@@ -358,7 +364,7 @@ def test_json_log_lines_carry_the_traceback(capsys):
 
     import structlog
 
-    from notification_service import logs
+    from notification_service.runtime import logs
 
     logs.configure("json", logging.INFO)
     try:

@@ -10,7 +10,7 @@ import pika
 import pytest
 
 import shared
-from notification_service.delivery import delivery_id
+from notification_service.delivery.machine import delivery_id
 
 from tests.support import wait_for
 

@@ -1,0 +1,89 @@
+"""A booking's notification story: its outbox rows joined with the delivery receipts they caused.
+
+Each notification the booking caused (event, when requested, when the relay
+published it, or that it was withdrawn) with, per delivery (one channel and
+masked address), the current status (the receipt with the highest sequence,
+whatever order receipts arrived in), attempts, last change, reason and the
+history in sequence order. Read-only; two queries.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from booking_service.core import bookings
+from booking_service.storage.models import NotificationReceipt, OutboxMessage, utcnow
+
+#: What an outbox row's status means to a reader of the timeline.
+NOTIFICATION_STATES = {"published": "published", "superseded": "withdrawn", "expired": "expired", "invalid": "invalid"}
+
+
+def notification_state(status: str, available_at: datetime, now: datetime) -> str:
+    if status == "pending":
+        return "scheduled" if available_at > now else "pending"
+    return NOTIFICATION_STATES.get(status, status)
+
+
+def _delivery(history: list[NotificationReceipt]) -> dict:
+    history = sorted(history, key=lambda r: r.sequence)
+    current = history[-1]
+    return {
+        "delivery_id": current.delivery_id,
+        "channel": current.channel,
+        "recipient": current.recipient,
+        "status": current.status,
+        "attempts": max(r.attempt for r in history),
+        "last_change_at": current.occurred_at,
+        "reason": current.reason,
+        "provider_message_id": current.provider_message_id,
+        "sequence": current.sequence,
+        # False while an earlier receipt is still on its way (one arrived out of order).
+        "history_complete": [r.sequence for r in history] == list(range(1, len(history) + 1)),
+        "history": [{"sequence": r.sequence, "status": r.status, "attempt": r.attempt, "occurred_at": r.occurred_at,
+                     "reason": r.reason} for r in history],
+    }
+
+
+def timeline(session: Session, booking_id: str) -> dict:
+    """The story of ``booking_id``'s notifications; ``NotFound`` when there is no such booking."""
+    booking = bookings.get(session, booking_id)
+    rows = session.execute(
+        sa.select(OutboxMessage.notification_id, OutboxMessage.event, OutboxMessage.status,
+                  OutboxMessage.created_at, OutboxMessage.available_at, OutboxMessage.published_at,
+                  OutboxMessage.correlation_id)
+        .where(OutboxMessage.booking_id == booking.id)
+        .order_by(OutboxMessage.created_at, OutboxMessage.id)
+    ).all()
+    by_delivery: dict[str, list[NotificationReceipt]] = {}
+    if rows:
+        receipts = session.execute(
+            sa.select(NotificationReceipt).where(NotificationReceipt.notification_id.in_([r.notification_id for r in rows]))
+        ).scalars()
+        for receipt in receipts:
+            by_delivery.setdefault(receipt.delivery_id, []).append(receipt)
+    per_notification: dict[str, list[dict]] = {}
+    for history in by_delivery.values():
+        per_notification.setdefault(history[0].notification_id, []).append(_delivery(history))
+    now = utcnow()
+    return {
+        "booking_id": booking.id,
+        "booking_status": booking.status,
+        "booking_version": booking.version,
+        "notifications": [
+            {
+                "notification_id": row.notification_id,
+                "event": row.event,
+                "state": notification_state(row.status, row.available_at, now),
+                "requested_at": row.created_at,
+                "due_at": row.available_at,
+                "published_at": row.published_at,
+                "correlation_id": row.correlation_id,
+                "deliveries": sorted(per_notification.get(row.notification_id, []),
+                                     key=lambda d: (d["channel"], d["recipient"], d["delivery_id"])),
+            }
+            for row in rows
+        ],
+    }

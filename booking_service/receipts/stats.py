@@ -1,0 +1,42 @@
+"""The receipts consumer's lag for /readyz: its queue's depth and the age of the newest stored receipt."""
+
+from __future__ import annotations
+
+import pika
+import pika.exceptions
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+import shared
+from shared.amqp_url import for_pika
+
+from booking_service.storage.models import NotificationReceipt, utcnow
+
+
+def last_applied_age(session: Session) -> float | None:
+    """Seconds since the newest receipt was stored (None: none yet). Uses the received_at index."""
+    newest = session.execute(sa.select(NotificationReceipt.received_at)
+                             .order_by(NotificationReceipt.received_at.desc()).limit(1)).scalar()
+    return None if newest is None else round((utcnow() - newest).total_seconds(), 3)
+
+
+def queue_depth(amqp_url: str, timeout: float) -> int | str:
+    """Receipts waiting in ``booking.receipts`` (a passive declare: no rights needed), or why not known."""
+    params = pika.URLParameters(for_pika(amqp_url))
+    params.connection_attempts = 1
+    params.socket_timeout = timeout
+    params.blocked_connection_timeout = timeout
+    params.stack_timeout = timeout * 2
+    try:
+        connection = pika.BlockingConnection(params)
+    except (pika.exceptions.AMQPError, OSError):
+        return "unreachable"
+    try:
+        return connection.channel().queue_declare(shared.BOOKING_RECEIPTS_QUEUE, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return "missing"  # not declared yet: the notification service declares it at start
+    except (pika.exceptions.AMQPError, OSError):
+        return "unreachable"
+    finally:
+        if connection.is_open:
+            connection.close()

@@ -1,0 +1,189 @@
+"""Dead-letter queue operations with pika: list, show, replay, purge.
+
+Reading never loses a message: messages are fetched with ``basic_get`` and
+left unacked, so closing the channel puts every one of them back. Replay
+republishes to the origin queue through the ``notifications`` exchange with
+publisher confirms and ``mandatory=True`` and only then acks the dead letter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pika
+
+import shared
+from shared.amqp_url import for_pika
+
+from notification_service.worker import envelope_guard as envelope
+
+#: Headers RabbitMQ adds on dead-lettering; dropped on replay.
+DEATH_HEADERS = ("x-death", "x-first-death-queue", "x-first-death-reason", "x-first-death-exchange",
+                 "x-last-death-queue", "x-last-death-reason", "x-last-death-exchange")
+
+
+class DlqError(RuntimeError):
+    """A dead-letter operation could not be completed."""
+
+
+@dataclass
+class DeadMessage:
+    dlq: str
+    delivery_tag: int
+    properties: pika.BasicProperties
+    body: bytes
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return dict(self.properties.headers or {})
+
+    @property
+    def message_id(self) -> str | None:
+        """The task id (at most 200 characters, as the reason is stored under)."""
+        value = self.headers.get("id") or self.properties.message_id
+        return str(value)[:200] if value else None
+
+    @property
+    def task(self) -> str | None:
+        return self.headers.get("task")
+
+    @property
+    def deaths(self) -> list[dict]:
+        return list(self.headers.get("x-death") or [])
+
+    @property
+    def origin_queue(self) -> str:
+        deaths = self.deaths
+        if deaths and deaths[-1].get("queue"):
+            return deaths[-1]["queue"]  # x-death is newest first; the last entry is the first death
+        return self.headers.get("x-first-death-queue") or self.dlq.removesuffix(shared.names.DLQ_SUFFIX)
+
+    @property
+    def death_count(self) -> int:
+        return sum(int(d.get("count", 1)) for d in self.deaths)
+
+    def summary(self, reasons: dict[str, str]) -> dict[str, Any]:
+        broker_reason = self.deaths[0].get("reason") if self.deaths else None
+        return {
+            "message_id": self.message_id,
+            "task": self.task,
+            "origin_queue": self.origin_queue,
+            "dlq": self.dlq,
+            "death_count": self.death_count,
+            "reason": reasons.get(self.message_id or "") or broker_reason,
+            "broker_reason": broker_reason,
+            "priority": self.properties.priority,
+        }
+
+
+def dlq_names(queue: str | None) -> list[str]:
+    if queue:
+        base = queue.removesuffix(shared.names.DLQ_SUFFIX)
+        if base not in shared.WORK_QUEUES:
+            raise DlqError(f"unknown queue {queue!r}; one of {', '.join(shared.WORK_QUEUES)}")
+        return [shared.dead_letter_queue(base)]
+    return [shared.dead_letter_queue(q) for q in shared.WORK_QUEUES]
+
+
+def connect(amqp_url: str) -> pika.BlockingConnection:
+    return pika.BlockingConnection(pika.URLParameters(for_pika(amqp_url)))
+
+
+def _fetch_all(channel, dlq: str) -> Iterator[DeadMessage]:
+    """Every message currently in ``dlq``, left unacked on ``channel``."""
+    count = channel.queue_declare(dlq, passive=True).method.message_count
+    for _ in range(count):
+        method, properties, body = channel.basic_get(dlq, auto_ack=False)
+        if method is None:
+            return
+        yield DeadMessage(dlq, method.delivery_tag, properties, body)
+
+
+def list_messages(amqp_url: str, queue: str | None = None) -> list[DeadMessage]:
+    connection = connect(amqp_url)
+    try:
+        channel = connection.channel()
+        found = [m for dlq in dlq_names(queue) for m in _fetch_all(channel, dlq)]
+        channel.close()  # unacked → requeued, nothing lost
+        return found
+    finally:
+        connection.close()
+
+
+def replay(amqp_url: str, *, message_id: str | None = None, queue: str | None = None, task: str | None = None,
+           skipped: dict[str, str] | None = None) -> list[str]:
+    """Republish matching dead letters to their origin queue; return the replayed ids.
+
+    A poison message (one the workers' envelope guard refuses) is never replayed: it stays in
+    its dead-letter queue and its id and reason go into ``skipped``.
+    """
+    connection = connect(amqp_url)
+    replayed: list[str] = []
+    skipped = {} if skipped is None else skipped
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for dlq in dlq_names(queue):
+            for message in list(_fetch_all(channel, dlq)):
+                if message_id and message.message_id != message_id:
+                    continue
+                if task and message.task != task:
+                    continue
+                problem = poison_reason(message)
+                if problem is not None:
+                    skipped[message.message_id or f"{dlq}#{message.delivery_tag}"] = problem
+                    continue
+                headers = {k: v for k, v in message.headers.items() if k not in DEATH_HEADERS}
+                if "retries" in headers:
+                    headers["retries"] = 0  # an operator replay gets a fresh retry budget
+                p = message.properties
+                properties = pika.BasicProperties(
+                    content_type=p.content_type, content_encoding=p.content_encoding, headers=headers,
+                    delivery_mode=p.delivery_mode or 2, priority=p.priority, correlation_id=p.correlation_id,
+                    reply_to=p.reply_to, expiration=None, message_id=p.message_id, timestamp=p.timestamp,
+                    type=p.type, app_id=p.app_id,
+                )
+                try:
+                    channel.basic_publish(shared.EXCHANGE, message.origin_queue, message.body, properties, mandatory=True)
+                except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+                    raise DlqError(f"broker refused the replay of {message.message_id}: {exc}") from exc
+                channel.basic_ack(message.delivery_tag)
+                replayed.append(message.message_id or "")
+        channel.close()
+    finally:
+        connection.close()
+    return replayed
+
+
+def purge(amqp_url: str, queue: str | None = None) -> dict[str, int]:
+    connection = connect(amqp_url)
+    try:
+        channel = connection.channel()
+        return {dlq: channel.queue_purge(dlq).method.message_count for dlq in dlq_names(queue)}
+    finally:
+        connection.close()
+
+
+#: How much of an undecodable body ``show`` prints.
+SHOW_RAW_BYTES = 2000
+
+
+def poison_reason(message: DeadMessage) -> str | None:
+    """Why ``message`` is not a runnable task message (the workers' own envelope guard), or None."""
+    p = message.properties
+    problem, _ = envelope.inspect(message.headers if p.headers is not None else None, p.content_type,
+                                  p.content_encoding, message.body, None)
+    return problem
+
+
+def show(message: DeadMessage, reasons: dict[str, str]) -> dict[str, Any]:
+    detail = message.summary(reasons)
+    try:
+        body: Any = envelope.decode(message.body, message.properties.content_encoding)
+    except envelope.Poison as exc:
+        detail["undecodable"] = str(exc)
+        body = message.body[:SHOW_RAW_BYTES].decode("utf-8", "replace")
+    headers = {k: v for k, v in message.headers.items()}
+    detail.update({"headers": headers, "content_type": message.properties.content_type, "body": body})
+    return detail

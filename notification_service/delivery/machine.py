@@ -1,0 +1,181 @@
+"""The delivery state machine: dispatch a notification, send one delivery.
+
+Pure logic over two ports, the delivery log and the provider, so it is unit
+tested with fakes and no broker (tests/notification/test_delivery.py). The
+Celery tasks are thin adapters over :func:`open_deliveries` and :func:`send`.
+
+The rules:
+
+* dispatch creates every delivery of a notification in one transaction and
+  hands back only those still ``pending``: a re-run dispatch (broker redelivery,
+  relay resend) never republishes a delivery that has an attempt;
+* a notification older than a cancellation processed for its booking is
+  ``stale`` and never sent, at dispatch and again when a send starts;
+* a send whose message expired (a reminder after the booking started) is
+  recorded ``expired`` and not sent;
+* a send claims an owner-stamped lease (worker identity, attempt number,
+  expiry) in one write and records the outcome in one more. A lease is taken
+  over only when it has expired or its owner is known dead, never because the
+  broker marked a message ``redelivered``: a copy that finds a live lease is
+  deferred until the lease ends;
+* nothing ever moves a delivery out of ``sent``, and an attempt that lost its
+  lease cannot overwrite what the newer attempt recorded.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Protocol
+
+from notification_service.errors import PermanentError
+from notification_service.delivery.status import DeliveryStatus
+
+#: ``last_error`` of deliveries dropped because a newer cancellation was processed.
+STALE_REASON = "older than a processed cancellation"
+#: ``last_error`` of deliveries dropped because their message expired (a reminder after the start).
+EXPIRED_REASON = "expired before it was sent"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def delivery_id(notification_id: str, channel: str, address: str) -> str:
+    """Stable id of one delivery: the Celery task id and the provider's idempotency key."""
+    return str(uuid.uuid5(uuid.UUID(str(notification_id)), f"{channel}:{address}"))
+
+
+@dataclass(frozen=True)
+class BookingRef:
+    booking_id: str
+    version: int
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What dispatch found: stale, or the deliveries (channel, address, id) that still need a send."""
+
+    stale: bool
+    pending: list[tuple[str, str, str]]
+
+
+class ClaimResult(enum.Enum):
+    CLAIMED = "claimed"    # this attempt holds the lease: send
+    FINAL = "final"        # sent, stale or expired: never send again
+    LEASED = "leased"      # another attempt holds a lease (see lease_owner / lease_expires_at)
+    STALE = "stale"        # older than a processed cancellation: recorded stale now
+    MISSING = "missing"    # no such delivery in the log
+
+
+@dataclass(frozen=True)
+class Claim:
+    result: ClaimResult
+    attempt: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+
+
+class DeliveryLog(Protocol):
+    """The delivery log port (``delivery_log.SqlDeliveryLog`` in production)."""
+
+    def open(self, notification_id: str, event: str, booking: BookingRef,
+             addresses: list[tuple[str, str]], now: datetime, correlation_id: str | None = None) -> Opened: ...
+
+    def claim(self, delivery_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim: ...
+
+    def take_over(self, delivery_id: str, dead_owner: str, owner: str, now: datetime,
+                  lease_until: datetime) -> Claim: ...
+
+    def finish(self, delivery_id: str, owner: str, attempt: int, status: DeliveryStatus, now: datetime, *,
+               error: str | None = None, provider_message_id: str | None = None) -> bool: ...
+
+    def drop(self, delivery_id: str, status: DeliveryStatus, reason: str, now: datetime) -> bool: ...
+
+
+class Provider(Protocol):
+    """Sends one message; returns the provider's message id; raises TransientError or PermanentError."""
+
+    def send(self, content) -> str: ...
+
+
+class Owner(Protocol):
+    """The identity this process stamps on its leases, and what it knows about other owners."""
+
+    id: str
+
+    def is_dead(self, other: str) -> bool: ...
+
+
+class Outcome(str, enum.Enum):
+    SENT = "sent"
+    DONE = "done"          # already sent, stale or expired: nothing to do
+    STALE = "stale"
+    EXPIRED = "expired"
+    DEFERRED = "deferred"  # another attempt holds a live lease: look again when it ends
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: Outcome
+    attempt: int = 0
+    provider_message_id: str | None = None
+    #: For DEFERRED: seconds until the other attempt's lease ends.
+    retry_in: float = 0.0
+
+
+@dataclass(frozen=True)
+class SendJob:
+    delivery_id: str
+    expires_at: datetime | None = None
+
+
+def open_deliveries(log: DeliveryLog, *, notification_id: str, event: str, booking: BookingRef,
+                    addresses: list[tuple[str, str]], now: datetime | None = None,
+                    correlation_id: str | None = None) -> Opened:
+    """Dispatch's one write: record the booking version and create every delivery (idempotent)."""
+    return log.open(notification_id, event, booking, list(dict.fromkeys(addresses)), now or utcnow(),
+                    correlation_id)
+
+
+def send(job: SendJob, content, *, log: DeliveryLog, provider: Provider, owner: Owner, lease_seconds: float,
+         now: Callable[[], datetime] = utcnow) -> SendResult:
+    """One send attempt of one delivery; provider errors propagate after the outcome is recorded.
+
+    ``PermanentError`` leaves the delivery ``dead``; any other exception (``TransientError``,
+    a bug, a time limit) leaves it ``failed`` so that the retry may claim it at once.
+    """
+    did = job.delivery_id
+    moment = now()
+    if job.expires_at is not None and job.expires_at <= moment:
+        if log.drop(did, DeliveryStatus.EXPIRED, EXPIRED_REASON, moment):
+            return SendResult(Outcome.EXPIRED)
+        return SendResult(Outcome.DONE)
+    lease_until = moment + timedelta(seconds=lease_seconds)
+    claim = log.claim(did, owner.id, moment, lease_until)
+    if claim.result is ClaimResult.LEASED and claim.lease_owner and owner.is_dead(claim.lease_owner):
+        claim = log.take_over(did, claim.lease_owner, owner.id, moment, lease_until)
+    if claim.result is ClaimResult.MISSING:
+        raise PermanentError(f"delivery {did} is not in the delivery log (log reset or wrong database?)")
+    if claim.result is ClaimResult.FINAL:
+        return SendResult(Outcome.DONE)
+    if claim.result is ClaimResult.STALE:
+        return SendResult(Outcome.STALE)
+    if claim.result is ClaimResult.LEASED:
+        remaining = (claim.lease_expires_at - moment).total_seconds() if claim.lease_expires_at else lease_seconds
+        return SendResult(Outcome.DEFERRED, retry_in=max(1.0, remaining + 1.0))
+    attempt = claim.attempt
+    try:
+        provider_message_id = str(provider.send(content))[:500]
+    except PermanentError as exc:
+        log.finish(did, owner.id, attempt, DeliveryStatus.DEAD, now(), error=f"permanent: {exc}")
+        raise
+    except BaseException as exc:
+        # Give the lease back at once: the retry (or a redelivery) claims it without waiting.
+        log.finish(did, owner.id, attempt, DeliveryStatus.FAILED, now(), error=str(exc) or type(exc).__name__)
+        raise
+    log.finish(did, owner.id, attempt, DeliveryStatus.SENT, now(), provider_message_id=provider_message_id)
+    return SendResult(Outcome.SENT, attempt=attempt, provider_message_id=provider_message_id)

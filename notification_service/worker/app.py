@@ -1,0 +1,132 @@
+"""Celery app factory: every worker setting in one place (DESIGN.md "Worker semantics")."""
+
+from __future__ import annotations
+
+import ssl
+import urllib.parse
+
+from celery import Celery, signals
+
+import shared
+
+from notification_service.broker import topology
+from notification_service.settings import Settings
+from notification_service.worker.failure_policy import retry_annotations
+
+TASK_MODULES = ["notification_service.worker.tasks"]
+
+
+def broker_tls(amqp_url: str) -> dict | bool:
+    """``broker_use_ssl`` for an ``amqps://`` URL: verify the CA and the host name.
+
+    py-amqp checks the certificate's host name only when given
+    ``server_hostname``; pika does it by itself. The CA comes from the system
+    store or ``SSL_CERT_FILE``.
+    """
+    parts = urllib.parse.urlsplit(amqp_url)
+    if parts.scheme != "amqps":
+        return False
+    return {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": parts.hostname}
+
+
+def celery_config(settings: Settings) -> dict:
+    return {
+        "broker_url": settings.amqp_url,
+        "broker_use_ssl": broker_tls(settings.amqp_url),
+        # Ack after the task ran: a killed worker's message is redelivered, and
+        # with prefetch 1 the broker can still reorder by priority.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # A task that fails for good is rejected without requeue: RabbitMQ dead-letters it.
+        # (Celery's default acks it, i.e. loses the notification.)
+        "task_acks_on_failure": False,
+        "task_annotations": retry_annotations(settings),
+        "worker_prefetch_multiplier": 1,
+        "accept_content": ["json"],
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Messages the workers publish themselves (fan-out, retries) wait for the broker's confirm.
+        "broker_transport_options": {"confirm_publish": True},
+        "broker_connection_retry_on_startup": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # After a reconnect Celery would lower the prefetch count and restore it from
+        # whichever thread acks next: under the threads pool a pool thread sends basic.qos
+        # and waits for its answer on the connection the consumer thread reads, and
+        # py-amqp is not thread-safe (the worker hung in basic_qos after broker restarts).
+        # With it off, only the consumer's own thread touches its connection: acks and
+        # rejects go through the event loop (kombu's Hub.call_soon), publishes use the
+        # producer pool's own connections.
+        "worker_enable_prefetch_count_reduction": False,
+        # A dead broker connection is noticed within ~2 heartbeats.
+        "broker_heartbeat": 30,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "task_queues": topology.work_queues,
+        "task_default_queue": shared.DISPATCH_QUEUE,
+        "task_default_exchange": shared.EXCHANGE,
+        "task_default_exchange_type": "direct",
+        "task_default_routing_key": shared.DISPATCH_QUEUE,
+        "task_routes": {
+            task: {"queue": queue, "exchange": shared.EXCHANGE, "routing_key": queue}
+            for task, queue in shared.TASK_QUEUES.items()
+        },
+        "task_queue_max_priority": shared.MAX_PRIORITY,
+        "task_default_priority": int(shared.Priority.NORMAL),
+        "task_create_missing_queues": False,
+        # Task events are for Flower: turn them on with `worker --events` (the Procfile,
+        # compose and the image do). Off by default because, with confirm_publish,
+        # every event is a confirmed publish from the consumer's event loop: with
+        # events on, that loop spent most of its time waiting for event confirms.
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+        "worker_hijack_root_logger": False,
+        "worker_consumer": "notification_service.worker.consumer:SafeConsumer",
+        "worker_enable_remote_control": True,
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.from_env()
+    app = Celery("notification_service", include=TASK_MODULES, set_as_current=True)
+    app.conf.update(celery_config(settings))
+    app.settings = settings  # type: ignore[attr-defined]
+    from notification_service.worker.watchdog import StallWatchdog
+
+    app.steps["consumer"].add(StallWatchdog)
+    return app
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel=None, **_kwargs) -> None:
+    # Connecting to this signal stops Celery from installing its own handlers.
+    from notification_service.runtime import logs
+
+    logs.configure(Settings.from_env().log_format, loglevel or "WARNING")
+
+
+@signals.worker_init.connect
+def _declare_topology(sender=None, **_kwargs) -> None:
+    """Declare DLX and DLQs (Celery only declares the queues it consumes) and start metrics."""
+    app = sender.app
+    with app.connection_for_write() as connection:
+        topology.declare(connection)
+    from notification_service.runtime import metrics
+
+    metrics.start(app.settings.metrics_port)
+
+
+@signals.worker_ready.connect
+def _start_receipts(sender=None, **_kwargs) -> None:
+    """Every worker process publishes the receipts outbox (its own connection, a daemon thread)."""
+    from notification_service.receipts.publisher import start_publisher
+
+    start_publisher(sender.app.settings)
+
+
+@signals.worker_shutdown.connect
+def _stop_receipts(**_kwargs) -> None:
+    from notification_service.receipts.publisher import stop_publisher
+
+    stop_publisher()

@@ -1,0 +1,111 @@
+"""A Celery consumer that dead-letters poison messages instead of dropping or crash-looping.
+
+Stock Celery 5.7 *acks and drops* a body it cannot decode and crashes in a
+loop on a message without ``content_type``, without ``id``, or with a
+two-item body. ``SafeConsumer`` checks the envelope before Celery's strategy
+sees it; anything malformed is ``basic.reject(requeue=False)``-ed, which makes
+RabbitMQ move it to ``<queue>.dlq`` (the queue's dead-letter exchange). The
+reason goes to the ``dead_letters`` table and the log first, so ``dlq list``
+can show it next to RabbitMQ's ``x-death`` header.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import structlog
+from celery.worker.consumer import Consumer
+
+from shared.wire import CORRELATION_HEADER
+
+from notification_service.worker import envelope_guard as envelope
+from notification_service.runtime import metrics
+from notification_service.settings import Settings
+from notification_service.delivery.log import delivery_log
+
+log = structlog.get_logger("notification_service.worker.consumer")
+#: Reconnect probes: first after 0.5 s, then every 0.5 s more, at most every 2 s. Celery's
+#: default (2 s, +2 s, up to 30 s) left a consumer idle for up to 30 s with the broker back.
+RECONNECT_INTERVALS = {"interval_start": 0.5, "interval_step": 0.5, "interval_max": 2.0}
+
+
+def inspect_envelope(message, known_tasks) -> tuple[str | None, list | None]:
+    """``envelope.inspect`` of a kombu message."""
+    return envelope.inspect(message.headers, message.content_type, message.content_encoding, message.body, known_tasks)
+
+
+def correlation_id_of(headers: dict, decoded: list | None) -> str | None:
+    """The message's correlation id: ``x-correlation-id`` header, else the payload's ``correlation_id``."""
+    if headers.get(CORRELATION_HEADER):
+        return str(headers[CORRELATION_HEADER])
+    kwargs = decoded[1] if decoded else {}
+    payload = kwargs.get("message")
+    if isinstance(payload, dict) and payload.get("correlation_id"):
+        return str(payload["correlation_id"])
+    return kwargs.get("correlation_id")
+
+
+def _wake() -> None:
+    """Timer callback that only makes the event loop go round."""
+
+
+class SafeConsumer(Consumer):
+    """Consumer whose task handler rejects poison messages into the dead-letter queue."""
+
+    received_count = 0
+
+    def ensure_connected(self, conn):
+        conn.ensure_connection = functools.partial(conn.ensure_connection, **RECONNECT_INTERVALS)
+        try:
+            return super().ensure_connected(conn)
+        finally:
+            del conn.ensure_connection  # the class's own method again
+
+    def create_task_handler(self, *args, **kwargs):
+        handle = super().create_task_handler(*args, **kwargs)
+        known = self.app.tasks
+
+        def on_task_received(message):
+            self.received_count += 1  # progress, for the stall watchdog
+            problem, decoded = inspect_envelope(message, known)
+            if problem is not None:
+                return self.dead_letter(message, problem)
+            # Celery logs "Task ... received" (and drops expired/revoked ones) right here,
+            # on the consumer thread: bind the correlation id so those lines carry it too.
+            headers = message.headers
+            with structlog.contextvars.bound_contextvars(
+                correlation_id=correlation_id_of(headers, decoded), task_id=headers["id"], task=headers["task"]
+            ):
+                return handle(message)
+
+        return on_task_received
+
+    def register_with_event_loop(self, hub):
+        super().register_with_event_loop(hub)
+        # kombu's hub may sleep in poll() for up to 10 s when no timer is due, and a
+        # warm shutdown (SIGTERM) is only noticed between polls: a 1 s no-op tick
+        # lets a deploy or a scale-down stop the worker in a couple of seconds.
+        hub.call_repeatedly(1.0, _wake)
+
+    def on_decode_error(self, message, exc):
+        # Stock Celery acks here, i.e. loses the message.
+        self.dead_letter(message, f"decode error: {exc}")
+
+    def dead_letter(self, message, reason: str) -> None:
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        delivery_info = message.delivery_info or {}
+        queue = delivery_info.get("routing_key")
+        message_id = headers.get("id") or (message.properties or {}).get("message_id")
+        message_id = str(message_id)[:200] if message_id else None  # hostile headers can be huge
+        task = str(headers["task"])[:200] if headers.get("task") else None
+        try:
+            settings = getattr(self.app, "settings", None) or Settings.from_env()
+            delivery_log(settings.database_url).give_up(
+                message_id=message_id, queue=queue, task=task, reason=f"poison: {reason}"
+            )
+        except Exception as exc:  # noqa: BLE001 - the reject below must still happen; the reason is logged
+            log.error("could not store dead-letter reason", error=repr(exc), reason=reason)
+        log.error("poison message dead-lettered", reason=reason, queue=queue, message_id=message_id, task=task,
+                  correlation_id=str(headers.get(CORRELATION_HEADER) or "")[:200] or None)
+        metrics.DEAD_LETTERS.labels(queue or "", "poison").inc()
+        message.reject(requeue=False)
