@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pika
 import requests
@@ -47,8 +47,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import shared  # noqa: E402
-from benchmarks.vhost import make_vhost  # noqa: E402
 from benchmarks.proc import cpu_seconds  # noqa: E402
+from benchmarks.vhost import make_vhost  # noqa: E402
 from tests.support import free_port, queue_depth  # noqa: E402
 
 BIN = pathlib.Path(sys.executable).parent
@@ -77,7 +77,7 @@ def wait_http(port: int, timeout: float = 30) -> None:
 
 
 def body(i: int) -> bytes:
-    start = datetime(2035, 1, 1, tzinfo=timezone.utc) + timedelta(hours=2 * i)
+    start = datetime(2035, 1, 1, tzinfo=UTC) + timedelta(hours=2 * i)
     return json.dumps({
         "resource_id": f"bench-{i % 50}",
         "starts_at": start.isoformat(),
@@ -202,7 +202,7 @@ def commit_bookings(engine, n: int, tag: str) -> None:
     from booking_service.core.bookings import NewBooking, create, prepare
 
     for i in range(n):
-        start = datetime(2037, 1, 1, tzinfo=timezone.utc) + timedelta(hours=2 * i)
+        start = datetime(2037, 1, 1, tzinfo=UTC) + timedelta(hours=2 * i)
         values, rows = prepare(NewBooking(f"{tag}-{uuid.uuid4().hex[:6]}", start, start + timedelta(hours=1),
                                           "Bench", "bench@example.org"), "bench", timedelta(days=365 * 50))
         create(engine, values, rows)
@@ -230,9 +230,9 @@ def raw_one_by_one(url: str, bodies: list[shared.TaskMessage]) -> float:
 
 
 def relay_round(database_url: str, amqp_url: str, rows: int, samples: int, poll: float) -> dict:
+    from booking_service.relay.relay import build_message
     from booking_service.storage.db import make_engine
     from booking_service.storage.models import OutboxMessage
-    from booking_service.relay.relay import build_message
 
     outbox = OutboxMessage.__table__
     engine = make_engine(database_url)
@@ -268,7 +268,7 @@ def relay_round(database_url: str, amqp_url: str, rows: int, samples: int, poll:
         from booking_service.core.bookings import NewBooking, create, prepare
 
         for i in range(samples):
-            start = datetime(2038, 1, 1, tzinfo=timezone.utc) + timedelta(hours=2 * i)
+            start = datetime(2038, 1, 1, tzinfo=UTC) + timedelta(hours=2 * i)
             values, out = prepare(NewBooking(f"lat-{uuid.uuid4().hex[:6]}", start, start + timedelta(hours=1), "Bench",
                                              "bench@example.org"), "bench", timedelta(days=365 * 50))
             create(engine, values, out)

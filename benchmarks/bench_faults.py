@@ -47,7 +47,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pika
@@ -360,7 +360,7 @@ class Load:
         self.local = threading.local()
 
     def body(self, i: int) -> dict:
-        start = datetime(2031, 1, 1, tzinfo=timezone.utc) + timedelta(hours=i)
+        start = datetime(2031, 1, 1, tzinfo=UTC) + timedelta(hours=i)
         return {
             "resource_id": f"faults-{self.run_id}-{i}",
             "starts_at": start.isoformat().replace("+00:00", "Z"),

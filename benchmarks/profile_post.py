@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from flask import Flask, jsonify, request
@@ -35,7 +35,7 @@ HEADERS = {"Authorization": "Bearer bench", "Content-Type": "application/json"}
 
 
 def body(i: int) -> bytes:
-    start = datetime(2035, 1, 1, tzinfo=timezone.utc) + timedelta(hours=2 * i)
+    start = datetime(2035, 1, 1, tzinfo=UTC) + timedelta(hours=2 * i)
     return json.dumps({"resource_id": f"bench-{i % 50}", "starts_at": start.isoformat(),
                        "ends_at": (start + timedelta(hours=1)).isoformat(),
                        "customer": {"name": "Bench", "email": "bench@example.org", "timezone": "Europe/Paris"}}).encode()

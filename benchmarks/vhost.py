@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import urllib.parse
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import requests
 

@@ -52,7 +52,7 @@ class Settings:
     ready_broker_timeout_seconds: float = 0.5
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         d = cls()
         return cls(

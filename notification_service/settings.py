@@ -7,8 +7,8 @@ app factory and the CLI, never at import time.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 #: Default SQLite file of the delivery log (relative to the working directory).
 DEFAULT_DATABASE_URL = "sqlite:///var/notification.db"
@@ -81,7 +81,7 @@ class Settings:
     receipts_max_backoff_seconds: float = 3.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         settings = cls(
             amqp_url=env.get("AMQP_URL") or DEFAULT_AMQP_URL,

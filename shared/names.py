@@ -49,7 +49,7 @@ class Priority(enum.IntEnum):
     LOW = 2
 
     @classmethod
-    def from_name(cls, name: str) -> "Priority":
+    def from_name(cls, name: str) -> Priority:
         return cls[name.upper()]
 
     @property

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 CONTENT_TYPE = "application/json"
@@ -35,7 +35,7 @@ def _iso_utc(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is None:
         raise ValueError("eta/expires must be timezone-aware")
-    return value.astimezone(timezone.utc).isoformat()
+    return value.astimezone(UTC).isoformat()
 
 
 @dataclass(frozen=True)

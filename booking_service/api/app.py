@@ -9,12 +9,12 @@ import structlog
 from flask import Flask, abort, g, request
 from flask_smorest import Api
 
-from booking_service.runtime import logs, metrics
 from booking_service.api import errors, openapi
 from booking_service.api.bookings import blp as bookings_blp
 from booking_service.api.docs import blp as docs_blp
 from booking_service.api.health import blp as health_blp
 from booking_service.api.notifications import blp as notifications_blp
+from booking_service.runtime import logs, metrics
 from booking_service.settings import Settings
 from booking_service.storage.db import make_engine, make_session_factory
 

@@ -6,14 +6,11 @@ import hashlib
 import json
 from datetime import timedelta
 
+import sqlalchemy as sa
 from flask import current_app, g, jsonify, request
 from flask.views import MethodView
-import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from booking_service.core import bookings
-from booking_service.core.errors import Conflict, IdempotencyMismatch
-from booking_service.storage.models import IdempotencyKey
 from booking_service.api.auth import require_api_key
 from booking_service.api.context import db_session
 from booking_service.api.json_body import Blueprint
@@ -31,6 +28,9 @@ from booking_service.api.schemas import (
     booking_document,
     pagination_metadata,
 )
+from booking_service.core import bookings
+from booking_service.core.errors import Conflict, IdempotencyMismatch
+from booking_service.storage.models import IdempotencyKey
 
 blp = Blueprint("bookings", __name__, url_prefix="/v1/bookings", description="Bookings of resources")
 blp.before_request(require_api_key)

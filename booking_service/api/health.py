@@ -7,10 +7,10 @@ import urllib.parse
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from booking_service.api.context import db_session
+from booking_service.receipts.stats import last_applied_age, queue_depth
 from booking_service.runtime import metrics
 from booking_service.storage.outbox_stats import backlog
-from booking_service.receipts.stats import last_applied_age, queue_depth
-from booking_service.api.context import db_session
 
 blp = Blueprint("health", __name__)
 

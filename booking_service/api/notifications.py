@@ -6,12 +6,11 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
-from shared.messages import AwareDateTime
-
-from booking_service.core import timeline
 from booking_service.api.auth import require_api_key
 from booking_service.api.context import db_session
 from booking_service.api.openapi import error_responses
+from booking_service.core import timeline
+from shared.messages import AwareDateTime
 
 blp = Blueprint("notifications", __name__, url_prefix="/v1/bookings",
                 description="What became of a booking's notifications (delivery receipts)")

@@ -11,11 +11,12 @@ range every backend and every reminder computation can hold.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from booking_service.core.outbox import iso_utc
 from shared.messages import (
     LOCALE_PATTERN,
     MAX_TIMEZONE_LENGTH,
@@ -25,11 +26,9 @@ from shared.messages import (
     validate_timezone,
 )
 
-from booking_service.core.outbox import iso_utc
-
 #: Earliest and (exclusive) latest instant accepted anywhere a datetime is.
-EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
-LATEST = datetime(9999, 1, 1, tzinfo=timezone.utc)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 #: Longest locale tag the column holds.
 MAX_LOCALE_LENGTH = 35
 #: Highest page number of a listing (page x page_size stays far inside a 64-bit OFFSET).
@@ -73,7 +72,7 @@ class BoundedDateTime(AwareDateTime):
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
         parsed = super()._deserialize(value, attr, data, **kwargs)
         try:
-            in_utc = parsed.astimezone(timezone.utc)
+            in_utc = parsed.astimezone(UTC)
         except OverflowError:
             raise self.make_error("range") from None
         if not EARLIEST <= in_utc < LATEST:

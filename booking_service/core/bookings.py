@@ -19,10 +19,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 import shared
-
-from booking_service.storage import booking_insert
 from booking_service.core import outbox
 from booking_service.core.errors import Conflict, NotFound
+from booking_service.storage import booking_insert
 from booking_service.storage.models import ACTIVE, Booking, Resource, utcnow
 
 RESOURCES = Resource.__table__

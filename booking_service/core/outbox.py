@@ -12,13 +12,12 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 import shared
-
 from booking_service.storage.models import Booking, OutboxMessage, utcnow
 
 
@@ -26,7 +25,7 @@ def iso_utc(value: datetime | None) -> str | None:
     """The contract's datetime form: UTC, ISO-8601, ``Z`` (as ``shared.messages.AwareDateTime`` writes it)."""
     if value is None:
         return None
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def digest(payload: dict) -> str:

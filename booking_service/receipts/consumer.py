@@ -36,10 +36,9 @@ from marshmallow import ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
 
 import shared
-
+from booking_service.relay.relay import reconnect_delay
 from booking_service.runtime import amqp, metrics
 from booking_service.storage.models import NotificationReceipt, utcnow
-from booking_service.relay.relay import reconnect_delay
 
 log = structlog.get_logger(__name__)
 

@@ -8,9 +8,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import shared
-from shared.amqp_url import for_pika
-
 from booking_service.storage.models import NotificationReceipt, utcnow
+from shared.amqp_url import for_pika
 
 
 def last_applied_age(session: Session) -> float | None:

@@ -51,11 +51,10 @@ from marshmallow import ValidationError
 from sqlalchemy.orm import sessionmaker
 
 import shared
-
+from booking_service.core.outbox import digest
 from booking_service.runtime import amqp, metrics
 from booking_service.storage.db import READ_ONLY
 from booking_service.storage.models import OutboxMessage, utcnow
-from booking_service.core.outbox import digest
 
 log = structlog.get_logger(__name__)
 

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 
 from booking_service.core.errors import Conflict
 from booking_service.storage.models import ACTIVE, Booking, IdempotencyKey, OutboxMessage, Resource
+
 BOOKINGS = Booking.__table__
 OUTBOX = OutboxMessage.__table__
 IDEMPOTENCY_KEYS = IdempotencyKey.__table__

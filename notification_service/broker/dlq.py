@@ -8,15 +8,15 @@ publisher confirms and ``mandatory=True`` and only then acks the dead letter.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import pika
 
 import shared
-from shared.amqp_url import for_pika
-
 from notification_service.worker import envelope_guard as envelope
+from shared.amqp_url import for_pika
 
 #: Headers RabbitMQ adds on dead-lettering; dropped on replay.
 DEATH_HEADERS = ("x-death", "x-first-death-queue", "x-first-death-reason", "x-first-death-exchange",

@@ -20,12 +20,11 @@ import fcntl
 import re
 import threading
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from notification_service.runtime import metrics
 from notification_service.delivery.machine import (
     STALE_REASON,
     BookingRef,
@@ -37,6 +36,7 @@ from notification_service.delivery.machine import (
 )
 from notification_service.delivery.status import CLAIMABLE, FINAL, DeliveryStatus
 from notification_service.delivery.tables import dead_letters, deliveries, receipts
+from notification_service.runtime import metrics
 
 _CLAIMABLE = [s.value for s in CLAIMABLE]
 _FINAL = [s.value for s in FINAL]
@@ -230,7 +230,7 @@ class SqlDeliveryLog:
     def time(self, moment: datetime):
         """A timestamp as the column stores it (SQLAlchemy's SQLite format: naive UTC text)."""
         if self.sqlite:
-            return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+            return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
         return moment
 
     # -- dispatch ---------------------------------------------------------------
@@ -401,7 +401,7 @@ def aware(value: datetime | str | None) -> datetime | None:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
     return value
 
 _logs: dict[str, SqlDeliveryLog] = {}

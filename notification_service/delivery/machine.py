@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
-from notification_service.errors import PermanentError
 from notification_service.delivery.status import DeliveryStatus
+from notification_service.errors import PermanentError
 
 #: ``last_error`` of deliveries dropped because a newer cancellation was processed.
 STALE_REASON = "older than a processed cancellation"
@@ -40,7 +41,7 @@ EXPIRED_REASON = "expired before it was sent"
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def delivery_id(notification_id: str, channel: str, address: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 
-from notification_service.settings import Settings
 from notification_service.providers.content import EmailContent, PushContent
 from notification_service.providers.email_file import FileEmailProvider
 from notification_service.providers.email_http import HttpEmailProvider
@@ -20,6 +19,7 @@ from notification_service.providers.mime import build_email
 from notification_service.providers.push_file import FilePushProvider
 from notification_service.providers.push_http import HttpPushProvider, fcm_payload
 from notification_service.providers.smtp import SmtpEmailProvider
+from notification_service.settings import Settings
 
 __all__ = [
     "EmailContent", "PushContent", "FileEmailProvider", "HttpEmailProvider", "SmtpEmailProvider",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pathlib
 import time
 
-from notification_service.runtime import metrics
-from notification_service.settings import Settings
 from notification_service.providers.content import EmailContent
 from notification_service.providers.files import atomic_write
 from notification_service.providers.mime import build_email
+from notification_service.runtime import metrics
+from notification_service.settings import Settings
 
 
 class FileEmailProvider:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from notification_service.settings import Settings
 from notification_service.errors import PermanentError
 from notification_service.providers.content import EmailContent
 from notification_service.providers.http import HttpClient
 from notification_service.providers.mime import valid_address
+from notification_service.settings import Settings
 
 
 class HttpEmailProvider:

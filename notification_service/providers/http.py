@@ -13,13 +13,13 @@ import json
 import re
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from notification_service.runtime import metrics
 from notification_service.errors import PermanentError, TransientError
+from notification_service.runtime import metrics
 
 #: HTTP statuses worth retrying.
 TRANSIENT_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
@@ -41,8 +41,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if when is None:
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def scrub(text: str, personal: str) -> str:

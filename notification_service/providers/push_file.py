@@ -6,11 +6,11 @@ import json
 import pathlib
 import time
 
-from notification_service.runtime import metrics
-from notification_service.settings import Settings
 from notification_service.providers.content import PushContent
 from notification_service.providers.files import atomic_write
 from notification_service.providers.push_http import fcm_payload
+from notification_service.runtime import metrics
+from notification_service.settings import Settings
 
 
 class FilePushProvider:

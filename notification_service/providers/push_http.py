@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from notification_service.settings import Settings
 from notification_service.providers.content import PushContent
 from notification_service.providers.http import HttpClient
+from notification_service.settings import Settings
 
 
 def fcm_payload(content: PushContent) -> dict:

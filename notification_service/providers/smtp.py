@@ -10,16 +10,15 @@ message); it goes to the task's retry policy like any transient error.
 from __future__ import annotations
 
 import smtplib
-import socket
 import ssl
 import threading
 import time
 
-from notification_service.runtime import metrics
-from notification_service.settings import Settings
 from notification_service.errors import PermanentError, TransientError
 from notification_service.providers.content import EmailContent
 from notification_service.providers.mime import build_email
+from notification_service.runtime import metrics
+from notification_service.settings import Settings
 
 
 class SmtpEmailProvider:
@@ -91,7 +90,7 @@ class SmtpEmailProvider:
                 raise PermanentError(f"SMTP error {exc.smtp_code}") from exc
             self._drop()
             raise TransientError(f"SMTP error {exc.smtp_code}") from exc
-        except (smtplib.SMTPException, OSError, socket.timeout) as exc:
+        except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             self._drop()
             raise TransientError(f"SMTP unavailable: {type(exc).__name__}") from exc
         finally:

@@ -43,15 +43,14 @@ import structlog
 from marshmallow import ValidationError
 
 import shared
+from notification_service.delivery.log import aware
+from notification_service.delivery.machine import utcnow
+from notification_service.delivery.tables import receipts
+from notification_service.providers.http import scrub
+from notification_service.runtime import metrics
 from shared.amqp_url import for_pika
 from shared.receipts import MAX_REASON_LENGTH, mask_email
 from shared.wire import CORRELATION_HEADER, MESSAGE_TYPE_HEADER
-
-from notification_service.runtime import metrics
-from notification_service.delivery.machine import utcnow
-from notification_service.delivery.log import aware
-from notification_service.providers.http import scrub
-from notification_service.delivery.tables import receipts
 
 log = structlog.get_logger("notification_service.receipts.publisher")
 
@@ -255,7 +254,7 @@ class ReceiptPublisher:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def start(self) -> "ReceiptPublisher":
+    def start(self) -> ReceiptPublisher:
         self.thread = threading.Thread(target=self.run, name="receipt-publisher", daemon=True)
         self.thread.start()
         return self

@@ -8,7 +8,6 @@ import urllib.parse
 from celery import Celery, signals
 
 import shared
-
 from notification_service.broker import topology
 from notification_service.settings import Settings
 from notification_service.worker.failure_policy import retry_annotations

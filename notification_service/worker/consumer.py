@@ -16,12 +16,11 @@ import functools
 import structlog
 from celery.worker.consumer import Consumer
 
-from shared.wire import CORRELATION_HEADER
-
-from notification_service.worker import envelope_guard as envelope
+from notification_service.delivery.log import delivery_log
 from notification_service.runtime import metrics
 from notification_service.settings import Settings
-from notification_service.delivery.log import delivery_log
+from notification_service.worker import envelope_guard as envelope
+from shared.wire import CORRELATION_HEADER
 
 log = structlog.get_logger("notification_service.worker.consumer")
 #: Reconnect probes: first after 0.5 s, then every 0.5 s more, at most every 2 s. Celery's

@@ -10,7 +10,8 @@ worker, in a loop), is poison with a reason, never an exception.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 JSON_CONTENT_TYPE = "application/json"
 #: Larger bodies are poison: a notification's task message is a few kilobytes.

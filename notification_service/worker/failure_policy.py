@@ -27,11 +27,10 @@ import structlog
 from celery import Task
 
 import shared
-
-from notification_service.runtime import metrics
-from notification_service.settings import Settings
 from notification_service.delivery.log import delivery_log
 from notification_service.errors import ContractViolation, PermanentError, TransientError
+from notification_service.runtime import metrics
+from notification_service.settings import Settings
 
 log = structlog.get_logger("notification_service.worker.failure_policy")
 

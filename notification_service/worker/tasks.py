@@ -23,17 +23,16 @@ from celery import shared_task, signals
 from marshmallow import ValidationError
 
 import shared
-from shared.wire import CORRELATION_HEADER
-
 from notification_service.delivery import machine as delivery
-from notification_service.runtime import metrics
 from notification_service.delivery.log import aware, delivery_log
-from notification_service.errors import ContractViolation
 from notification_service.delivery.owner import process_owner
-from notification_service.worker.failure_policy import NotificationTask, safe_kwargsrepr
-from notification_service.providers import EmailContent, PushContent, email_provider, push_provider
 from notification_service.delivery.status import DeliveryStatus
+from notification_service.errors import ContractViolation
+from notification_service.providers import EmailContent, PushContent, email_provider, push_provider
 from notification_service.rendering.templates import render
+from notification_service.runtime import metrics
+from notification_service.worker.failure_policy import NotificationTask, safe_kwargsrepr
+from shared.wire import CORRELATION_HEADER
 
 log = structlog.get_logger("notification_service.worker.tasks")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pika
 import pytest
@@ -19,11 +19,11 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def iso(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def booking_body(resource: str | None = None, start: datetime | None = None, hours: int = 1, **customer) -> dict:
-    start = start or datetime(2031, 3, 1, 9, 0, tzinfo=timezone.utc)
+    start = start or datetime(2031, 3, 1, 9, 0, tzinfo=UTC)
     return {
         "resource_id": resource or f"room-{uuid.uuid4().hex[:8]}",
         "starts_at": iso(start),

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import socket
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
 import shared
 from booking_service.api.app import create_app
+from booking_service.relay.relay import Relay, reconnect_delay, retry_delay
 from booking_service.settings import Settings
 from booking_service.storage.models import OutboxMessage
-from booking_service.relay.relay import Relay, reconnect_delay, retry_delay
 
 from .conftest import AUTH, booking_body, drain
 
@@ -71,7 +71,7 @@ def test_readyz_stays_200_but_degraded_when_the_broker_is_away(settings, client)
 
 def test_no_reminder_when_its_moment_has_already_passed(client, session_factory):
     # The lead is 1 h in these tests; a booking starting in 30 minutes gets no reminder.
-    start = datetime.now(timezone.utc) + timedelta(minutes=30)
+    start = datetime.now(UTC) + timedelta(minutes=30)
     booking = client.post("/v1/bookings", json=booking_body(start=start), headers=AUTH).json
     with session_factory() as s:
         events = s.execute(sa.select(OutboxMessage.event).where(OutboxMessage.booking_id == booking["id"])).scalars().all()
@@ -82,7 +82,7 @@ def test_invalid_and_expired_rows_are_never_sent_and_never_block_the_others(clie
     url, channel, queue = bound_queue
     ids = [client.post("/v1/bookings", json=booking_body(), headers=AUTH).json["id"] for _ in range(3)]
     broken_id, expired_id, good_id = ids
-    past = datetime.now(timezone.utc) - timedelta(minutes=1)
+    past = datetime.now(UTC) - timedelta(minutes=1)
     with session_factory() as s, s.begin():
         rows = {r.booking_id: r for r in s.execute(
             sa.select(OutboxMessage).where(OutboxMessage.event == "booking.confirmed")).scalars()}
@@ -152,8 +152,8 @@ def test_relay_keeps_going_while_the_database_is_away_and_stops_on_request(bound
     thread = threading.Thread(target=relay.run, daemon=True)
     thread.start()
     try:
-        deadline = datetime.now(timezone.utc) + timedelta(seconds=20)
-        while relay.stats.failed < 3 and datetime.now(timezone.utc) < deadline:
+        deadline = datetime.now(UTC) + timedelta(seconds=20)
+        while relay.stats.failed < 3 and datetime.now(UTC) < deadline:
             thread.join(0.05)
         assert relay.stats.failed >= 3 and thread.is_alive()
         assert relay.connection is not None and relay.connection.is_open  # the broker side stayed up

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pika
 import pytest
@@ -15,14 +15,14 @@ import structlog
 
 import shared
 from booking_service.api.app import create_app
+from booking_service.receipts.consumer import ReceiptConsumer
 from booking_service.storage.db import make_engine
 from booking_service.storage.models import OutboxMessage
-from booking_service.receipts.consumer import ReceiptConsumer
 from tests.support import queue_depth, wait_for
 
 from .conftest import AUTH, booking_body
 
-T0 = datetime(2030, 5, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pathlib
 import socket
 import threading
 import urllib.parse
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import jsonschema
 import pika
@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 import shared
-from booking_service.storage.models import OutboxMessage
 from booking_service.relay.relay import Relay
+from booking_service.storage.models import OutboxMessage
 from tests import support
 
 from .conftest import AUTH, booking_body, drain
@@ -69,14 +69,14 @@ def test_booking_over_http_produces_exactly_one_celery_v2_message(client, sessio
 def test_reminder_carries_expires_and_low_priority(client, session_factory, bound_queue):
     url, channel, queue = bound_queue
     # The lead is 1 h in these tests: this reminder falls due in 10 minutes, and expires at the start.
-    start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(hours=1, minutes=10)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1, minutes=10)
     client.post("/v1/bookings", json=booking_body(start=start), headers=AUTH)
     relay = Relay(session_factory, url)
     relay._connect()
     assert relay.publish_due() == 1  # the confirmation only: the reminder is not due yet
     with session_factory() as s, s.begin():  # the 10 minutes pass: the reminder falls due
         s.execute(sa.update(OutboxMessage).where(OutboxMessage.event == "booking.reminder")
-                  .values(available_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+                  .values(available_at=datetime.now(UTC) - timedelta(seconds=1)))
     assert relay.publish_due() == 1
     relay._disconnect()
     by_event = {json.loads(b)[1]["message"]["event"]: p for _m, p, b in drain(channel, queue)}
@@ -97,7 +97,7 @@ def test_unroutable_message_is_not_marked_published(client, session_factory, vho
     with session_factory() as s:
         row = s.execute(sa.select(OutboxMessage).where(OutboxMessage.event == "booking.confirmed")).scalar_one()
     assert row.status == "pending" and "unroutable" in row.last_error
-    assert row.available_at > datetime.now(timezone.utc)
+    assert row.available_at > datetime.now(UTC)
 
 
 class CuttableProxy:
@@ -301,7 +301,7 @@ def test_two_relays_on_postgresql_publish_each_row_once(client, session_factory,
     a share by construction, and no row goes out twice."""
     url, channel, queue = bound_queue
     for i in range(40):
-        start = datetime(2032, 1, 1, tzinfo=timezone.utc) + timedelta(hours=i)
+        start = datetime(2032, 1, 1, tzinfo=UTC) + timedelta(hours=i)
         assert client.post("/v1/bookings", json=booking_body(resource="room-r", start=start), headers=AUTH).status_code == 201
     proxy = CuttableProxy(*_target(url))
     proxy.restore()

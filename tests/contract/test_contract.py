@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import jsonschema
 import pytest
@@ -118,7 +118,7 @@ def test_ends_before_start_is_refused():
 
 
 def test_producer_dump_is_utc_and_round_trips():
-    when = datetime(2030, 1, 2, 10, 0, tzinfo=timezone.utc)
+    when = datetime(2030, 1, 2, 10, 0, tzinfo=UTC)
     from zoneinfo import ZoneInfo
 
     wire = shared.dump_notification_requested(
@@ -163,7 +163,7 @@ def test_task_message_is_celery_v2():
         priority=shared.Priority.HIGH,
         time_limit=60,
         soft_time_limit=50,
-        expires=datetime(2030, 1, 1, tzinfo=timezone.utc),
+        expires=datetime(2030, 1, 1, tzinfo=UTC),
         kwargsrepr="{'message': '<notification id-1>'}",
         correlation_id="req-1",
     )

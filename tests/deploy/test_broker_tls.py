@@ -151,8 +151,8 @@ def test_kombu_refuses_a_broker_whose_ca_is_not_trusted(amqps_url, tmp_path, mon
 
 def test_worker_app_checks_the_broker_host_name_over_amqps(amqps_url, pki, monkeypatch):
     """The notification app's own broker settings verify the host name, which py-amqp skips by default."""
-    from notification_service.worker.app import create_app
     from notification_service.settings import Settings
+    from notification_service.worker.app import create_app
 
     url, proxy = amqps_url
     monkeypatch.setenv("SSL_CERT_FILE", str(pki / "ca.pem"))

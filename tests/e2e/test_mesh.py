@@ -6,17 +6,17 @@ Asserts on what the e-mail file sink and the fake push provider received.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from tests.support import wait_for
 
 
 def iso(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def book(mesh, starts_in: timedelta, *, token: str | None = None, minutes: int = 60) -> dict:
-    start = datetime.now(timezone.utc).replace(microsecond=0) + starts_in
+    start = datetime.now(UTC).replace(microsecond=0) + starts_in
     response = mesh.post(
         "/v1/bookings",
         json={
@@ -69,7 +69,7 @@ def test_cancellation_sends_cancellation_email_and_its_reminder_never(mesh, fake
 
 def test_reschedule_sends_one_rescheduled_email_and_moves_the_reminder(mesh, fake_push):
     booking = book(mesh, timedelta(hours=2))
-    new_start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=36)
+    new_start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=36)
     moved = mesh.patch(
         f"/v1/bookings/{booking['id']}",
         json={"starts_at": iso(new_start), "ends_at": iso(new_start + timedelta(minutes=30))},

@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pika
@@ -145,7 +145,7 @@ def notification(*, event: str = "booking.confirmed", priority: str | None = Non
                  email: str = "ada@example.org", locale: str = "en", booking_id: str | None = None,
                  version: int = 1, status: str = "confirmed", notification_id: str | None = None) -> dict:
     """A valid v1 payload (the producer's strict dump)."""
-    start = datetime(2030, 5, 4, 8, 0, tzinfo=timezone.utc)
+    start = datetime(2030, 5, 4, 8, 0, tzinfo=UTC)
     ev = shared.Event(event)
     return shared.dump_notification_requested({
         "message_type": shared.NOTIFICATION_REQUESTED,
@@ -157,7 +157,7 @@ def notification(*, event: str = "booking.confirmed", priority: str | None = Non
                     "status": status, "resource_id": "room-42", "starts_at": start,
                     "ends_at": start + timedelta(hours=1), "timezone": "Europe/Berlin"},
         "recipient": {"name": "Ada", "email": email, "locale": locale, "push_tokens": list(tokens)},
-        "requested_at": datetime.now(timezone.utc),
+        "requested_at": datetime.now(UTC),
         "correlation_id": f"req-{uuid.uuid4().hex[:8]}",
     })
 
@@ -211,7 +211,7 @@ class Worker:
             raise AssertionError(f"notification-service {args} failed: {run.stdout}\n{run.stderr}")
         return run
 
-    def start(self) -> "Worker":
+    def start(self) -> Worker:
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [str(CELERY), "-A", "notification_service.celery_app", "worker", "-P", "threads",

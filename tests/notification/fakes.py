@@ -13,8 +13,8 @@ from notification_service.delivery.machine import (
     Opened,
     delivery_id,
 )
-from notification_service.errors import PermanentError, TransientError
 from notification_service.delivery.status import CLAIMABLE, FINAL, DeliveryStatus
+from notification_service.errors import PermanentError, TransientError
 
 
 @dataclass

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from notification_service.delivery.machine import BookingRef, ClaimResult, delivery_id
 from notification_service.delivery.log import SqlDeliveryLog
+from notification_service.delivery.machine import BookingRef, ClaimResult, delivery_id
 from notification_service.delivery.migrate import upgrade
 from notification_service.delivery.status import DeliveryStatus
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 LEASE = NOW + timedelta(seconds=60)
 
 

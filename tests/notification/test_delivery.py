@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -12,7 +12,7 @@ from notification_service.delivery.machine import BookingRef, Outcome, SendJob
 from notification_service.delivery.status import DeliveryStatus
 from tests.notification.fakes import FakeDeliveryLog, FakeOwner, FakeProvider, PermanentError, TransientError
 
-T0 = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LEASE = 60
 
 

@@ -7,7 +7,6 @@ import threading
 
 import shared
 from notification_service.delivery.machine import delivery_id
-
 from tests.support import wait_for
 
 from .conftest import FakePush, Worker, declare_topology, dispatch_message, notification, publish, queue_depth

@@ -6,28 +6,28 @@ from __future__ import annotations
 import json
 import types
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pika
 import pytest
 
 import shared
-from notification_service.delivery.machine import BookingRef, ClaimResult, delivery_id
 from notification_service.delivery.log import SqlDeliveryLog
+from notification_service.delivery.machine import BookingRef, ClaimResult, delivery_id
 from notification_service.delivery.migrate import upgrade
+from notification_service.delivery.status import DeliveryStatus
 from notification_service.receipts.publisher import (
     ReceiptOutbox,
     ReceiptPublisher,
     build_receipt,
     receipt_reason,
 )
-from notification_service.delivery.status import DeliveryStatus
 from tests.booking.test_relay import CuttableProxy, _target, proxied_url
 from tests.support import wait_for
 
 from .conftest import Worker, declare_topology, dispatch_message, notification, publish
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 LEASE = NOW + timedelta(seconds=60)
 EMAIL = "ada.lovelace@example.org"
 TOKEN = "fcm-token-SECRET-0042"
@@ -105,7 +105,7 @@ def test_a_claimed_receipt_is_leased_so_a_second_publisher_gets_nothing(database
     first, second = ReceiptOutbox(log), ReceiptOutbox(log)
     assert [r.status for r in first.claim("p1", 10)] == ["expired"]
     assert second.claim("p2", 10) == []
-    assert second.claim("p2", 10, now=datetime.now(timezone.utc) + timedelta(minutes=5))  # p1's lease ran out
+    assert second.claim("p2", 10, now=datetime.now(UTC) + timedelta(minutes=5))  # p1's lease ran out
     log.engine.dispose()
 
 
@@ -295,7 +295,7 @@ def test_an_unroutable_receipt_waits_and_one_that_breaks_the_contract_never_bloc
         assert outbox.claim("other", 10) == []  # held back for a while, not retried in a loop
         queue = channel.queue_declare("", exclusive=True).method.queue
         channel.queue_bind(queue, shared.RECEIPTS_EXCHANGE, "#")
-        assert [r.status for r in outbox.claim("other", 10, now=datetime.now(timezone.utc) + timedelta(minutes=1))] \
+        assert [r.status for r in outbox.claim("other", 10, now=datetime.now(UTC) + timedelta(minutes=1))] \
             == ["expired"]  # after the delay it is due again
         publisher._disconnect()
     finally:

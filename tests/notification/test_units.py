@@ -10,7 +10,7 @@ import ssl
 import subprocess
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
@@ -20,7 +20,6 @@ import responses
 import shared
 from notification_service import cli
 from notification_service.broker import topology
-from notification_service.settings import ConfigError, Settings
 from notification_service.errors import PermanentError, TransientError
 from notification_service.providers import (
     EmailContent,
@@ -32,6 +31,7 @@ from notification_service.providers import (
     parse_retry_after,
 )
 from notification_service.rendering.templates import locale_chain, render
+from notification_service.settings import ConfigError, Settings
 from tests.support import wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -107,7 +107,7 @@ def test_http_email_idempotency_key_and_invalid_address():
 
 
 def test_retry_after_parsing():
-    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
     assert parse_retry_after("120") == 120
     assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now=now) == 30
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None

@@ -5,13 +5,13 @@ from __future__ import annotations
 import email
 import json
 import uuid
+from datetime import UTC
 
 import pika
 import pytest
 
 import shared
 from notification_service.delivery.machine import delivery_id
-
 from tests.support import wait_for
 
 from .conftest import Worker, declare_topology, dispatch_message, notification, publish, queue_depth
@@ -260,10 +260,10 @@ def test_every_poison_kind_is_dead_lettered_and_the_worker_keeps_serving(worker,
 
 
 def test_expired_reminder_is_acked_and_recorded_not_dead_lettered(worker, fake_push):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     payload = notification(event="booking.reminder", tokens=("tok-expired",))
-    publish(worker.url, dispatch_message(payload, expires=datetime.now(timezone.utc) - timedelta(minutes=1)))
+    publish(worker.url, dispatch_message(payload, expires=datetime.now(UTC) - timedelta(minutes=1)))
     wait_for(lambda: statuses(worker, payload["notification_id"]) == {"email": "expired", "push": "expired"},
              what="expired recorded")
     assert not worker.email_for(payload["notification_id"]) and not fake_push.for_token("tok-expired")
@@ -310,14 +310,14 @@ def test_task_events_reach_an_event_receiver_like_flower_without_personal_data(w
 
 
 def test_reminder_push_retried_past_its_expiry_is_dropped_and_recorded(worker, fake_push):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     # The reminder expires 10 s from now (ample for one dispatch on a loaded machine); the
     # provider asks the push to come back after 12 s, i.e. after the expiry, whenever it ran.
     fake_push.script["tok-expiring"] = [(503, {"Retry-After": "12"})]
     payload = notification(event="booking.reminder", tokens=("tok-expiring",))
     nid = payload["notification_id"]
-    publish(worker.url, dispatch_message(payload, expires=datetime.now(timezone.utc) + timedelta(seconds=10)))
+    publish(worker.url, dispatch_message(payload, expires=datetime.now(UTC) + timedelta(seconds=10)))
     wait_for(lambda: statuses(worker, nid) == {"email": "sent", "push": "expired"}, what="push expired")
     assert len(fake_push.for_token("tok-expiring")) == 1
     assert delivery_id(nid, "push", "tok-expiring") not in {m["message_id"] for m in worker.dlq()}

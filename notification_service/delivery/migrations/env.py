@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from notification_service.settings import Settings
 from notification_service.delivery.log import make_engine
 from notification_service.delivery.tables import metadata
+from notification_service.settings import Settings
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url
