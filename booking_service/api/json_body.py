@@ -5,7 +5,11 @@ and so became 500s: ``[[[[…`` 1,000 deep raises RecursionError, a 5,001-digit
 number raises ValueError (Python's int-string limit), and a lone surrogate
 (``"\\ud800"``) decodes fine but no text holding it can be encoded, hashed or
 stored. Here each is a 400 with a clear message, before any schema sees the
-body. (The body size is bounded before this: ``BOOKING_MAX_BODY_BYTES``, 413.)
+body. A key given twice is a 400 too: ``json.loads`` keeps the last one
+silently, so the request would mean something else than what was hashed for its
+idempotency key, and than what a stricter reader of the same bytes would see.
+A body that is not JSON at all (another ``Content-Type``) is a 415. (The body
+size is bounded before this: ``BOOKING_MAX_BODY_BYTES``, 413, chunked or not.)
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import flask_smorest
 from flask import g
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 #: A booking nests three levels; anything deeper than this is not one.
 MAX_DEPTH = 32
@@ -50,6 +54,17 @@ def _too_deep(value: Any) -> bool:
     return False
 
 
+def _object(pairs: list[tuple[str, Any]]) -> dict:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidJSON(f"Request body gives the key {json.dumps(key)[:80]} more than once.")
+            seen.add(key)
+    return value
+
+
 def _has_lone_surrogate(value: Any) -> bool:
     """True if any string (key or value) holds half a UTF-16 pair: it cannot be encoded as UTF-8."""
     try:
@@ -68,7 +83,7 @@ def decode(raw: bytes) -> Any:
     if not text.strip():
         raise json.JSONDecodeError("empty body", "", 0)  # webargs: no body, so every field is missing
     try:
-        value = json.loads(text, parse_int=_int, parse_constant=_constant)
+        value = json.loads(text, parse_int=_int, parse_constant=_constant, object_pairs_hook=_object)
     except RecursionError:
         raise InvalidJSON(f"Request body nests deeper than {MAX_DEPTH} levels.") from None
     except json.JSONDecodeError as exc:
@@ -86,9 +101,31 @@ class BoundedParser(FlaskParser):
 
     def _raw_load_json(self, req) -> Any:
         if not is_json_request(req):
+            if _has_body(req):
+                raise UnsupportedMediaType("Request body must be JSON (Content-Type: application/json).")
             return core.missing
-        g.json_body = decode(req.get_data(cache=True))
+        g.json_body = decode(_bounded_body(req))
         return g.json_body
+
+
+def _has_body(req) -> bool:
+    return bool(req.content_length) or "chunked" in req.headers.get("Transfer-Encoding", "").lower()
+
+
+def _bounded_body(req) -> bytes:
+    """The body, or 413 when it is over ``MAX_CONTENT_LENGTH``, also when it came chunked.
+
+    werkzeug checks the limit against ``Content-Length`` only; a chunked body has none, and its
+    stream was silently cut at the limit, so a truncated document reached the decoder.
+    """
+    limit = req.max_content_length
+    if limit is None or req.content_length is not None or not req.environ.get("wsgi.input_terminated"):
+        return req.get_data(cache=True)
+    # werkzeug's own stream stops quietly at the limit: read the server's de-chunked input itself.
+    raw = req.environ["wsgi.input"].read(limit + 1)
+    if len(raw) > limit:
+        raise RequestEntityTooLarge()
+    return raw
 
 
 class Blueprint(flask_smorest.Blueprint):

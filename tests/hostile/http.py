@@ -76,6 +76,12 @@ def cases() -> list[Case]:
         post("infinity", b'{"notes": -Infinity}', 400),
         post("not-json", b"{not json", 400),
         post("truncated", _json(VALID)[:40], 400),
+        post("duplicate-key", _json(VALID)[:-1] + b', "resource_id": "room-other"}', 400),
+        post("duplicate-key-nested", _json(VALID).replace(b'"name": "Grace Hopper"',
+                                                         b'"name": "Grace Hopper", "name": "Ada"'), 400),
+        Case("wrong-content-type", "POST", "/v1/bookings", 415, _json(VALID), {"Content-Type": "text/plain"}),
+        Case("form-content-type", "POST", "/v1/bookings", 415, b"resource_id=room",
+             {"Content-Type": "application/x-www-form-urlencoded"}),
         post("brackets-over-the-size-limit", b"[" * 100_000, 413),
         post("notes-over-the-size-limit", _json(_with(notes="x" * 70_000)), 413),
         # The schema: 422 naming the field.
