@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                "booking_service/.env.example and the README list them.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{migrate,relay,receipts,serve}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{migrate,relay,receipts,serve}",
+                                help="the process to run (`booking-service COMMAND --help` for more)")
     _command(sub, "migrate", _migrate, "apply the database migrations (alembic upgrade head) and exit")
     _command(sub, "relay", _relay, "publish the outbox to RabbitMQ until stopped (SIGTERM/SIGINT); "
                                    "a broker that is away is retried, never fatal")
