@@ -29,7 +29,7 @@ class BookingApi(Api):
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    settings = settings or Settings.from_env()
+    settings = settings if settings is not None else Settings.from_env()
     logs.configure(settings.log_format, settings.log_level)
     app = Flask(__name__)
     app.config.update(

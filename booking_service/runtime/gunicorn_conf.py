@@ -1,20 +1,25 @@
-"""gunicorn settings for the booking API (``booking-service serve``), from the environment.
+"""gunicorn settings for the booking API (``booking-service serve``), from ``Settings.from_env()``.
 
 Sync workers: every request is a short database transaction, and 2 × cores + 1
 processes keep the cores busy without threads sharing a SQLAlchemy session.
+Reading the same Settings as the app means BOOKING_BIND, BOOKING_WORKERS and
+BOOKING_WORKER_TIMEOUT are checked, and honoured from ./.env, like every other variable.
 """
 
-import multiprocessing
 import os
 
-bind = [os.environ.get("BOOKING_BIND", "0.0.0.0:8000")]
-# /metrics on a port of its own (BOOKING_METRICS_BIND, see config.Settings.metrics_bind):
+from booking_service.settings import Settings
+
+_settings = Settings.from_env()
+
+bind = [_settings.bind]
+# /metrics on a port of its own (BOOKING_METRICS_BIND, see Settings.metrics_bind):
 # the same workers listen on it, and the app tells the two apart by the local port.
-if os.environ.get("BOOKING_METRICS_BIND", "").strip():
-    bind.append(os.environ["BOOKING_METRICS_BIND"].strip())
-workers = int(os.environ.get("BOOKING_WORKERS", multiprocessing.cpu_count() * 2 + 1))
+if _settings.metrics_bind:
+    bind.append(_settings.metrics_bind)
+workers = _settings.workers
 worker_class = "sync"
-timeout = int(os.environ.get("BOOKING_WORKER_TIMEOUT", "30"))
+timeout = _settings.worker_timeout
 graceful_timeout = 20
 keepalive = 5
 accesslog = None  # the app logs each request itself, as structured JSON with the request id
@@ -29,7 +34,8 @@ def post_worker_init(worker):
 
 
 def child_exit(server, worker):
-    # Multiprocess Prometheus: drop the gauges of a worker that died.
+    # Multiprocess Prometheus: drop the gauges of a worker that died. prometheus-client reads
+    # this variable from the process environment itself, so it is not one of the Settings.
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

@@ -11,18 +11,28 @@ import sys
 
 import structlog
 
+from booking_service.settings import LogFormat, LogLevel
 
-def configure(log_format: str = "console", level: str = "INFO") -> None:
-    renderer = structlog.processors.JSONRenderer() if log_format == "json" else structlog.dev.ConsoleRenderer()
+RENDERERS = {"json": structlog.processors.JSONRenderer, "console": structlog.dev.ConsoleRenderer}
+
+
+def configure(log_format: LogFormat = "console", level: LogLevel = "INFO") -> None:
+    # Refused rather than defaulted: a misspelt "jsn" used to give console lines that the
+    # log pipeline could not parse, and nobody noticed (Settings checks the variables first).
+    if log_format not in RENDERERS:
+        raise ValueError(f"log format must be one of {sorted(RENDERERS)}, got {log_format!r}")
+    number = logging.getLevelNamesMapping().get(level.upper())
+    if number is None:
+        raise ValueError(f"unknown log level {level!r}")
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            renderer,
+            RENDERERS[log_format](),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        wrapper_class=structlog.make_filtering_bound_logger(number),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
