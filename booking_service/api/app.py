@@ -32,6 +32,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings if settings is not None else Settings.from_env()
     logs.configure(settings.log_format, settings.log_level)
     app = Flask(__name__)
+    # werkzeug answers "/v1//bookings" with a 308 to an absolute URL built from the Host header
+    # (an open redirect to whatever host a client names) and an HTML body: a path is the API's or a 404.
+    app.url_map.merge_slashes = False
     app.config.update(
         BOOKING_SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,

@@ -148,4 +148,5 @@ def cases() -> list[Case]:
         Case("made-up-method-unknown-route", "QHWIJGUUDKTU", "/x", 404),
         Case("delete-collection", "DELETE", "/v1/bookings", 405),
         Case("booking-id-not-a-uuid", "GET", "/v1/bookings/not-a-uuid", 404),
+        Case("double-slash-redirect-to-the-host-header", "GET", "/v1//bookings", 404, headers={"Host": "evil.example"}),
     ]
