@@ -47,6 +47,8 @@ class RelayStats:
 
 
 class Relay:
+    """One relay: a loop on one thread with one broker connection; several may run against one database."""
+
     def __init__(self, session_factory: sessionmaker, amqp_url: str, *, poll_seconds: float = 0.02,
                  batch_size: int = 100, max_backoff: float = 1.0, listen: bool = True):
         self.engine: sa.Engine = session_factory.kw["bind"]
