@@ -230,7 +230,7 @@ def raw_one_by_one(url: str, bodies: list[shared.TaskMessage]) -> float:
 
 
 def relay_round(database_url: str, amqp_url: str, rows: int, samples: int, poll: float) -> dict:
-    from booking_service.relay.relay import build_message
+    from booking_service.relay.message import build_message
     from booking_service.storage.db import make_engine
     from booking_service.storage.models import OutboxMessage
 

@@ -122,7 +122,7 @@ class BookingCollection(MethodView):
             # answer what that request answered (no lookup on the normal path).
             if idempotency is not None:
                 with db_session().begin():
-                    if (replayed := _replay(db_session(), key, idempotency.request_hash)) is not None:
+                    if (replayed := _replay(db_session(), idempotency.key, idempotency.request_hash)) is not None:
                         return replayed
             raise
         response = jsonify(body)

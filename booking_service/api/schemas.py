@@ -10,7 +10,7 @@ range every backend and every reminder computation can hold.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,7 +47,7 @@ def _no_final_newline(value: str) -> None:
 
 #: One line of text without control characters: the contract's rule (documented as its
 #: pattern), held to the whole value.
-ONE_LINE = [single_line, _no_final_newline]
+ONE_LINE: list[Callable[[str], Any]] = [single_line, _no_final_newline]
 
 
 def _text(max_length: int, min_length: int = 1) -> list:
@@ -105,7 +105,8 @@ class BookingCreateSchema(_TimeRange):
     customer = fields.Nested(CustomerSchema, required=True)
     notes = fields.String(load_default=None, allow_none=True, validate=[
         validate.Length(max=2000),
-        validate.Regexp(MULTI_LINE_PATTERN, error="Must be text without control characters other than tab and line breaks."),
+        validate.Regexp(MULTI_LINE_PATTERN,
+                        error="Must be text without control characters other than tab and line breaks."),
     ])
 
 

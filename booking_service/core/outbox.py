@@ -13,8 +13,9 @@ import json
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import update
+from sqlalchemy import CursorResult, update
 from sqlalchemy.orm import Session
 
 import shared
@@ -143,7 +144,8 @@ def schedule_reminder(session: Session, booking: Booking, correlation_id: str, l
 
 def supersede_reminders(session: Session, booking_id: str) -> int:
     """Withdraw the booking's unpublished reminders (cancel / reschedule)."""
-    result = session.execute(
+    # An UPDATE answers with a CursorResult (it has the rowcount); Session.execute is typed for any statement.
+    result = cast(CursorResult[Any], session.execute(
         update(OutboxMessage)
         .where(
             OutboxMessage.booking_id == booking_id,
@@ -151,5 +153,5 @@ def supersede_reminders(session: Session, booking_id: str) -> int:
             OutboxMessage.status == "pending",
         )
         .values(status="superseded")
-    )
+    ))
     return result.rowcount or 0

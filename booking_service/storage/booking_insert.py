@@ -90,7 +90,8 @@ class Statements:
         if where is None:
             sql = f"INSERT INTO {table.name} ({names}) VALUES ({', '.join(self.mark for _ in columns)})"
         else:
-            sql = f"INSERT INTO {table.name} ({names}) SELECT {', '.join(self._param(table, c) for c in columns)} WHERE {where}"
+            values = ", ".join(self._param(table, c) for c in columns)
+            sql = f"INSERT INTO {table.name} ({names}) SELECT {values} WHERE {where}"
         return _Insert(sql, tuple(self._processor(table, c) for c in columns))
 
 
@@ -169,6 +170,8 @@ def write(engine: sa.Engine, statements: Statements, params: dict) -> None:
     for attempt in (1, 2):
         with engine.connect() as conn:
             driver = conn.connection.driver_connection
+            if driver is None:  # typed Optional for an invalidated connection; a fresh checkout has one
+                raise sa.exc.InvalidRequestError("the pool handed out a connection without a DBAPI connection")
             try:
                 inserted = run(driver, statements, params)
             except dbapi.Error as exc:

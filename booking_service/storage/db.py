@@ -48,7 +48,7 @@ class WriteLockedConnection(sqlite3.Connection):
 
     def __init__(self, database, *args, **kwargs):
         super().__init__(database, *args, **kwargs)
-        self._lock_fd = None
+        self._lock_fd: int | None = None
         self._locked = False
         if database not in (":memory:", "") and not str(database).startswith("file:"):
             self._lock_fd = os.open(f"{database}-writelock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -64,7 +64,7 @@ class WriteLockedConnection(sqlite3.Connection):
             raise
 
     def _unlock(self) -> None:
-        if self._locked:
+        if self._locked and self._lock_fd is not None:  # _locked is only ever set with the lock file open
             self._locked = False
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -38,7 +39,11 @@ class UTCDateTime(TypeDecorator):
 
 
 class Base(DeclarativeBase):
-    pass
+    if TYPE_CHECKING:
+        # DeclarativeBase types __table__ as any FromClause (a class may be mapped to
+        # a subquery); every class here declares __tablename__, so it is a Table, which
+        # is what sa.insert/sa.update and the statement builders take.
+        __table__: ClassVar[sa.Table]
 
 
 class Resource(Base):

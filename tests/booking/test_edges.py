@@ -11,7 +11,9 @@ import sqlalchemy as sa
 
 import shared
 from booking_service.api.app import create_app
-from booking_service.relay.relay import Relay, reconnect_delay, retry_delay
+from booking_service.relay.outbox_lease import retry_delay
+from booking_service.relay.relay import Relay
+from booking_service.runtime.backoff import reconnect_delay
 from booking_service.settings import Settings
 from booking_service.storage.models import OutboxMessage
 
