@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import uuid
@@ -188,7 +187,7 @@ def test_a_receipt_breaking_the_contract_is_dead_lettered_and_the_consumer_keeps
 def test_receipts_published_while_the_consumer_is_stopped_are_applied_when_it_starts(settings, client,
                                                                                       session_factory, broker,
                                                                                       consumer):
-    ready_app = create_app(dataclasses.replace(settings, amqp_url=broker))
+    ready_app = create_app(settings.model_copy(update={"amqp_url": broker}))
     ready = ready_app.test_client()
     booking_id, nid = new_booking(client, session_factory)
     publish(broker, *story(booking_id, nid))
