@@ -13,18 +13,22 @@ import urllib.parse
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from notification_service.settings import ConfigError, Settings
+from notification_service.settings import EXIT_CONFIG, ConfigError, Settings
 
 DEFINITIONS_PATH = pathlib.Path("deploy/rabbitmq/definitions.json")
 
-#: Exit statuses of sysexits.h, so a supervisor can tell a setting to fix from a service to wait for.
-EXIT_CONFIG = 78
+#: sysexits.h EX_UNAVAILABLE: a broker or database to wait for, unlike EXIT_CONFIG (a setting to fix).
 EXIT_UNAVAILABLE = 69
 
 #: `topology declare` gives up after this many connection retries per broker node, this many
 #: seconds in all: kombu's default is to retry forever, which hangs a deploy step.
 CONNECT_RETRIES_PER_NODE = 2
 CONNECT_TIMEOUT_SECONDS = 10.0
+
+#: Library loggers the CLI turns down unless NOTIFICATION_LOG_LEVEL=DEBUG: pika logs a failed
+#: connection at ERROR with a traceback (the CLI's own line says it); alembic announces each of
+#: its plugins at INFO before every migration.
+QUIET_LOGGERS = {"pika": logging.CRITICAL, "alembic.runtime.plugins": logging.WARNING}
 
 EPILOG = """\
 settings: environment variables, then ./.env for those the environment does not set
@@ -296,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     configure(settings.log_format, settings.log_level)
     if settings.log_level != "DEBUG":
-        # pika logs a failed connection at ERROR with a traceback; the one line below says it.
-        logging.getLogger("pika").setLevel(logging.CRITICAL)
+        for name, level in QUIET_LOGGERS.items():
+            logging.getLogger(name).setLevel(level)
     try:
         return COMMANDS[args.command](args, settings)
     except Exception as exc:

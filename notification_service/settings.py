@@ -29,6 +29,8 @@ DEFAULT_DATABASE_URL = "sqlite:///var/notification.db"
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672//"
 #: The file every entry point (CLI, Celery worker) reads after the environment.
 ENV_FILE = ".env"
+#: Exit status of a process that refuses its settings (sysexits.h EX_CONFIG): fix, don't restart.
+EXIT_CONFIG = 78
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
