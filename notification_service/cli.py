@@ -21,7 +21,7 @@ DEFINITIONS_PATH = pathlib.Path("deploy/rabbitmq/definitions.json")
 EXIT_UNAVAILABLE = 69
 
 #: `topology declare` gives up after this many connection retries per broker node, this many
-#: seconds in all: kombu's default is to retry forever, which hangs a deploy step.
+#: seconds in all: kombu retries without end unless told, which would hang a deploy step.
 CONNECT_RETRIES_PER_NODE = 2
 CONNECT_TIMEOUT_SECONDS = 10.0
 
@@ -33,7 +33,7 @@ QUIET_LOGGERS = {"pika": logging.CRITICAL, "alembic.runtime.plugins": logging.WA
 EPILOG = """\
 settings: environment variables, then ./.env for those the environment does not set
 (notification_service/.env.example lists them all).
-exit status: 0 done, 1 not found or refused, 2 usage, 69 broker or database unavailable,
+exit status: 0 done, 1 not found or refused, 2 usage, 69 broker or database failed,
 78 a setting is invalid."""
 
 
@@ -49,7 +49,11 @@ def _where(amqp_url: str) -> str:
     nodes = []
     for url in amqp_url.split(";"):
         parts = urllib.parse.urlsplit(url.strip())
-        nodes.append(f"{parts.hostname}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}")
+        try:
+            port = str(parts.port or (5671 if parts.scheme == "amqps" else 5672))
+        except ValueError:  # a port that is not a number: show what was written
+            port = parts.netloc.rpartition(":")[2]
+        nodes.append(f"{parts.hostname}:{port}")
     return ", ".join(nodes)
 
 
@@ -94,7 +98,7 @@ def _failure(exc: Exception, settings: Settings) -> str | None:
     from sqlalchemy.exc import SQLAlchemyError
 
     if isinstance(exc, SQLAlchemyError):
-        return f"database unavailable (NOTIFICATION_DATABASE_URL): {_database_failure(exc)}"
+        return f"database (NOTIFICATION_DATABASE_URL): {_database_failure(exc)}"
     where = f"broker {_where(settings.amqp_url)} (AMQP_URL)"
     # pika raises a handshake timeout as an AMQPConnectorException, outside its AMQPError tree.
     if isinstance(exc, pika.exceptions.AMQPConnectionError | AMQPConnectorException

@@ -121,7 +121,7 @@ class Settings(BaseSettings):
                  env_file: str | pathlib.Path | None = ENV_FILE) -> Settings:
         """Settings from ``env`` alone, or from ``os.environ`` over ``env_file``.
 
-        The real environment wins over the file; variables neither names are defaults.
+        The real environment wins over the file; a variable set in neither takes its default.
         Raises ``ConfigError`` with one line naming every variable that is wrong.
         """
         if env is None:
