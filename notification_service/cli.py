@@ -3,14 +3,112 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
+import logging
 import pathlib
+import socket
 import sys
+import urllib.parse
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from notification_service.settings import Settings
+from notification_service.settings import EXIT_CONFIG, ConfigError, Settings
 
 DEFINITIONS_PATH = pathlib.Path("deploy/rabbitmq/definitions.json")
+
+#: sysexits.h EX_UNAVAILABLE: a broker or database to wait for, unlike EXIT_CONFIG (a setting to fix).
+EXIT_UNAVAILABLE = 69
+
+#: `topology declare` gives up after this many connection retries per broker node, this many
+#: seconds in all: kombu retries without end unless told, which would hang a deploy step.
+CONNECT_RETRIES_PER_NODE = 2
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+#: Library loggers the CLI turns down unless NOTIFICATION_LOG_LEVEL=DEBUG: pika logs a failed
+#: connection at ERROR with a traceback (the CLI's own line says it); alembic announces each of
+#: its plugins at INFO before every migration.
+QUIET_LOGGERS = {"pika": logging.CRITICAL, "alembic.runtime.plugins": logging.WARNING}
+
+EPILOG = """\
+settings: environment variables, then ./.env for those the environment does not set
+(notification_service/.env.example lists them all).
+exit status: 0 done, 1 not found or refused, 2 usage, 69 broker or database failed,
+78 a setting is invalid."""
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("booking-notifications")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _where(amqp_url: str) -> str:
+    """The broker nodes of ``amqp_url`` as host:port, without credentials."""
+    nodes = []
+    for url in amqp_url.split(";"):
+        parts = urllib.parse.urlsplit(url.strip())
+        try:
+            port = str(parts.port or (5671 if parts.scheme == "amqps" else 5672))
+        except ValueError:  # a port that is not a number: show what was written
+            port = parts.netloc.rpartition(":")[2]
+        nodes.append(f"{parts.hostname}:{port}")
+    return ", ".join(nodes)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _strings(params: object) -> Iterator[str]:
+    """Every string among statement parameters (a tuple, a dict, or a list of them for executemany)."""
+    if isinstance(params, str):
+        if params:
+            yield params
+    elif isinstance(params, Mapping):
+        for value in params.values():
+            yield from _strings(value)
+    elif isinstance(params, list | tuple):
+        for value in params:
+            yield from _strings(value)
+
+
+def _database_failure(exc: Exception) -> str:
+    """One line about a SQLAlchemy/driver error: the driver's first line, never the statement or parameters."""
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError):
+        # str(exc) would append "[SQL: ...]" and "[parameters: ...]"; the driver's own first line
+        # is what an operator acts on (refused, no such table, authentication failed). A driver
+        # may quote a value it could not use: that value is masked too.
+        line = _first_line(str(exc.orig))
+        for value in _strings(exc.params):
+            line = line.replace(value, "?")
+        return f"{type(exc.orig).__name__}: {line}"
+    return f"{type(exc).__name__}: {_first_line(str(exc))}"
+
+
+def _failure(exc: Exception, settings: Settings) -> str | None:
+    """One line for a broker or database failure, or None for anything else (a bug: let it raise)."""
+    import amqp.exceptions
+    import kombu.exceptions
+    import pika.exceptions
+    from pika.adapters.utils.connection_workflow import AMQPConnectorException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, SQLAlchemyError):
+        return f"database (NOTIFICATION_DATABASE_URL): {_database_failure(exc)}"
+    where = f"broker {_where(settings.amqp_url)} (AMQP_URL)"
+    # pika raises a handshake timeout as an AMQPConnectorException, outside its AMQPError tree.
+    if isinstance(exc, pika.exceptions.AMQPConnectionError | AMQPConnectorException
+                  | kombu.exceptions.OperationalError | ConnectionError | TimeoutError | socket.gaierror):
+        pika_error = isinstance(exc, pika.exceptions.AMQPError | AMQPConnectorException)
+        reason = repr(exc) if pika_error else f"{type(exc).__name__}: {exc}"
+        return f"{where} unavailable: {_first_line(reason)}"
+    if isinstance(exc, pika.exceptions.AMQPError | amqp.exceptions.AMQPError):
+        return f"{where} refused: {_first_line(repr(exc))}"
+    return None
 
 
 def _print_json(value: Any) -> None:
@@ -29,7 +127,10 @@ def _reasons(settings: Settings) -> dict[str, str]:
     try:
         return delivery_log(settings.database_url).dead_letter_reasons()
     except Exception as exc:  # noqa: BLE001 - list still works from x-death alone; say why
-        print(f"warning: reasons unavailable from the delivery log: {exc}", file=sys.stderr)
+        from sqlalchemy.exc import SQLAlchemyError
+
+        reason = _database_failure(exc) if isinstance(exc, SQLAlchemyError) else f"{type(exc).__name__}: {exc}"
+        print(f"warning: reasons unavailable from the delivery log: {_first_line(reason)}", file=sys.stderr)
         return {}
 
 
@@ -58,47 +159,62 @@ def cmd_status(args, settings: Settings) -> int:
     return 0
 
 
+def _dlq_list(args, settings: Settings, dlq) -> int:
+    # Messages first, reasons second: a worker stores the reason before it rejects the
+    # message, so every message listed has its reason in what is read after it.
+    messages = dlq.list_messages(settings.amqp_url, args.queue)
+    reasons = _reasons(settings)
+    _print_json([m.summary(reasons) for m in messages])
+    return 0
+
+
+def _dlq_show(args, settings: Settings, dlq) -> int:
+    matches = [m for m in dlq.list_messages(settings.amqp_url, args.queue) if m.message_id == args.message_id]
+    if not matches:
+        print(f"no dead letter {args.message_id}", file=sys.stderr)
+        return 1
+    reasons = _reasons(settings)
+    _print_json([dlq.show(m, reasons) for m in matches])
+    return 0
+
+
+def _dlq_replay(args, settings: Settings, dlq) -> int:
+    if not (args.message_id or args.all or args.task or args.queue):
+        # Replaying everything must be asked for explicitly.
+        print("give a message id, --task T, --queue Q or --all", file=sys.stderr)
+        return 2
+    skipped: dict[str, str] = {}
+    replayed = dlq.replay(settings.amqp_url, message_id=args.message_id, queue=args.queue, task=args.task,
+                          skipped=skipped)
+    if args.message_id and not replayed and not skipped:
+        print(f"no dead letter {args.message_id}", file=sys.stderr)
+        return 1
+    _print_json({"replayed": replayed, "skipped_poison": skipped})
+    if args.message_id and skipped:
+        print(f"not replayed: {args.message_id} is poison ({next(iter(skipped.values()))})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _dlq_purge(args, settings: Settings, dlq) -> int:
+    if not args.yes:
+        print("refusing to purge without --yes", file=sys.stderr)
+        return 2
+    _print_json({"purged": dlq.purge(settings.amqp_url, args.queue)})
+    return 0
+
+
+DLQ_COMMANDS = {"list": _dlq_list, "show": _dlq_show, "replay": _dlq_replay, "purge": _dlq_purge}
+
+
 def cmd_dlq(args, settings: Settings) -> int:
     from notification_service.broker import dlq
 
     try:
-        if args.dlq_command == "list":
-            # Messages first, reasons second: a worker stores the reason before it rejects the
-            # message, so every message listed has its reason in what is read after it.
-            messages = dlq.list_messages(settings.amqp_url, args.queue)
-            reasons = _reasons(settings)
-            _print_json([m.summary(reasons) for m in messages])
-        elif args.dlq_command == "show":
-            matches = [m for m in dlq.list_messages(settings.amqp_url, args.queue) if m.message_id == args.message_id]
-            if not matches:
-                print(f"no dead letter {args.message_id}", file=sys.stderr)
-                return 1
-            reasons = _reasons(settings)
-            _print_json([dlq.show(m, reasons) for m in matches])
-        elif args.dlq_command == "replay":
-            if not (args.message_id or args.all or args.task or args.queue):
-                # Replaying everything must be asked for explicitly.
-                print("give a message id, --task T, --queue Q or --all", file=sys.stderr)
-                return 2
-            skipped: dict[str, str] = {}
-            replayed = dlq.replay(settings.amqp_url, message_id=args.message_id, queue=args.queue, task=args.task,
-                                  skipped=skipped)
-            if args.message_id and not replayed and not skipped:
-                print(f"no dead letter {args.message_id}", file=sys.stderr)
-                return 1
-            _print_json({"replayed": replayed, "skipped_poison": skipped})
-            if args.message_id and skipped:
-                print(f"not replayed: {args.message_id} is poison ({next(iter(skipped.values()))})", file=sys.stderr)
-                return 1
-        elif args.dlq_command == "purge":
-            if not args.yes:
-                print("refusing to purge without --yes", file=sys.stderr)
-                return 2
-            _print_json({"purged": dlq.purge(settings.amqp_url, args.queue)})
+        return DLQ_COMMANDS[args.dlq_command](args, settings, dlq)
     except dlq.DlqError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 def cmd_topology(args, settings: Settings) -> int:
@@ -116,40 +232,60 @@ def cmd_topology(args, settings: Settings) -> int:
 
     from notification_service.broker.topology import declare
 
-    with Connection(settings.amqp_url) as connection:
+    nodes = settings.amqp_url.count(";") + 1
+    # Failover opts in transport_options bound every reconnect kombu makes, including the one
+    # behind default_channel; each retry moves to the next node of a ';'-separated AMQP_URL.
+    bounded = {"max_retries": CONNECT_RETRIES_PER_NODE * nodes, "interval_start": 0, "interval_step": 1,
+               "interval_max": 2, "connect_retries_timeout": CONNECT_TIMEOUT_SECONDS}
+    with Connection(settings.amqp_url, connect_timeout=5, transport_options=bounded) as connection:
         declare(connection)
     print("declared")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="notification-service", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", help="alembic upgrade head on NOTIFICATION_DATABASE_URL")
-    status = sub.add_parser("status", help="print the delivery log rows of one notification")
-    status.add_argument("notification_id")
+    parser = argparse.ArgumentParser(prog="notification-service", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{migrate,status,dlq,topology}")
+    sub.add_parser("migrate", help="alembic upgrade head on NOTIFICATION_DATABASE_URL",
+                   description="Create or upgrade the delivery log tables (alembic upgrade head).")
+    status = sub.add_parser("status", help="print the delivery log rows of one notification",
+                            description="Print every delivery (channel, address) of one notification as JSON.")
+    status.add_argument("notification_id", help="the notification id (the task id of its messages)")
 
-    dlq = sub.add_parser("dlq", help="dead-letter queues")
-    dsub = dlq.add_subparsers(dest="dlq_command", required=True)
-    lst = dsub.add_parser("list", help="list dead letters with reason (nothing is removed)")
-    lst.add_argument("--queue")
-    shw = dsub.add_parser("show", help="show one dead letter with headers and body")
-    shw.add_argument("message_id")
-    shw.add_argument("--queue")
-    rep = dsub.add_parser("replay", help="republish dead letters to their origin queue")
-    rep.add_argument("message_id", nargs="?")
-    rep.add_argument("--all", action="store_true")
-    rep.add_argument("--queue")
-    rep.add_argument("--task")
-    pur = dsub.add_parser("purge", help="delete dead letters")
-    pur.add_argument("--queue")
-    pur.add_argument("--yes", action="store_true")
+    dlq = sub.add_parser("dlq", help="dead-letter queues",
+                         description="Inspect, replay or purge the dead-letter queues (*.dlq) on AMQP_URL.")
+    dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="{list,show,replay,purge}")
+    queue_help = "only the dead-letter queue of this work queue (default: every one)"
+    lst = dsub.add_parser("list", help="list dead letters with reason (nothing is removed)",
+                          description="List dead letters with their reason; every message stays in its queue.")
+    lst.add_argument("--queue", help=queue_help)
+    shw = dsub.add_parser("show", help="show one dead letter with headers and body",
+                          description="Show one dead letter with its headers and decoded body.")
+    shw.add_argument("message_id", help="the message (task) id of the dead letter")
+    shw.add_argument("--queue", help=queue_help)
+    rep = dsub.add_parser("replay", help="republish dead letters to their origin queue",
+                          description="Republish dead letters to their origin queue with a fresh retry budget; "
+                                      "poison messages are skipped and stay.")
+    rep.add_argument("message_id", nargs="?", help="replay only this message id")
+    rep.add_argument("--all", action="store_true", help="replay every dead letter (must be asked for explicitly)")
+    rep.add_argument("--queue", help=queue_help)
+    rep.add_argument("--task", help="only dead letters of this task name, e.g. notifications.email.send")
+    pur = dsub.add_parser("purge", help="delete dead letters", description="Delete dead letters for good.")
+    pur.add_argument("--queue", help=queue_help)
+    pur.add_argument("--yes", action="store_true", help="really delete (without it nothing is purged)")
 
-    topo = sub.add_parser("topology", help="broker topology")
-    tsub = topo.add_subparsers(dest="topology_command", required=True)
-    exp = tsub.add_parser("export", help="write RabbitMQ definitions.json ('-' for stdout)")
-    exp.add_argument("path", nargs="?", default=str(DEFINITIONS_PATH))
-    tsub.add_parser("declare", help="declare exchanges and queues on AMQP_URL")
+    topo = sub.add_parser("topology", help="broker topology",
+                          description="The exchanges and queues of the notification service.")
+    tsub = topo.add_subparsers(dest="topology_command", required=True, metavar="{export,declare}")
+    exp = tsub.add_parser("export", help="write RabbitMQ definitions.json ('-' for stdout)",
+                          description="Write the topology as RabbitMQ definitions (what the broker imports).")
+    exp.add_argument("path", nargs="?", default=str(DEFINITIONS_PATH),
+                     help=f"file to write, '-' for stdout (default: {DEFINITIONS_PATH})")
+    tsub.add_parser("declare", help="declare exchanges and queues on AMQP_URL",
+                    description="Declare every exchange and queue on AMQP_URL (idempotent; the workers do it "
+                                "at start too).")
     return parser
 
 
@@ -157,12 +293,27 @@ COMMANDS = {"migrate": cmd_migrate, "status": cmd_status, "dlq": cmd_dlq, "topol
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from notification_service.runtime.logs import configure
 
-    settings = Settings.from_env()
-    configure(settings.log_format)
-    return COMMANDS[args.command](args, settings)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"{parser.prog}: invalid setting: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure(settings.log_format, settings.log_level)
+    if settings.log_level != "DEBUG":
+        for name, level in QUIET_LOGGERS.items():
+            logging.getLogger(name).setLevel(level)
+    try:
+        return COMMANDS[args.command](args, settings)
+    except Exception as exc:
+        message = _failure(exc, settings)
+        if message is None:
+            raise
+        print(f"{parser.prog}: {message}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
 
 
 if __name__ == "__main__":

@@ -1,136 +1,189 @@
-"""Settings of the notification service, read from environment variables only.
+"""Settings of the notification service, read from environment variables and ``./.env``.
 
-Nothing here opens a connection; ``Settings.from_env()`` is called by the
-app factory and the CLI, never at import time.
+pydantic-settings rather than hand-written parsing: every variable gets a type, a
+choice is a ``Literal``, and one validation error names the variable it came from, so
+the CLI and the worker can refuse a bad value with one line instead of a traceback
+from deep inside a provider. It also reads ``.env`` the way the environment is read.
+
+Nothing here opens a connection; ``Settings.from_env()`` is called by the app factory
+and the CLI, never at import time. ``Settings(...)`` reads nothing but its arguments.
 """
 
 from __future__ import annotations
 
-import os
+import pathlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import Any, Literal, Self
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 #: Default SQLite file of the delivery log (relative to the working directory).
 DEFAULT_DATABASE_URL = "sqlite:///var/notification.db"
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672//"
+#: The file every entry point (CLI, Celery worker) reads after the environment.
+ENV_FILE = ".env"
+#: Exit status of a process that refuses its settings (sysexits.h EX_CONFIG): fix, don't restart.
+EXIT_CONFIG = 78
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class ConfigError(ValueError):
-    """An environment variable holds a value the service cannot use."""
+    """Raised when an environment variable holds a value the service cannot use."""
 
 
-def _bool(value: str, name: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off", ""}:
-        return False
-    raise ConfigError(f"{name} must be a boolean (true/false), got {value!r}")
+def _var(name: str, default: Any, **constraints: Any) -> Any:
+    """A field read from the environment variable ``name``."""
+    return Field(default, validation_alias=name, **constraints)
 
 
-def _num(env: Mapping[str, str], name: str, default: float, cast=float):
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return cast(default)
-    try:
-        return cast(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+def _secret(name: str) -> Any:
+    # repr=False keeps it out of repr(), str() and so out of log lines; a plain str (not
+    # SecretStr) because the providers hand it to smtplib and requests as it is.
+    return Field("", validation_alias=name, repr=False)
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = (env.get(name) or default).strip().lower()
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-    return value
+def _default_lease(data: dict[str, Any]) -> float:
+    # A failed timeout is reported by its own field; the lease then only needs some value.
+    return max(60.0, 3 * data.get("http_timeout", 10.0), 3 * data.get("smtp_timeout", 10.0))
 
 
-@dataclass(frozen=True)
-class Settings:
-    amqp_url: str = DEFAULT_AMQP_URL
-    database_url: str = DEFAULT_DATABASE_URL
-    email_backend: str = "file"
-    email_file_dir: str = "var/outbox/email"
-    email_from: str = "bookings@example.org"
-    smtp_host: str = "localhost"
-    smtp_port: int = 25
-    smtp_username: str = ""
-    smtp_password: str = field(default="", repr=False)
-    smtp_starttls: bool = False
-    smtp_timeout: float = 10.0
-    email_http_url: str = ""
-    email_http_token: str = field(default="", repr=False)
-    push_backend: str = "file"
-    push_file_dir: str = "var/outbox/push"
-    push_http_url: str = ""
-    push_http_token: str = field(default="", repr=False)
-    http_timeout: float = 10.0
-    max_retries: int = 8
-    lease_seconds: float = 60.0
-    stall_check_seconds: float = 15.0
-    retry_base_seconds: float = 1.0
-    retry_max_seconds: float = 900.0
-    task_soft_time_limit: float = 60.0
-    task_time_limit: float = 90.0
-    metrics_port: int = 9808
-    log_format: str = "console"
-    #: Every worker process publishes the delivery receipts outbox (``receipts.py``).
-    receipts_publisher: bool = True
-    receipts_poll_seconds: float = 1.0
-    receipts_batch_size: int = 100
-    receipts_max_backoff_seconds: float = 3.0
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True,
+        # The booking service's variables share the environment and the .env file.
+        extra="ignore",
+        # Variables are exactly the names documented; tests and code may use field names.
+        case_sensitive=True,
+        populate_by_name=True,
+        # `NAME=` (an .env.example line left blank, compose's `${NAME:-}`) means "the default".
+        env_ignore_empty=True,
+    )
+
+    amqp_url: str = _var("AMQP_URL", DEFAULT_AMQP_URL)
+    database_url: str = _var("NOTIFICATION_DATABASE_URL", DEFAULT_DATABASE_URL)
+    email_backend: Literal["file", "smtp", "http"] = _var("EMAIL_BACKEND", "file")
+    email_file_dir: str = _var("EMAIL_FILE_DIR", "var/outbox/email")
+    email_from: str = _var("EMAIL_FROM", "bookings@example.org")
+    smtp_host: str = _var("SMTP_HOST", "localhost")
+    smtp_port: int = _var("SMTP_PORT", 25, ge=1, le=65535)
+    smtp_username: str = _var("SMTP_USERNAME", "")
+    smtp_password: str = _secret("SMTP_PASSWORD")
+    smtp_starttls: bool = _var("SMTP_STARTTLS", False)
+    smtp_timeout: float = _var("SMTP_TIMEOUT", 10.0, gt=0)
+    email_http_url: str = _var("EMAIL_HTTP_URL", "")
+    email_http_token: str = _secret("EMAIL_HTTP_TOKEN")
+    push_backend: Literal["file", "http"] = _var("PUSH_BACKEND", "file")
+    push_file_dir: str = _var("PUSH_FILE_DIR", "var/outbox/push")
+    push_http_url: str = _var("PUSH_HTTP_URL", "")
+    push_http_token: str = _secret("PUSH_HTTP_TOKEN")
+    http_timeout: float = _var("NOTIFICATION_HTTP_TIMEOUT", 10.0, gt=0)
+    max_retries: int = _var("NOTIFICATION_MAX_RETRIES", 8, ge=0)
+    #: Derived from the provider timeouts (fields above) unless set.
+    lease_seconds: float = Field(default_factory=_default_lease, validation_alias="NOTIFICATION_LEASE_SECONDS")
+    stall_check_seconds: float = _var("NOTIFICATION_STALL_CHECK_SECONDS", 15.0, ge=0)
+    retry_base_seconds: float = _var("NOTIFICATION_RETRY_BASE_SECONDS", 1.0, gt=0)
+    # RabbitMQ's consumer timeout is 30 min; a countdown longer than that would be redelivered.
+    retry_max_seconds: float = _var("NOTIFICATION_RETRY_MAX_SECONDS", 900.0, gt=0, le=900)
+    task_soft_time_limit: float = _var("NOTIFICATION_TASK_SOFT_TIME_LIMIT", 60.0, gt=0)
+    task_time_limit: float = _var("NOTIFICATION_TASK_TIME_LIMIT", 90.0, gt=0)
+    metrics_port: int = _var("NOTIFICATION_METRICS_PORT", 9808, ge=0, le=65535)
+    log_format: Literal["json", "console"] = _var("NOTIFICATION_LOG_FORMAT", "console")
+    log_level: LogLevel = _var("NOTIFICATION_LOG_LEVEL", "INFO")
+    #: Every worker process publishes the delivery receipts outbox (``receipts/publisher.py``).
+    receipts_publisher: bool = _var("NOTIFICATION_RECEIPTS_PUBLISHER", True)
+    receipts_poll_seconds: float = _var("NOTIFICATION_RECEIPTS_POLL_SECONDS", 1.0, gt=0)
+    receipts_batch_size: int = _var("NOTIFICATION_RECEIPTS_BATCH_SIZE", 100, ge=1)
+    receipts_max_backoff_seconds: float = _var("NOTIFICATION_RECEIPTS_MAX_BACKOFF_SECONDS", 3.0, gt=0)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        settings = cls(
-            amqp_url=env.get("AMQP_URL") or DEFAULT_AMQP_URL,
-            database_url=env.get("NOTIFICATION_DATABASE_URL") or DEFAULT_DATABASE_URL,
-            email_backend=_choice(env, "EMAIL_BACKEND", "file", ("file", "smtp", "http")),
-            email_file_dir=env.get("EMAIL_FILE_DIR") or "var/outbox/email",
-            email_from=env.get("EMAIL_FROM") or "bookings@example.org",
-            smtp_host=env.get("SMTP_HOST") or "localhost",
-            smtp_port=_num(env, "SMTP_PORT", 25, int),
-            smtp_username=env.get("SMTP_USERNAME", ""),
-            smtp_password=env.get("SMTP_PASSWORD", ""),
-            smtp_starttls=_bool(env.get("SMTP_STARTTLS", "false"), "SMTP_STARTTLS"),
-            smtp_timeout=_num(env, "SMTP_TIMEOUT", 10.0),
-            email_http_url=env.get("EMAIL_HTTP_URL", ""),
-            email_http_token=env.get("EMAIL_HTTP_TOKEN", ""),
-            push_backend=_choice(env, "PUSH_BACKEND", "file", ("file", "http")),
-            push_file_dir=env.get("PUSH_FILE_DIR") or "var/outbox/push",
-            push_http_url=env.get("PUSH_HTTP_URL", ""),
-            push_http_token=env.get("PUSH_HTTP_TOKEN", ""),
-            http_timeout=_num(env, "NOTIFICATION_HTTP_TIMEOUT", 10.0),
-            max_retries=_num(env, "NOTIFICATION_MAX_RETRIES", 8, int),
-            lease_seconds=_num(env, "NOTIFICATION_LEASE_SECONDS", max(
-                60.0, 3 * _num(env, "NOTIFICATION_HTTP_TIMEOUT", 10.0), 3 * _num(env, "SMTP_TIMEOUT", 10.0))),
-            stall_check_seconds=_num(env, "NOTIFICATION_STALL_CHECK_SECONDS", 15.0),
-            retry_base_seconds=_num(env, "NOTIFICATION_RETRY_BASE_SECONDS", 1.0),
-            retry_max_seconds=_num(env, "NOTIFICATION_RETRY_MAX_SECONDS", 900.0),
-            task_soft_time_limit=_num(env, "NOTIFICATION_TASK_SOFT_TIME_LIMIT", 60.0),
-            task_time_limit=_num(env, "NOTIFICATION_TASK_TIME_LIMIT", 90.0),
-            metrics_port=_num(env, "NOTIFICATION_METRICS_PORT", 9808, int),
-            log_format=_choice(env, "NOTIFICATION_LOG_FORMAT", "console", ("json", "console")),
-            receipts_publisher=_bool(env.get("NOTIFICATION_RECEIPTS_PUBLISHER", "true"), "NOTIFICATION_RECEIPTS_PUBLISHER"),
-            receipts_poll_seconds=_num(env, "NOTIFICATION_RECEIPTS_POLL_SECONDS", 1.0),
-            receipts_batch_size=_num(env, "NOTIFICATION_RECEIPTS_BATCH_SIZE", 100, int),
-            receipts_max_backoff_seconds=_num(env, "NOTIFICATION_RECEIPTS_MAX_BACKOFF_SECONDS", 3.0),
-        )
-        settings.validate()
-        return settings
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Settings(...) is built from its arguments alone, so a test never picks up the
+        # developer's environment; from_env() is the one place that reads it.
+        return (init_settings,)
 
-    def validate(self) -> None:
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None,
+                 env_file: str | pathlib.Path | None = ENV_FILE) -> Settings:
+        """Settings from ``env`` alone, or from ``os.environ`` over ``env_file``.
+
+        The real environment wins over the file; a variable set in neither takes its default.
+        Raises ``ConfigError`` with one line naming every variable that is wrong.
+        """
+        if env is None:
+            merged: dict[str, Any] = {}
+            # Lowest precedence first, so the environment's values replace the file's.
+            for source in (DotEnvSettingsSource(cls, env_file=env_file), EnvSettingsSource(cls)):
+                merged.update(source())
+            env = merged
+        # Only the documented names: the sources would also take a field's own name
+        # (`amqp_url=`), which is not a variable of this service.
+        names = set(cls.variables().values())
+        values = {name: value for name, value in env.items() if name in names and value != ""}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(describe(exc)) from None
+
+    @field_validator("email_backend", "push_backend", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
         if self.email_backend == "http" and not self.email_http_url:
-            raise ConfigError("EMAIL_BACKEND=http needs EMAIL_HTTP_URL")
+            raise ValueError("EMAIL_BACKEND=http needs EMAIL_HTTP_URL")
         if self.push_backend == "http" and not self.push_http_url:
-            raise ConfigError("PUSH_BACKEND=http needs PUSH_HTTP_URL")
-        if self.retry_max_seconds > 900:
-            # RabbitMQ's consumer timeout is 30 min; a countdown longer than that would be redelivered.
-            raise ConfigError("NOTIFICATION_RETRY_MAX_SECONDS must be <= 900")
+            raise ValueError("PUSH_BACKEND=http needs PUSH_HTTP_URL")
         if self.lease_seconds <= 2 * max(self.http_timeout, self.smtp_timeout):
             # A lease that runs out while the provider call is still allowed to run would
             # let a second attempt send in parallel.
-            raise ConfigError("NOTIFICATION_LEASE_SECONDS must be more than 2x the provider timeouts")
-        if self.max_retries < 0:
-            raise ConfigError("NOTIFICATION_MAX_RETRIES must be >= 0")
+            raise ValueError("NOTIFICATION_LEASE_SECONDS must be more than 2x the provider timeouts "
+                             "(NOTIFICATION_HTTP_TIMEOUT, SMTP_TIMEOUT)")
+        return self
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Field name → the environment variable it is read from."""
+        return {name: str(field.validation_alias) for name, field in cls.model_fields.items()}
+
+
+def describe(error: ValidationError) -> str:
+    """One line naming each wrong variable, with the value only where it cannot be a secret."""
+    variables = Settings.variables()
+    by_variable = {variable: name for name, variable in variables.items()}
+    problems = []
+    for item in error.errors(include_url=False):
+        if item["type"] == "default_factory_not_called":  # the lease: follows from an error listed already
+            continue
+        if not item["loc"]:  # a model validator: its message already names the variables
+            cause = item.get("ctx", {}).get("error")
+            problems.append(str(cause) if cause is not None else item["msg"])
+            continue
+        key = str(item["loc"][0])
+        name = by_variable.get(key, key)
+        # A str field only fails in the model validator; its value (a URL, a token) is never echoed.
+        field = Settings.model_fields.get(name)
+        shown = "" if field is None or field.annotation is str else f", got {item['input']!r}"
+        problems.append(f"{variables.get(name, key)}: {item['msg']}{shown}")
+    return "; ".join(problems)

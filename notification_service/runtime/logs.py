@@ -6,24 +6,29 @@ import logging
 import sys
 
 import structlog
+from structlog.typing import Processor
 
-_configured = False
-
+from notification_service.settings import Settings
 
 #: Celery's per-task lines ("Task … received", "… succeeded"): two INFO lines per task that
 #: repeat what our own lines say. Shown at DEBUG only.
 CHATTY_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 
 
-def configure(log_format: str = "console", level: int | str = logging.INFO) -> None:
+def configure(log_format: str | None = None, level: int | str | None = None) -> None:
     """Configure structlog and route stdlib logging (Celery's) through the same renderer.
 
-    ``level`` is the worker's ``--loglevel`` (Celery passes it), so ``-l WARNING``
-    really silences the INFO lines.
+    Left out, ``log_format`` and ``level`` are NOTIFICATION_LOG_FORMAT and
+    NOTIFICATION_LOG_LEVEL. The worker passes its ``--loglevel`` (Celery hands it over),
+    so ``-l WARNING`` really silences the INFO lines.
     """
-    global _configured
-    renderer = structlog.processors.JSONRenderer() if log_format == "json" else structlog.dev.ConsoleRenderer(colors=False)
-    shared_processors = [
+    if log_format is None or level is None:
+        settings = Settings.from_env()
+        log_format = settings.log_format if log_format is None else log_format
+        level = settings.log_level if level is None else level
+    renderer: Processor = (structlog.processors.JSONRenderer() if log_format == "json"
+                           else structlog.dev.ConsoleRenderer(colors=False))
+    shared_processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -52,7 +57,6 @@ def configure(log_format: str = "console", level: int | str = logging.INFO) -> N
     numeric = logging.getLevelName(level) if isinstance(level, str) else level
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if numeric == logging.DEBUG else max(logging.WARNING, numeric))
-    _configured = True
 
 
 def get_logger(name: str):
