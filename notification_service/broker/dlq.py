@@ -15,8 +15,8 @@ from typing import Any
 import pika
 
 import shared
+from notification_service.broker.connection import connect
 from notification_service.worker import envelope_guard as envelope
-from shared.amqp_url import for_pika
 
 #: Headers RabbitMQ adds on dead-lettering; dropped on replay.
 DEATH_HEADERS = ("x-death", "x-first-death-queue", "x-first-death-reason", "x-first-death-exchange",
@@ -84,10 +84,6 @@ def dlq_names(queue: str | None) -> list[str]:
             raise DlqError(f"unknown queue {queue!r}; one of {', '.join(shared.WORK_QUEUES)}")
         return [shared.dead_letter_queue(base)]
     return [shared.dead_letter_queue(q) for q in shared.WORK_QUEUES]
-
-
-def connect(amqp_url: str) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(for_pika(amqp_url)))
 
 
 def _fetch_all(channel, dlq: str) -> Iterator[DeadMessage]:

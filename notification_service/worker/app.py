@@ -1,15 +1,20 @@
-"""Celery app factory: every worker setting in one place (DESIGN.md "Worker semantics")."""
+"""Celery app factory: every worker setting in one place (DESIGN.md "Worker semantics").
+
+What the worker does around its tasks (logging, topology, the receipts
+publisher, the stall watchdog) is hooked in by ``signals.py``.
+"""
 
 from __future__ import annotations
 
 import ssl
 import urllib.parse
 
-from celery import Celery, signals
+from celery import Celery
 
 import shared
 from notification_service.broker import topology
 from notification_service.settings import Settings
+from notification_service.worker import signals
 from notification_service.worker.failure_policy import retry_annotations
 
 TASK_MODULES = ["notification_service.worker.tasks"]
@@ -90,42 +95,6 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     app = Celery("notification_service", include=TASK_MODULES, set_as_current=True)
     app.conf.update(celery_config(settings))
-    app.settings = settings  # type: ignore[attr-defined]
-    from notification_service.worker.watchdog import StallWatchdog
-
-    app.steps["consumer"].add(StallWatchdog)
+    app.settings = settings
+    signals.install(app)
     return app
-
-
-@signals.setup_logging.connect
-def _setup_logging(loglevel=None, **_kwargs) -> None:
-    # Connecting to this signal stops Celery from installing its own handlers.
-    from notification_service.runtime import logs
-
-    logs.configure(Settings.from_env().log_format, loglevel or "WARNING")
-
-
-@signals.worker_init.connect
-def _declare_topology(sender=None, **_kwargs) -> None:
-    """Declare DLX and DLQs (Celery only declares the queues it consumes) and start metrics."""
-    app = sender.app
-    with app.connection_for_write() as connection:
-        topology.declare(connection)
-    from notification_service.runtime import metrics
-
-    metrics.start(app.settings.metrics_port)
-
-
-@signals.worker_ready.connect
-def _start_receipts(sender=None, **_kwargs) -> None:
-    """Every worker process publishes the receipts outbox (its own connection, a daemon thread)."""
-    from notification_service.receipts.publisher import start_publisher
-
-    start_publisher(sender.app.settings)
-
-
-@signals.worker_shutdown.connect
-def _stop_receipts(**_kwargs) -> None:
-    from notification_service.receipts.publisher import stop_publisher
-
-    stop_publisher()

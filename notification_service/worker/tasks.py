@@ -24,9 +24,10 @@ from marshmallow import ValidationError
 
 import shared
 from notification_service.delivery import machine as delivery
-from notification_service.delivery.log import aware, delivery_log
+from notification_service.delivery.log import delivery_log
 from notification_service.delivery.owner import process_owner
 from notification_service.delivery.status import DeliveryStatus
+from notification_service.delivery.timestamps import aware
 from notification_service.errors import ContractViolation
 from notification_service.providers import EmailContent, PushContent, email_provider, push_provider
 from notification_service.rendering.templates import render

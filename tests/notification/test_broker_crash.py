@@ -15,8 +15,8 @@ import uuid
 import pika
 
 import shared
-from notification_service.delivery.log import SqlDeliveryLog
 from notification_service.delivery.machine import delivery_id
+from notification_service.delivery.repository import SqlDeliveryLog
 from tests.private_broker import private_broker  # noqa: F401  (fixture)
 from tests.support import wait_for
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from notification_service.delivery.log import SqlDeliveryLog
 from notification_service.delivery.machine import BookingRef, ClaimResult, delivery_id
 from notification_service.delivery.migrate import upgrade
+from notification_service.delivery.repository import SqlDeliveryLog
 from notification_service.delivery.status import DeliveryStatus
 
 NOW = datetime.now(UTC).replace(microsecond=0)

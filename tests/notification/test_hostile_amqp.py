@@ -8,7 +8,7 @@ import pika
 import pytest
 
 import shared
-from notification_service.delivery.log import SqlDeliveryLog
+from notification_service.delivery.repository import SqlDeliveryLog
 from tests.hostile.amqp import cases
 from tests.support import wait_for
 

@@ -12,16 +12,13 @@ import pika
 import pytest
 
 import shared
-from notification_service.delivery.log import SqlDeliveryLog
 from notification_service.delivery.machine import BookingRef, ClaimResult, delivery_id
 from notification_service.delivery.migrate import upgrade
+from notification_service.delivery.repository import SqlDeliveryLog
 from notification_service.delivery.status import DeliveryStatus
-from notification_service.receipts.publisher import (
-    ReceiptOutbox,
-    ReceiptPublisher,
-    build_receipt,
-    receipt_reason,
-)
+from notification_service.receipts.message import build_receipt, receipt_reason
+from notification_service.receipts.outbox import ReceiptOutbox
+from notification_service.receipts.publisher import ReceiptPublisher
 from tests.booking.test_relay import CuttableProxy, _target, proxied_url
 from tests.support import wait_for
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from notification_service.delivery.log import make_engine
+from notification_service.delivery.engine import make_engine
 from notification_service.delivery.tables import metadata
 from notification_service.settings import Settings
 
