@@ -67,19 +67,21 @@ schemas: install
 definitions: install
 	$(BIN)/notification-service topology export deploy/rabbitmq/definitions.json
 
-## lock: pin, with hashes, every package each image installs and the dev venv installs
+## lock: pin, with hashes, every package the dev venv and each image installs
 ## (CPython 3.11 on Linux, like the images); run it after changing a dependency in
-## pyproject.toml or UV_VERSION (needs PyPI)
+## pyproject.toml or UV_VERSION (needs PyPI). The dev lock is resolved first and every
+## image lock within it, so a package has one version everywhere: the tests in .venv
+## test what the images ship.
 LOCK := $(BIN)/uv pip compile --python-version 3.11 --python-platform linux --generate-hashes \
 	--custom-compile-command "make lock" --quiet
 BUILD_REQUIRES := $(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
 lock: install
-	$(LOCK) pyproject.toml --extra booking -o deploy/booking/requirements.lock
-	$(LOCK) pyproject.toml --extra notification -o deploy/notification/requirements.lock
-	$(LOCK) pyproject.toml --extra notification --extra flower -o deploy/flower/requirements.lock
-	$(BUILD_REQUIRES) | $(LOCK) - -o deploy/build-requirements.lock
 	{ $(BUILD_REQUIRES); echo "uv==$(UV_VERSION)"; echo pip; } \
 		| $(LOCK) pyproject.toml - --extra booking --extra notification --extra flower --extra dev -o $(DEV_LOCK)
+	$(LOCK) pyproject.toml --extra booking -c $(DEV_LOCK) -o deploy/booking/requirements.lock
+	$(LOCK) pyproject.toml --extra notification -c $(DEV_LOCK) -o deploy/notification/requirements.lock
+	$(LOCK) pyproject.toml --extra notification --extra flower -c $(DEV_LOCK) -o deploy/flower/requirements.lock
+	$(BUILD_REQUIRES) | $(LOCK) - -c $(DEV_LOCK) -o deploy/build-requirements.lock
 
 ## bench: the three benchmark scripts (bounded, loopback only; bench_faults starts its own RabbitMQ node)
 bench: install broker
