@@ -14,13 +14,28 @@ set_default() {  # set_default NAME VALUE: only when NAME is not already set
   if [ -z "${!1+x}" ]; then export "$1=$2"; fi
 }
 
+# .env is parsed by python-dotenv, the parser every entry point reads it with
+# (pydantic-settings), so quotes, comments, `export` and ${VAR} mean the same here
+# as there. Names and values cross as NUL-terminated pairs: a value may hold any
+# character, newlines included, and nothing of it is evaluated by the shell.
 if [ -f .env ]; then
-  while IFS= read -r line || [ -n "$line" ]; do
-    case "$line" in ''|'#'*) continue ;; esac
-    name="${line%%=*}"; value="${line#*=}"
-    value="${value%\"}"; value="${value#\"}"
+  while IFS= read -r -d '' name && IFS= read -r -d '' value; do
     set_default "$name" "$value"
-  done < .env
+  done < <("$VENV/bin/python" - <<'PY'
+import re
+import sys
+
+from dotenv import dotenv_values
+
+for name, value in dotenv_values(".env").items():
+    if value is None:  # a bare NAME line sets nothing
+        continue
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        print(f".env: {name!r} is not a variable name; ignored", file=sys.stderr)
+        continue
+    sys.stdout.write(f"{name}\0{value}\0")
+PY
+  )
 fi
 
 set_default AMQP_URL "amqp://guest:guest@localhost:5672//"

@@ -38,7 +38,7 @@ def _console_script(script: str, rest: list[str], package: str) -> list[str]:
     return []
 
 
-def _celery(args: list[str]) -> list[str]:
+def _celery(args: list[str]) -> list[str]:  # noqa: PLR0911 - one early return per reason a command would not start
     """Parse the arguments with Celery's own click commands, against the real app module."""
     from celery import Celery
     from celery.bin.base import CLIContext

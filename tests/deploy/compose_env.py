@@ -1,4 +1,4 @@
-"""docker-compose.yml's variables: compose's interpolation rules, the operator's env file, and the broker definitions renderer.
+"""docker-compose.yml's variables: compose's interpolation rules, the operator's env file, the definitions renderer.
 
 Docker does not run on the test machines, so ``interpolate`` follows the
 compose specification's interpolation (``$$``, ``$VAR``, ``${VAR}``,
@@ -54,8 +54,8 @@ def interpolate(text: str, env: dict[str, str]) -> str:
 def read_env_file(path) -> dict[str, str]:
     """``NAME=value`` lines of a compose env file (comments and blank lines skipped)."""
     found = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
         if line and not line.startswith("#"):
             name, _, value = line.partition("=")
             found[name.strip()] = value.strip()

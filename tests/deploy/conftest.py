@@ -38,7 +38,8 @@ def definitions() -> dict:
 
 def _vhost_items(definitions: dict, key: str, vhost: str = "/") -> list[dict]:
     """Items of one vhost from a cluster-wide export, without their ``vhost`` field."""
-    return [{k: v for k, v in item.items() if k != "vhost"} for item in definitions.get(key, []) if item["vhost"] == vhost]
+    return [{k: v for k, v in item.items() if k != "vhost"}
+            for item in definitions.get(key, []) if item["vhost"] == vhost]
 
 
 @pytest.fixture
@@ -73,8 +74,10 @@ def least_privilege(vhost_url, management, definitions, unique):
             for topic in definitions.get("topic_permissions", []):
                 if topic["user"] == service and topic["vhost"] == "/":
                     management.put(f"{management.base}/topic-permissions/{quoted}/{name}",
-                                   json={k: topic[k] for k in ("exchange", "write", "read")}, timeout=10).raise_for_status()
-            netloc = f"{urllib.parse.quote(name, safe='')}:{urllib.parse.quote(password, safe='')}@{parts.hostname}:{parts.port or 5672}"
+                                   json={k: topic[k] for k in ("exchange", "write", "read")},
+                                   timeout=10).raise_for_status()
+            login = f"{urllib.parse.quote(name, safe='')}:{urllib.parse.quote(password, safe='')}"
+            netloc = f"{login}@{parts.hostname}:{parts.port or 5672}"
             urls[service] = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
         yield LeastPrivilegeBroker(vhost=vhost, admin_url=vhost_url, urls=urls, users=users, definitions=definitions)
     finally:

@@ -25,7 +25,14 @@ DEFINITIONS_FILE = DEPLOY / "rabbitmq" / "definitions.json"
 BIN = pathlib.Path(sys.executable).parent
 
 #: Which package each image ships, and so which code its env vars must be read by.
-IMAGE_PACKAGES = {"booking": "booking_service", "notification": "notification_service"}
+#: Flower's image loads the notification service's Celery app.
+IMAGE_PACKAGES = {
+    "booking": "booking_service",
+    "notification": "notification_service",
+    "flower": "notification_service",
+}
+#: The extras of pyproject.toml each image's lock (deploy/<image>/requirements.lock) holds.
+IMAGE_EXTRAS = {"booking": ["booking"], "notification": ["notification"], "flower": ["notification", "flower"]}
 
 #: Variables read by the interpreter, pip or a library rather than by our code,
 #: with the library that reads them (its presence is checked, not assumed).

@@ -162,7 +162,8 @@ def test_notification_user_consumes_publishes_onward_and_dead_letters(least_priv
         assert properties.headers["id"] == onward.headers["id"]
         assert properties.headers["x-death"][0]["reason"] == "rejected"
         # What `notification-service dlq replay` does: publish it back, then drop it from the DLQ.
-        replay = shared.task_message(task=shared.EMAIL_TASK, task_id=onward.headers["id"], routing_key=shared.EMAIL_QUEUE)
+        replay = shared.task_message(task=shared.EMAIL_TASK, task_id=onward.headers["id"],
+                                     routing_key=shared.EMAIL_QUEUE)
         publish(ch, replay)
         ch.basic_ack(method.delivery_tag)
         assert ch.queue_declare(dlq, passive=True).method.message_count == 0
@@ -221,7 +222,8 @@ def test_notification_user_declares_the_exported_topology_without_conflict(least
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def test_notification_user_runs_a_worker_that_delivers_what_the_booking_user_published(least_privilege, tmp_path, management):
+def test_notification_user_runs_a_worker_that_delivers_what_the_booking_user_published(
+        least_privilege, tmp_path, management):
     env = _env(least_privilege, tmp_path)
     subprocess.run([str(repo.BIN / "notification-service"), "migrate"], env=env, check=True,
                    capture_output=True, timeout=120)
@@ -272,7 +274,8 @@ def _queue_url(management, vhost: str, queue: str, suffix: str = "") -> str:
     return f"{management.base}/queues/{urllib.parse.quote(vhost, safe='')}/{urllib.parse.quote(queue, safe='')}{suffix}"
 
 
-def test_monitoring_user_reads_each_scaled_queues_length_through_the_management_api(least_privilege, monitoring, management):
+def test_monitoring_user_reads_each_scaled_queues_length_through_the_management_api(
+        least_privilege, monitoring, management):
     """What KEDA's rabbitmq scaler does with protocol http: GET <host>/api/queues/<vhost>/<queue> -> "messages"."""
     queues = _keda_queues()
     assert sorted(queues) == sorted(shared.WORK_QUEUES)
@@ -280,7 +283,8 @@ def test_monitoring_user_reads_each_scaled_queues_length_through_the_management_
     with channel(least_privilege.url("booking")) as ch:
         for queue, count in expected.items():
             for _ in range(count):
-                publish(ch, shared.task_message(task=shared.DISPATCH_TASK, task_id=str(uuid.uuid4()), routing_key=queue))
+                message = shared.task_message(task=shared.DISPATCH_TASK, task_id=str(uuid.uuid4()), routing_key=queue)
+                publish(ch, message)
 
     def lengths():
         seen = {}
@@ -341,7 +345,8 @@ HTTP_ACTIONS = ("export-definitions", "declare-queue", "get-messages", "list-use
 
 
 @pytest.mark.parametrize("action", HTTP_ACTIONS)
-def test_monitoring_user_can_do_nothing_else_through_the_management_api(least_privilege, monitoring, management, action):
+def test_monitoring_user_can_do_nothing_else_through_the_management_api(
+        least_privilege, monitoring, management, action):
     actions = _http_forbidden(management, least_privilege.vhost)
     assert sorted(actions) == sorted(HTTP_ACTIONS)
     method, url, body = actions[action]

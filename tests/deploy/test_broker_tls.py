@@ -8,6 +8,7 @@ notification CLI) and kombu/py-amqp (Celery workers).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import ssl
@@ -81,10 +82,8 @@ class TLSProxy:
             pass  # the other direction closed the pair; closing below ends both pumps
         finally:
             for s in (source, sink):
-                try:
+                with contextlib.suppress(OSError):  # already closed by the other pump
                     s.close()
-                except OSError:
-                    pass
 
     def close(self):
         self.listener.close()
@@ -126,7 +125,8 @@ def test_pika_refuses_a_certificate_for_another_host_name(amqps_url, pki, monkey
     monkeypatch.setenv("SSL_CERT_FILE", str(pki / "ca.pem"))
     # Same endpoint, but addressed by IP: the certificate names only "localhost".
     with pytest.raises((pika.exceptions.AMQPConnectionError, ssl.SSLError), match="CERTIFICATE_VERIFY_FAILED"):
-        pika.BlockingConnection(pika.URLParameters(url.replace("@localhost:", "@127.0.0.1:") + "?connection_attempts=1"))
+        by_ip = url.replace("@localhost:", "@127.0.0.1:")
+        pika.BlockingConnection(pika.URLParameters(by_ip + "?connection_attempts=1"))
 
 
 def test_kombu_connects_over_amqps_trusting_the_ca_from_ssl_cert_file(amqps_url, pki, monkeypatch):
@@ -143,9 +143,9 @@ def test_kombu_connects_over_amqps_trusting_the_ca_from_ssl_cert_file(amqps_url,
 def test_kombu_refuses_a_broker_whose_ca_is_not_trusted(amqps_url, tmp_path, monkeypatch):
     url, proxy = amqps_url
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-ca.pem"))
-    with Connection(url, connect_timeout=5) as connection:
-        with pytest.raises(OperationalError, match="CERTIFICATE_VERIFY_FAILED"):
-            connection.ensure_connection(max_retries=1)
+    with (Connection(url, connect_timeout=5) as connection,
+          pytest.raises(OperationalError, match="CERTIFICATE_VERIFY_FAILED")):
+        connection.ensure_connection(max_retries=1)
     assert proxy.handshakes == 0
 
 
@@ -160,6 +160,6 @@ def test_worker_app_checks_the_broker_host_name_over_amqps(amqps_url, pki, monke
     with good.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1)
     by_ip = create_app(Settings(amqp_url=url.replace("@localhost:", "@127.0.0.1:")))
-    with by_ip.connection_for_write() as connection:
-        with pytest.raises(OperationalError, match="CERTIFICATE_VERIFY_FAILED|match"):
-            connection.ensure_connection(max_retries=1)
+    with (by_ip.connection_for_write() as connection,
+          pytest.raises(OperationalError, match="CERTIFICATE_VERIFY_FAILED|match")):
+        connection.ensure_connection(max_retries=1)

@@ -25,7 +25,8 @@ from . import commands, compose_env, dockerfiles, processes, repo
 
 CHECK_JSONSCHEMA = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]
 #: Which of our images a service runs, from its Dockerfile path.
-IMAGE_OF = {"deploy/booking/Dockerfile": "booking", "deploy/notification/Dockerfile": "notification"}
+IMAGE_OF = {"deploy/booking/Dockerfile": "booking", "deploy/notification/Dockerfile": "notification",
+            "deploy/flower/Dockerfile": "flower"}
 #: The broker user each team's processes must log in as (least privilege).
 AMQP_USER = {"booking": "booking", "notification": "notification"}
 
@@ -35,7 +36,7 @@ def services() -> dict[str, dict]:
 
 
 def our_services() -> dict[str, str]:
-    """Compose service name -> image key ("booking"/"notification") for services built from this repo."""
+    """Compose service name -> image key ("booking"/"notification"/"flower") for services built from this repo."""
     found = {}
     for name, spec in services().items():
         build = spec.get("build")
@@ -83,7 +84,8 @@ def test_stack_has_every_process_of_the_mesh():
     assert {"notifications.dispatch", "notifications.email", "notifications.push"} <= {
         q for queues in worker_queues for q in queues.split(",")
     }
-    assert any("flower" in argv for argv in notification)
+    assert not any("flower" in argv for argv in notification), "Flower runs from its own image"
+    assert [argv[3] for argv in by_image["flower"]] == ["flower"]
     assert ["notification-service", "migrate"] in notification
     images = {name: spec.get("image", "") for name, spec in services().items()}
     rabbit = re.fullmatch(r"rabbitmq:(\d+)\.(\d+)[\w.-]*-management", images["rabbitmq"])
@@ -208,7 +210,7 @@ def test_database_urls_match_the_roles_and_databases_postgres_creates():
     created = re.findall(r'^\s*create (\w+) "\$\{(\w+):\?\}" (\w+)$', init.read_text(), re.M)
     roles = {role: (postgres_env[var], db) for role, var, db in created}
     for name, image in our_services().items():
-        key = f"{image.upper()}_DATABASE_URL"
+        key = f"{repo.IMAGE_PACKAGES[image].removesuffix('_service').upper()}_DATABASE_URL"
         url = urllib.parse.urlsplit(env_of(name)[key])
         assert url.scheme == "postgresql+psycopg" and url.hostname == "postgres", name
         assert roles[url.username] == (url.password, url.path.lstrip("/")), name

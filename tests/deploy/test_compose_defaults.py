@@ -1,4 +1,4 @@
-"""docker-compose.yml's defaults are safe: ports on loopback, no secret with a default, secrets from the operator's env file.
+"""docker-compose.yml's defaults are safe: ports on loopback, no secret with a default, secrets from the env file.
 
 Compose itself cannot run here; ``compose_env.interpolate`` applies the
 compose specification's interpolation, which is where compose substitutes
@@ -83,8 +83,8 @@ def test_every_credential_in_a_service_comes_from_the_env_file():
     values = {env[name] for name in compose_env.secret_names()}
     for name, spec in compose_env.compose_with(env)["services"].items():
         environment = spec.get("environment") or {}
-        for key, value in environment.items():
-            value = str(value)
+        for key, raw in environment.items():
+            value = str(raw)
             password = urllib.parse.urlsplit(value).password if "://" in value else None
             if password is not None:
                 assert password in values, f"{name}: {key} carries a password that is not from compose.env"

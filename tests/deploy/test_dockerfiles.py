@@ -1,4 +1,4 @@
-"""The two service images: slim, non-root, only their own code and extra, real entry points.
+"""The images (the two services and Flower): slim, non-root, only their own code and extras, real entry points.
 
 Docker is not available on the test machines, so each Dockerfile is parsed
 (dockerfile-parse) and the one step that decides what goes into an image, the
@@ -19,10 +19,14 @@ import pytest
 
 from . import commands, dockerfiles, repo
 
-SERVICES = ["booking", "notification"]
-OTHER = {"booking": "notification", "notification": "booking"}
-#: Packages whose presence in an image means the other team's runtime leaked in.
-FOREIGN_REQUIREMENTS = {"booking": {"celery", "kombu", "flower"}, "notification": {"flask", "flask-smorest", "gunicorn"}}
+SERVICES = ["booking", "notification", "flower"]
+OTHER = {"booking": "notification_service", "notification": "booking_service", "flower": "booking_service"}
+#: Packages whose presence in an image means the other team's runtime (or Flower's web server) leaked in.
+FOREIGN_REQUIREMENTS = {
+    "booking": {"celery", "kombu", "flower"},
+    "notification": {"flask", "flask-smorest", "gunicorn", "flower"},
+    "flower": {"flask", "flask-smorest", "gunicorn"},
+}
 DEV_TOOLS = {"gcc", "build-essential", "make", "git", "pytest", "vim", "curl"}
 
 
@@ -96,7 +100,8 @@ def test_image_installs_its_lock_with_hashes_and_resolves_nothing(service, image
                 assert "--no-index" in call, f"{' '.join(call)}: only the project's own wheel, from the builder"
     runtime_locks = [_bind_mounts(image.runtime)[c[c.index("-r") + 1]] for c in _pip_calls(image.runtime) if "-r" in c]
     assert runtime_locks == [f"deploy/{service}/requirements.lock"], "the runtime installs its own service's lock"
-    builder_locks = [_bind_mounts(s)[c[c.index("-r") + 1]] for s in image.stages[:-1] for c in _pip_calls(s) if "-r" in c]
+    builder_locks = [_bind_mounts(s)[c[c.index("-r") + 1]]
+                     for s in image.stages[:-1] for c in _pip_calls(s) if "-r" in c]
     assert builder_locks == ["deploy/build-requirements.lock"], "the build backend is locked too"
     wheel = [c for s in image.stages[:-1] for c in _pip_calls(s) if c[1] == "wheel"]
     assert len(wheel) == 1 and "--no-build-isolation" in wheel[0], "build isolation would fetch the backend unpinned"
@@ -110,7 +115,8 @@ def test_image_installs_no_dev_tools(image):
 
 
 def test_service_extra_never_pulls_the_other_teams_runtime(service):
-    assert not set(repo.extra(service)) & FOREIGN_REQUIREMENTS[service]
+    for extra in repo.IMAGE_EXTRAS[service]:
+        assert not set(repo.extra(extra)) & FOREIGN_REQUIREMENTS[service], extra
 
 
 def _copy_build_context(stage: dockerfiles.Stage, dest: pathlib.Path) -> None:
@@ -149,13 +155,14 @@ def test_wheel_built_from_the_copied_files_ships_only_that_service(service, imag
         meta_name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
         metadata = email.parser.Parser().parsestr(archive.read(meta_name).decode())
         entry_points = archive.read(meta_name.replace("METADATA", "entry_points.txt")).decode()
-    assert {"shared", f"{service}_service"} <= top
-    assert f"{OTHER[service]}_service" not in top, "the other team's code must not reach this image"
+    assert {"shared", repo.IMAGE_PACKAGES[service]} <= top
+    assert OTHER[service] not in top, "the other team's code must not reach this image"
     assert "tests" not in top
-    own = [r for r in metadata.get_all("Requires-Dist") if f'extra == "{service}"' in r]
-    assert own, f"the wheel declares no [{service}] extra"
-    script = {"booking": "booking-service", "notification": "notification-service"}[service]
-    assert f"{script} = " in entry_points
+    for extra in repo.IMAGE_EXTRAS[service]:
+        own = [r for r in metadata.get_all("Requires-Dist") if f'extra == "{extra}"' in r]
+        assert own, f"the wheel declares no [{extra}] extra"
+    script = {"booking_service": "booking-service", "notification_service": "notification-service"}
+    assert f"{script[repo.IMAGE_PACKAGES[service]]} = " in entry_points
 
 
 def test_default_command_is_a_real_entry_point_of_the_image(service, image):
@@ -182,3 +189,13 @@ def test_notification_image_exposes_the_metrics_port_the_code_serves():
     port = int(image.env()["NOTIFICATION_METRICS_PORT"])
     assert image.exposed_ports() == {port}
     assert repo.env_example("notification_service")["NOTIFICATION_METRICS_PORT"] == str(port)
+
+
+def test_flower_image_serves_its_ui_on_the_exposed_port_with_a_healthcheck():
+    image = dockerfiles.load("flower")
+    argv = image.argv()
+    assert argv[3] == "flower", argv
+    port = int(commands.option(argv, "--port"))
+    assert image.exposed_ports() == {port}
+    (check,) = image.runtime.values("HEALTHCHECK")
+    assert f"127.0.0.1:{port}/healthcheck" in check

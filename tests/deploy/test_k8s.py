@@ -76,7 +76,7 @@ def team(request) -> str:
 
 def test_every_manifest_is_schema_valid_or_explicitly_checked_elsewhere(team):
     seen_non_core = set()
-    for path, doc in documents(team):
+    for _path, doc in documents(team):
         key = (doc["apiVersion"], doc["kind"])
         if key in NON_CORE_KINDS:
             seen_non_core.add(key)
@@ -192,8 +192,6 @@ def test_workers_are_probed_on_the_metrics_port_they_serve():
 
 def test_each_worker_scales_on_its_own_queue():
     deployments = {d["metadata"]["name"]: d for d in of_kind("notification", "Deployment")}
-    auths = {a["metadata"]["name"]: a for a in of_kind("notification", "TriggerAuthentication")}
-    secrets = {s["metadata"]["name"]: s["stringData"] for s in of_kind("notification", "Secret")}
     scaled = of_kind("notification", "ScaledObject")
     assert {s["spec"]["scaleTargetRef"]["name"] for s in scaled} == set(deployments)
     for obj in scaled:
@@ -216,7 +214,8 @@ def test_keda_reads_queue_lengths_as_the_monitoring_user_from_a_secret_no_worker
               for source in c.get("envFrom", []) if "secretRef" in source}
     monitoring_tags, _ = compose_env.renderer().EXTRA_USERS["monitoring"]
     assert monitoring_tags == ["monitoring"]
-    used = {t["authenticationRef"]["name"] for obj in of_kind("notification", "ScaledObject") for t in obj["spec"]["triggers"]}
+    used = {t["authenticationRef"]["name"]
+            for obj in of_kind("notification", "ScaledObject") for t in obj["spec"]["triggers"]}
     assert used and used <= set(auths)
     for name in used:
         (ref,) = auths[name]["spec"]["secretTargetRef"]

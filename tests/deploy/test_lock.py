@@ -1,9 +1,11 @@
-"""The lock files the images install from: every package pinned with hashes, covering what pyproject.toml declares.
+"""The lock files: every package pinned with hashes, covering what pyproject.toml declares.
 
 ``make lock`` writes them (uv pip compile --generate-hashes, CPython 3.11 on
-Linux); the Dockerfiles install them with ``--require-hashes --no-deps``, so
-nothing is resolved while an image builds. A dependency added to
-pyproject.toml without ``make lock`` fails here, not in a build.
+Linux); the Dockerfiles install the image locks with ``--require-hashes
+--no-deps``, so nothing is resolved while an image builds, and ``make install``
+syncs the dev venv to the dev lock with uv, so a developer's machine and CI
+get exactly the same versions. A dependency added to pyproject.toml without
+``make lock`` fails here, not in a build or on CI.
 
 Completeness is checked against the metadata of the packages installed in
 the test virtual environment (``make install`` puts both extras there): the
@@ -26,12 +28,18 @@ from packaging.utils import canonicalize_name
 
 from . import dockerfiles, repo
 
-SERVICES = ["booking", "notification"]
+SERVICES = ["booking", "notification", "flower"]
 BUILD_LOCK = repo.DEPLOY / "build-requirements.lock"
-#: Packages that must never reach an image: the other team's runtime, test and dev tools.
+DEV_LOCK = repo.DEPLOY / "dev-requirements.lock"
+#: What the dev venv holds: every extra (the tests import Flower and both services).
+DEV_EXTRAS = ["booking", "notification", "flower", "dev"]
+_DEV_TOOLS = {"pytest", "responses", "import-linter", "honcho", "ruff", "mypy", "hypothesis", "uv"}
+#: Packages that must never reach an image: the other team's runtime, test and dev tools;
+#: and in the workers' image, Flower's web server.
 NEVER = {
-    "booking": {"celery", "kombu", "flower", "pytest", "responses", "import-linter", "honcho"},
-    "notification": {"flask", "flask-smorest", "gunicorn", "pytest", "responses", "import-linter", "honcho"},
+    "booking": {"celery", "kombu", "flower", *_DEV_TOOLS},
+    "notification": {"flask", "flask-smorest", "gunicorn", "flower", "tornado", *_DEV_TOOLS},
+    "flower": {"flask", "flask-smorest", "gunicorn", *_DEV_TOOLS},
 }
 _ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)((?:\s*\\\s*\n\s*--hash=sha256:[0-9a-f]{64})+)", re.M)
 
@@ -50,14 +58,18 @@ def read_lock(path) -> dict[str, Pin]:
     text = path.read_text()
     pins = {canonicalize_name(m.group(1)): Pin(m.group(2), tuple(re.findall(r"sha256:([0-9a-f]{64})", m.group(3))))
             for m in _ENTRY.finditer(text)}
-    requirement_lines = [line for line in text.splitlines() if line and not line[0].isspace() and not line.startswith("#")]
+    requirement_lines = [line for line in text.splitlines()
+                         if line and not line[0].isspace() and not line.startswith("#")]
     assert len(requirement_lines) == len(pins), f"{path.name}: every entry must be name==version with sha256 hashes"
     return pins
 
 
-def declared(service: str) -> list[Requirement]:
+def declared(service: str, extras: list[str] | None = None) -> list[Requirement]:
+    """What pyproject.toml declares for an image (its extras), or for the given ``extras``."""
     project = repo.pyproject()["project"]
-    return [Requirement(r) for r in [*project["dependencies"], *project["optional-dependencies"][service]]]
+    wanted = repo.IMAGE_EXTRAS[service] if extras is None else extras
+    extras = [r for e in wanted for r in project["optional-dependencies"][e]]
+    return [Requirement(r) for r in [*project["dependencies"], *extras]]
 
 
 def _requirements_of(name: str, extras: set[str]) -> tuple[str, list[Requirement]]:
@@ -82,9 +94,10 @@ def unlocked(pins: dict[str, Pin], roots: list[Requirement]) -> list[str]:
         if pin is None:
             problems.append(f"{requirement} (wanted by {wanted_by}) is not locked")
             continue
-        if wanted_by == "pyproject.toml" or wanted_by.endswith("=="):
-            if not requirement.specifier.contains(pin.version, prereleases=True):
-                problems.append(f"{requirement} (wanted by {wanted_by.rstrip('=')}) but the lock pins {pin.version}")
+        # A range is checked where it is known to apply: declared by us, or by the locked version itself.
+        ranged = wanted_by == "pyproject.toml" or wanted_by.endswith("==")
+        if ranged and not requirement.specifier.contains(pin.version, prereleases=True):
+            problems.append(f"{requirement} (wanted by {wanted_by.rstrip('=')}) but the lock pins {pin.version}")
         key = (name, frozenset(requirement.extras))
         if key in seen:
             continue
@@ -136,3 +149,33 @@ def test_locks_target_the_images_python():
     assert "--generate-hashes" in makefile
     assert f"{sys.version_info.major}.{sys.version_info.minor}" == version, "markers are evaluated for this interpreter"
     assert sys.platform == "linux"
+
+
+def test_dev_lock_pins_every_package_with_hashes():
+    pins = read_lock(DEV_LOCK)
+    assert pins and all(pin.hashes for pin in pins.values())
+
+
+def test_dev_lock_covers_every_extra_and_the_build_backend():
+    """`make install` syncs the venv to this lock and resolves nothing: what it misses is missing on CI."""
+    requires = [Requirement(r) for r in repo.pyproject()["build-system"]["requires"]]
+    assert unlocked(read_lock(DEV_LOCK), [*declared("dev", DEV_EXTRAS), *requires]) == [], "run `make lock`"
+
+
+def test_dev_lock_matches_the_image_locks_where_they_share_a_package():
+    """One version of a package across the team: a test passing in .venv proves the images' version."""
+    dev = read_lock(DEV_LOCK)
+    for service in SERVICES:
+        differ = {name: (pin.version, dev[name].version) for name, pin in read_lock(lock_path(service)).items()
+                  if name in dev and dev[name].version != pin.version}
+        assert differ == {}, f"{service}: image and dev lock disagree (image, dev): {differ}; run `make lock`"
+
+
+def test_make_install_bootstraps_the_locked_uv_and_syncs_the_dev_lock():
+    makefile = (repo.ROOT / "Makefile").read_text()
+    version = re.search(r"^UV_VERSION := (\S+)$", makefile, re.M).group(1)
+    assert read_lock(DEV_LOCK)["uv"].version == version, "UV_VERSION changed without `make lock`"
+    installed = re.search(r"^\$\(VENV\)/\.installed: (.*)$", makefile, re.M).group(1).split()
+    assert set(installed) >= {"pyproject.toml", "$(DEV_LOCK)"}, "a changed lock or pyproject must reinstall"
+    assert re.search(r"^DEV_LOCK := deploy/dev-requirements\.lock$", makefile, re.M)
+    assert "uv pip sync" in makefile and "--require-hashes" in makefile

@@ -17,7 +17,8 @@ from .test_k8s import K8S, KUBERNETES_VERSIONS, container_argv, of_kind
 PLATFORM = K8S / "platform"
 #: Pods by (team, name): which servers each process opens. Decided here from what each runs.
 BROKER_CLIENTS = {("booking", "booking-api"), ("booking", "booking-relay"), ("booking", "booking-receipts"),
-                  ("notification", "dispatch-worker"), ("notification", "email-worker"), ("notification", "push-worker")}
+                  ("notification", "dispatch-worker"), ("notification", "email-worker"),
+                  ("notification", "push-worker")}
 DATABASE_CLIENTS = BROKER_CLIENTS | {("booking", "booking-migrate"), ("notification", "notification-migrate")}
 
 
@@ -125,7 +126,8 @@ def test_only_the_api_port_is_open_and_to_anyone_and_its_metrics_port_to_monitor
 
 def test_workers_take_only_their_metrics_port_and_only_from_the_monitoring_namespace():
     workers = {d["metadata"]["name"] for d in of_kind("notification", "Deployment")
-               if any("worker" in container_argv("notification", c) for c in d["spec"]["template"]["spec"]["containers"])}
+               if any("worker" in container_argv("notification", c)
+                      for c in d["spec"]["template"]["spec"]["containers"])}
     assert workers == {"dispatch-worker", "email-worker", "push-worker"}
     for name, pod in pods("notification").items():
         rules = allowed_ingress("notification", name)
@@ -149,7 +151,8 @@ def _admitted(policy: dict, ports: set[int]) -> set[tuple[str, str]]:
             ns = (peer.get("namespaceSelector") or {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
             if ns not in teams:
                 continue
-            matched = {(teams[ns], n) for n, p in pods(teams[ns]).items() if selects(peer.get("podSelector"), p["labels"])}
+            matched = {(teams[ns], n) for n, p in pods(teams[ns]).items()
+                       if selects(peer.get("podSelector"), p["labels"])}
             assert matched, f"a peer in {ns} matches none of that team's pods: {peer}"
             found |= matched
     return found
