@@ -1,7 +1,8 @@
 """gunicorn settings for the booking API (``booking-service serve``), from ``Settings.from_env()``.
 
-Sync workers: every request is a short database transaction, and 2 × cores + 1
-processes keep the cores busy without threads sharing a SQLAlchemy session.
+gevent workers (``runtime/gunicorn_worker.py``): every request is a short database
+transaction, 2 × cores + 1 processes keep the cores busy, and a client that sends its
+request slowly, or never finishes it, waits in a greenlet instead of holding a worker.
 Reading the same Settings as the app means BOOKING_BIND, BOOKING_WORKERS and
 BOOKING_WORKER_TIMEOUT are checked, and honoured from ./.env, like every other variable.
 """
@@ -18,7 +19,9 @@ bind = [_settings.bind]
 if _settings.metrics_bind:
     bind.append(_settings.metrics_bind)
 workers = _settings.workers
-worker_class = "sync"
+worker_class = "booking_service.runtime.gunicorn_worker.ApiWorker"
+#: Connections one worker keeps open at once (slow or idle clients included); past it, it stops accepting.
+worker_connections = 1000
 timeout = _settings.worker_timeout
 graceful_timeout = 20
 keepalive = 5
@@ -26,6 +29,9 @@ accesslog = None  # the app logs each request itself, as structured JSON with th
 errorlog = "-"
 # Bodies are capped by the app too (BOOKING_MAX_BODY_BYTES); this caps headers.
 limit_request_field_size = 8190
+# gunicorn's control socket defaults to one path per user (~/.gunicorn/gunicorn.ctl): a second
+# gunicorn of the same user (a second mesh, a test) took it over. The API does not use it.
+control_socket_disable = True
 
 
 def post_worker_init(worker):
