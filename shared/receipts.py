@@ -22,7 +22,8 @@ and tells a booking's notification story from them.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
@@ -71,7 +72,7 @@ def _unicode_text(value: str) -> None:
 
 
 #: Every free-text field: one line, no control character, encodable.
-_TEXT = [single_line, _unicode_text]
+_TEXT: list[Callable[[str], Any]] = [single_line, _unicode_text]
 
 
 def _integer(minimum: int, description: str) -> fields.Integer:
@@ -95,7 +96,7 @@ class OccurredAt(AwareDateTime):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
-def _schema(unknown: str) -> type[Schema]:
+def _schema(unknown: Literal["exclude", "raise"]) -> type[Schema]:
     class Base(Schema):
         class Meta:
             pass
