@@ -124,12 +124,12 @@ class ReceiptConsumer:
         self._disconnect()
         log.info("receipts_stopped", applied=self.applied, duplicates=self.duplicates, rejected=self.rejected)
 
-    def _back_off(self, reason: str, error: str) -> None:
+    def _back_off(self, outcome: str, error: str) -> None:
         self.failures += 1
         self._disconnect()
-        metrics.receipts_consumed().labels(reason).inc()
+        metrics.receipts_consumed().labels(outcome).inc()
         delay = reconnect_delay(self.failures, self.max_backoff)
-        log.warning(f"receipts_{reason}", error=error, retry_in=round(delay, 2))
+        log.warning(f"receipts_{outcome}", error=error, retry_in=round(delay, 2))
         self.stopping.wait(delay)
 
     def stop(self, *_args) -> None:
