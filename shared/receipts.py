@@ -13,15 +13,21 @@ and tells a booking's notification story from them.
   for an e-mail, ``devi…42`` for a push token) and the contract refuses
   anything else; ``reason`` is short, one line, and scrubbed of the address by
   the producer.
+* Every integer and every datetime is bounded, and the JSON Schema says so
+  (``maximum``, and a ``pattern`` on the written year): a receipt is forged as
+  easily as it is sent, and ``sequence = 2**63`` or ``9999-12-31T23:59:59-14:00``
+  (year 10000 in UTC) used to pass the contract and break the consumer.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Callable
+from typing import Any, Literal
 
-from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
-from .messages import AwareDateTime, dump_strict, load_versioned, single_line
+from .messages import AwareDateTime, _WholeValue, dump_strict, load_versioned, single_line
 from .names import CHANNEL_EMAIL, CHANNEL_PUSH, Event
 
 #: ``message_type`` of a delivery receipt.
@@ -37,12 +43,60 @@ RECEIPT_STATUSES = ("sent", "retrying", "dead", "stale", "expired")
 FINAL_RECEIPT_STATUSES = ("sent", "stale", "expired")
 #: Longest ``reason``.
 MAX_REASON_LENGTH = 200
+#: Characters a masked recipient never shows besides whitespace: control characters (NUL broke
+#: PostgreSQL) and markup or quotes (a recipient is shown to people; ``<script>`` must not get through).
+_NEVER_SHOWN = "\\x00-\\x1f\\x7f<>&\"'`"
 #: A masked e-mail (one visible character, then ``***@domain``) or a masked push token (at most
 #: four characters, ``…``, at most two), or ``***`` alone. Full addresses never match.
-MASKED_RECIPIENT_PATTERN = r"^(?:[^@\s*]?\*\*\*@[^@\s]{1,253}|[^\s…]{0,4}…[^\s…]{0,2}|\*\*\*)$"
+MASKED_RECIPIENT_PATTERN = (
+    f"^(?:[^@\\s*{_NEVER_SHOWN}]?\\*\\*\\*@[^@\\s{_NEVER_SHOWN}]{{1,253}}"
+    f"|[^\\s…{_NEVER_SHOWN}]{{0,4}}…[^\\s…{_NEVER_SHOWN}]{{0,2}}|\\*\\*\\*)$"
+)
+#: Highest integer a receipt carries: what the INTEGER columns that store it hold (PostgreSQL refused
+#: ``sequence = 2**31`` with a DataError, SQLite ``2**63`` with an OverflowError).
+MAX_INTEGER = 2**31 - 1
+#: Years ``occurred_at`` may be written in (1970-9998). Checked on the text, so the JSON Schema can say it
+#: as a pattern; with any offset the instant stays inside what Python, SQLite and PostgreSQL hold.
+OCCURRED_AT_PATTERN = r"^(?:19[7-9][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-"
+_OCCURRED_AT = re.compile(OCCURRED_AT_PATTERN)
+#: What a recipient mask drops from the part of an address it shows.
+_HIDDEN = re.compile(f"[\\s@*…\\ud800-\\udfff{_NEVER_SHOWN}]")
 
 
-def _schema(unknown: str) -> type[Schema]:
+def _unicode_text(value: str) -> None:
+    """JSON may escape half a UTF-16 pair (``"\\ud800"``): no database or log can encode such a string."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("Must be Unicode text (no lone surrogate).") from None
+
+
+#: Every free-text field: one line, no control character, encodable.
+_TEXT: list[Callable[[str], Any]] = [single_line, _unicode_text]
+
+
+def _integer(minimum: int, description: str) -> fields.Integer:
+    """A JSON integer (not a float or a string that looks like one) from ``minimum`` to ``MAX_INTEGER``."""
+    return fields.Integer(required=True, strict=True, validate=validate.Range(min=minimum, max=MAX_INTEGER),
+                          metadata={"description": description})
+
+
+class OccurredAt(AwareDateTime):
+    """An ISO-8601 datetime with an offset, written with a year from 1970 to 9998."""
+
+    default_error_messages = {"range": "Must be written with a year from 1970 to 9998."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.metadata = {**self.metadata, "pattern": OCCURRED_AT_PATTERN}
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str) and not _OCCURRED_AT.match(value):
+            raise self.make_error("range")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+def _schema(unknown: Literal["exclude", "raise"]) -> type[Schema]:
     class Base(Schema):
         class Meta:
             pass
@@ -51,8 +105,7 @@ def _schema(unknown: str) -> type[Schema]:
 
     class BookingRefV1(Base):
         id = fields.UUID(required=True, metadata={"description": "Booking id."})
-        version = fields.Integer(required=True, validate=validate.Range(min=1),
-                                 metadata={"description": "Booking version the notification was about."})
+        version = _integer(1, "Booking version the notification was about.")
 
     class NotificationStatusV1(Base):
         """What became of one delivery of a notification: a receipt (version 1)."""
@@ -65,23 +118,22 @@ def _schema(unknown: str) -> type[Schema]:
         event = fields.Enum(Event, by_value=True, required=True)
         channel = fields.String(required=True, validate=validate.OneOf([CHANNEL_EMAIL, CHANNEL_PUSH]))
         recipient = fields.String(
-            required=True, validate=validate.Regexp(MASKED_RECIPIENT_PATTERN, error="Must be a masked address."),
+            required=True,
+            validate=[_WholeValue(MASKED_RECIPIENT_PATTERN, error="Must be a masked address."), _unicode_text],
             metadata={"description": "Masked address (a***@example.org, devi…42); never the address."})
         status = fields.String(required=True, validate=validate.OneOf(RECEIPT_STATUSES))
-        attempt = fields.Integer(required=True, validate=validate.Range(min=0),
-                                 metadata={"description": "Provider attempts so far (0: never tried)."})
-        sequence = fields.Integer(
-            required=True, validate=validate.Range(min=1),
-            metadata={"description": "Per delivery, gapless from 1: apply in this order; highest = current."})
-        occurred_at = AwareDateTime(required=True, metadata={"description": "When the status changed (UTC)."})
+        attempt = _integer(0, "Provider attempts so far (0: never tried).")
+        sequence = _integer(1, "Per delivery, gapless from 1: apply in this order; highest = current.")
+        occurred_at = OccurredAt(required=True, metadata={
+            "description": "When the status changed (UTC); written with a year from 1970 to 9998."})
         correlation_id = fields.String(
-            required=True, allow_none=True, validate=[validate.Length(min=1, max=200), single_line],
+            required=True, allow_none=True, validate=[validate.Length(min=1, max=200), *_TEXT],
             metadata={"description": "Request id of the booking call that caused the notification."})
         reason = fields.String(
-            load_default=None, allow_none=True, validate=[validate.Length(max=MAX_REASON_LENGTH), single_line],
+            load_default=None, allow_none=True, validate=[validate.Length(max=MAX_REASON_LENGTH), *_TEXT],
             metadata={"description": "Why (retrying, dead, stale, expired); no personal data."})
         provider_message_id = fields.String(
-            load_default=None, allow_none=True, validate=[validate.Length(max=500), single_line],
+            load_default=None, allow_none=True, validate=[validate.Length(max=500), *_TEXT],
             metadata={"description": "The provider's id of the sent message, where there is one."})
 
     return NotificationStatusV1
@@ -106,13 +158,18 @@ def dump_notification_status(data: dict) -> dict:
     return dump_strict(_STRICT, data)
 
 
+def _shown(text: str) -> str:
+    """``text`` without what a mask never shows (whitespace, markup, quotes, controls, ``@*…``)."""
+    return _HIDDEN.sub("", text)
+
+
 def mask_email(address: str) -> str:
     """``ada@example.org`` → ``a***@example.org``: enough to recognise, not enough to write to."""
     local, at, domain = address.rpartition("@")
+    domain = _shown(domain)[:253]
     if not at or not domain:
         return "***"
-    first = local[:1] if local[:1] not in ("", "*", "@") and not local[:1].isspace() else ""
-    return f"{first}***@{domain.strip()[:253]}"
+    return f"{_shown(local[:1])}***@{domain}"
 
 
 def mask_token(token: str) -> str:
@@ -120,7 +177,7 @@ def mask_token(token: str) -> str:
     token = "".join(token.split())
     if len(token) < 12:
         return "…"
-    return f"{token[:4].replace('…', '')}…{token[-2:].replace('…', '')}"
+    return f"{_shown(token[:4])}…{_shown(token[-2:])}"
 
 
 def mask_address(channel: str, address: str) -> str:

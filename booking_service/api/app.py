@@ -90,6 +90,8 @@ def _request_context(app: Flask) -> None:
         metrics.http_requests().labels(method, route, str(response.status_code)).inc()
         metrics.http_latency().labels(method, route).observe(elapsed)
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+        # Answers carry data from outside (a receipt's reason, a booking's notes): no browser may sniff them as HTML.
+        response.headers["X-Content-Type-Options"] = "nosniff"
         if route not in ("/healthz", "/metrics"):
             log.info("request", method=request.method, route=route, status=response.status_code,
                      duration_ms=round(elapsed * 1000, 2))

@@ -1,4 +1,9 @@
-"""/v1/bookings/<id>/notifications: what became of a booking's notifications (read-only)."""
+"""/v1/bookings/<id>/notifications: what became of a booking's notifications (read-only).
+
+Every string comes from a delivery receipt, that is from outside: it is plain
+data in a JSON answer (sent with ``X-Content-Type-Options: nosniff``), never
+markup, and a client escapes it like any other text before showing it.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ from booking_service.api.openapi import error_responses
 from booking_service.core import timeline
 from shared.messages import AwareDateTime
 
+#: How the reason of a receipt reaches a client.
+PLAIN_TEXT = "Plain text from the notification service, at most 200 characters; escape it before showing it as HTML"
+
 blp = Blueprint("notifications", __name__, url_prefix="/v1/bookings",
                 description="What became of a booking's notifications (delivery receipts)")
 blp.before_request(require_api_key)
@@ -22,17 +30,19 @@ class ReceiptStepSchema(Schema):
     status = fields.String(metadata={"description": "sent | retrying | dead | stale | expired"})
     attempt = fields.Integer()
     occurred_at = AwareDateTime()
-    reason = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True, metadata={"description": PLAIN_TEXT})
 
 
 class DeliveryStatusSchema(Schema):
     delivery_id = fields.String()
     channel = fields.String(metadata={"description": "email | push"})
-    recipient = fields.String(metadata={"description": "Masked address: a***@example.org, devi…42"})
+    recipient = fields.String(metadata={"description": "Masked address: a***@example.org, devi…42 (*** when a stored "
+                                                       "one no longer reads as a mask)"})
     status = fields.String(metadata={"description": "Current status: the receipt with the highest sequence"})
     attempts = fields.Integer(metadata={"description": "Provider attempts so far"})
     last_change_at = AwareDateTime()
-    reason = fields.String(allow_none=True, metadata={"description": "Why (retrying, dead, stale, expired)"})
+    reason = fields.String(allow_none=True,
+                           metadata={"description": f"Why (retrying, dead, stale, expired). {PLAIN_TEXT}"})
     provider_message_id = fields.String(allow_none=True)
     sequence = fields.Integer(metadata={"description": "Sequence of the current status"})
     history_complete = fields.Boolean(metadata={"description": "False while an earlier receipt is still on its way"})
@@ -41,9 +51,11 @@ class DeliveryStatusSchema(Schema):
 
 class NotificationStorySchema(Schema):
     notification_id = fields.String()
-    event = fields.String(metadata={"description": "booking.confirmed | booking.cancelled | booking.rescheduled | booking.reminder"})
+    event = fields.String(metadata={"description": "booking.confirmed | booking.cancelled | booking.rescheduled | "
+                                                   "booking.reminder"})
     state = fields.String(metadata={"description": "scheduled | pending | published (handed to the broker) | "
-                                                   "withdrawn (cancelled or moved before it was due) | expired | invalid"})
+                                                   "withdrawn (cancelled or moved before it was due) | expired | "
+                                                   "invalid"})
     requested_at = AwareDateTime(metadata={"description": "When the booking change asked for it"})
     due_at = AwareDateTime()
     published_at = AwareDateTime(allow_none=True, metadata={"description": "When the relay published it"})

@@ -5,10 +5,19 @@ published it, or that it was withdrawn) with, per delivery (one channel and
 masked address), the current status (the receipt with the highest sequence,
 whatever order receipts arrived in), attempts, last change, reason and the
 history in sequence order. Read-only; two queries.
+
+Receipts can be forged, so the timeline takes a receipt only for the booking
+and the delivery it names: one of this booking's notifications *and* this
+booking's id, grouped by notification and delivery together (a receipt that
+borrowed another booking's notification or delivery id changes nothing here).
+Its strings are plain data for a JSON answer; a recipient stored before the
+contract refused markup in it, and that no longer reads as a mask, is shown
+as ``***``.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -16,9 +25,11 @@ from sqlalchemy.orm import Session
 
 from booking_service.core import bookings
 from booking_service.storage.models import NotificationReceipt, OutboxMessage, utcnow
+from shared.receipts import MASKED_RECIPIENT_PATTERN
 
 #: What an outbox row's status means to a reader of the timeline.
 NOTIFICATION_STATES = {"published": "published", "superseded": "withdrawn", "expired": "expired", "invalid": "invalid"}
+_MASKED = re.compile(MASKED_RECIPIENT_PATTERN)
 
 
 def notification_state(status: str, available_at: datetime, now: datetime) -> str:
@@ -33,7 +44,7 @@ def _delivery(history: list[NotificationReceipt]) -> dict:
     return {
         "delivery_id": current.delivery_id,
         "channel": current.channel,
-        "recipient": current.recipient,
+        "recipient": current.recipient if _MASKED.fullmatch(current.recipient) else "***",
         "status": current.status,
         "attempts": max(r.attempt for r in history),
         "last_change_at": current.occurred_at,
@@ -57,13 +68,15 @@ def timeline(session: Session, booking_id: str) -> dict:
         .where(OutboxMessage.booking_id == booking.id)
         .order_by(OutboxMessage.created_at, OutboxMessage.id)
     ).all()
-    by_delivery: dict[str, list[NotificationReceipt]] = {}
+    by_delivery: dict[tuple[str, str], list[NotificationReceipt]] = {}
     if rows:
         receipts = session.execute(
-            sa.select(NotificationReceipt).where(NotificationReceipt.notification_id.in_([r.notification_id for r in rows]))
+            sa.select(NotificationReceipt).where(
+                NotificationReceipt.notification_id.in_([r.notification_id for r in rows]),
+                NotificationReceipt.booking_id == booking.id)
         ).scalars()
         for receipt in receipts:
-            by_delivery.setdefault(receipt.delivery_id, []).append(receipt)
+            by_delivery.setdefault((receipt.notification_id, receipt.delivery_id), []).append(receipt)
     per_notification: dict[str, list[dict]] = {}
     for history in by_delivery.values():
         per_notification.setdefault(history[0].notification_id, []).append(_delivery(history))
