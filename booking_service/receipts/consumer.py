@@ -38,7 +38,7 @@ import structlog
 import shared
 from booking_service.receipts.poison import DATABASE_OUTAGE, decode, is_outage, reason
 from booking_service.receipts.store import store
-from booking_service.relay.relay import reconnect_delay
+from booking_service.runtime.backoff import reconnect_delay
 from booking_service.runtime import amqp, metrics
 
 log = structlog.get_logger(__name__)
