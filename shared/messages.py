@@ -11,6 +11,7 @@ Two flavours of each schema exist:
 
 from __future__ import annotations
 
+import re
 import uuid
 import zoneinfo
 from datetime import datetime
@@ -52,6 +53,8 @@ deliverable_email = _WholeValue(
     error="Must be an address every mail server can deliver: one line, only ASCII characters before the @ "
           "(an international domain is fine; ß, ς and joiners in it are not).")
 
+_DELIVERABLE_EMAIL = re.compile(DELIVERABLE_EMAIL_PATTERN)
+
 
 def ascii_email(address: str) -> str:
     """``address`` with its domain in IDNA ASCII form: ``ada@bücher.example`` → ``ada@xn--bcher-kva.example``.
@@ -59,7 +62,7 @@ def ascii_email(address: str) -> str:
     Raises ``ValueError`` (whose text never holds the address) when the address does not
     follow ``DELIVERABLE_EMAIL_PATTERN`` or its domain has no IDNA form.
     """
-    if not isinstance(address, str) or deliverable_email.regex.fullmatch(address) is None:
+    if not isinstance(address, str) or _DELIVERABLE_EMAIL.fullmatch(address) is None:
         raise ValueError("address is not deliverable (non-ASCII before the @, or ß, ς or a joiner in the domain)")
     local, _, domain = address.rpartition("@")
     try:
