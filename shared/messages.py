@@ -11,6 +11,7 @@ Two flavours of each schema exist:
 
 from __future__ import annotations
 
+import re
 import uuid
 import zoneinfo
 from datetime import datetime
@@ -41,6 +42,35 @@ class _WholeValue(validate.Regexp):
 
 #: The same rule as a marshmallow validator (apispec turns it into the JSON Schema's ``pattern``).
 single_line = _WholeValue(SINGLE_LINE_PATTERN, error="Must be one line without control characters.")
+#: An address every mail server can take. Only ASCII before the @: a non-ASCII local part
+#: needs SMTPUTF8 on every hop to the mailbox, which no producer can know. The domain may be
+#: international (sent in its IDNA ASCII form, ``ascii_email``), without the four characters
+#: IDNA 2003 and IDNA 2008 read differently (ß, ς, ZWNJ, ZWJ: one address, two domains).
+#: One line, like ``SINGLE_LINE_PATTERN``: no control character anywhere.
+DELIVERABLE_EMAIL_PATTERN = r"^[\x20-\x7e]+@[^@\x00-\x1f\x7f\u00df\u03c2\u200c\u200d]+$"
+deliverable_email = _WholeValue(
+    DELIVERABLE_EMAIL_PATTERN,
+    error="Must be an address every mail server can deliver: one line, only ASCII characters before the @ "
+          "(an international domain is fine; ß, ς and joiners in it are not).")
+
+_DELIVERABLE_EMAIL = re.compile(DELIVERABLE_EMAIL_PATTERN)
+
+
+def ascii_email(address: str) -> str:
+    """``address`` with its domain in IDNA ASCII form: ``ada@bücher.example`` → ``ada@xn--bcher-kva.example``.
+
+    Raises ``ValueError`` (whose text never holds the address) when the address does not
+    follow ``DELIVERABLE_EMAIL_PATTERN`` or its domain has no IDNA form.
+    """
+    if not isinstance(address, str) or _DELIVERABLE_EMAIL.fullmatch(address) is None:
+        raise ValueError("address is not deliverable (non-ASCII before the @, or ß, ς or a joiner in the domain)")
+    local, _, domain = address.rpartition("@")
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        raise ValueError("address domain has no IDNA (ASCII) form") from None
+
+
 #: Longest IANA timezone name accepted (the longest real one has 32 characters).
 MAX_TIMEZONE_LENGTH = 64
 
@@ -97,7 +127,8 @@ def _schemas(unknown: str) -> type[Schema]:
             metadata={"description": "Booking version; grows on every change. Consumers drop stale versions."},
         )
         status = fields.String(
-            required=True, validate=validate.OneOf(["confirmed", "cancelled"]), metadata={"description": "Status after the change."}
+            required=True, validate=validate.OneOf(["confirmed", "cancelled"]),
+            metadata={"description": "Status after the change."},
         )
         resource_id = fields.String(required=True, validate=[validate.Length(min=1, max=200), single_line])
         starts_at = AwareDateTime(required=True, metadata={"description": "UTC ISO-8601."})
@@ -116,7 +147,7 @@ def _schemas(unknown: str) -> type[Schema]:
 
     class RecipientV1(Base):
         name = fields.String(required=True, validate=[validate.Length(min=1, max=200), single_line])
-        email = fields.Email(required=True, validate=validate.Length(max=320))
+        email = fields.Email(required=True, validate=[validate.Length(max=320), deliverable_email])
         locale = fields.String(load_default="en", validate=validate.Regexp(LOCALE_PATTERN))
         push_tokens = fields.List(
             fields.String(validate=[validate.Length(min=1, max=4096), single_line]),

@@ -4,10 +4,16 @@ Reading never loses a message: messages are fetched with ``basic_get`` and
 left unacked, so closing the channel puts every one of them back. Replay
 republishes to the origin queue through the ``notifications`` exchange with
 publisher confirms and ``mandatory=True`` and only then acks the dead letter.
+A replayed message loses every header the workers' envelope guard refuses on
+arrival (the ``x-death`` RabbitMQ wrote, and any other reserved ``x-`` header),
+so it arrives for work like a fresh one. What is printed never holds an
+address or a push token: ``show`` masks them in the body, and a stored reason
+is masked too (reasons written before addresses were kept out of them).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +24,13 @@ import shared
 from notification_service.broker.connection import connect
 from notification_service.worker import envelope_guard as envelope
 
-#: Headers RabbitMQ adds on dead-lettering; dropped on replay.
-DEATH_HEADERS = ("x-death", "x-first-death-queue", "x-first-death-reason", "x-first-death-exchange",
-                 "x-last-death-queue", "x-last-death-reason", "x-last-death-exchange")
+#: What stands in for an address or token in anything printed.
+MASK = "<redacted>"
+#: Something shaped like an e-mail address, in free text (a reason, an undecodable body).
+_ADDRESS = re.compile(r"[^\s@\"'<>(),;:\[\]]+@[^\s@\"'<>(),;:\[\]]+")
+#: Task keyword arguments and ``notification.requested`` recipient fields that are personal data.
+_PERSONAL_KWARGS = ("to", "token")
+_PERSONAL_RECIPIENT = ("email", "push_tokens")
 
 
 class DlqError(RuntimeError):
@@ -50,18 +60,20 @@ class DeadMessage:
 
     @property
     def deaths(self) -> list[dict]:
-        return list(self.headers.get("x-death") or [])
+        """The ``x-death`` records; anything else in the header (it is not to be trusted) is left out."""
+        value = self.headers.get("x-death")
+        return [d for d in value if isinstance(d, dict)] if isinstance(value, list) else []
 
     @property
     def origin_queue(self) -> str:
-        deaths = self.deaths
-        if deaths and deaths[-1].get("queue"):
-            return deaths[-1]["queue"]  # x-death is newest first; the last entry is the first death
-        return self.headers.get("x-first-death-queue") or self.dlq.removesuffix(shared.names.DLQ_SUFFIX)
+        # Each work queue dead-letters into its own DLQ, so the DLQ names the origin; x-death's
+        # queue may have been forged by the publisher (a replay would have gone there).
+        return self.dlq.removesuffix(shared.names.DLQ_SUFFIX)
 
     @property
     def death_count(self) -> int:
-        return sum(int(d.get("count", 1)) for d in self.deaths)
+        counts = [d.get("count", 1) for d in self.deaths]
+        return sum(c for c in counts if isinstance(c, int) and not isinstance(c, bool))
 
     def summary(self, reasons: dict[str, str]) -> dict[str, Any]:
         broker_reason = self.deaths[0].get("reason") if self.deaths else None
@@ -71,7 +83,7 @@ class DeadMessage:
             "origin_queue": self.origin_queue,
             "dlq": self.dlq,
             "death_count": self.death_count,
-            "reason": reasons.get(self.message_id or "") or broker_reason,
+            "reason": mask_addresses(reasons.get(self.message_id or "") or broker_reason),
             "broker_reason": broker_reason,
             "priority": self.properties.priority,
         }
@@ -130,7 +142,7 @@ def replay(amqp_url: str, *, message_id: str | None = None, queue: str | None = 
                 if problem is not None:
                     skipped[message.message_id or f"{dlq}#{message.delivery_tag}"] = problem
                     continue
-                headers = {k: v for k, v in message.headers.items() if k not in DEATH_HEADERS}
+                headers = envelope.strip_reserved(message.headers)
                 if "retries" in headers:
                     headers["retries"] = 0  # an operator replay gets a fresh retry budget
                 p = message.properties
@@ -141,7 +153,8 @@ def replay(amqp_url: str, *, message_id: str | None = None, queue: str | None = 
                     type=p.type, app_id=p.app_id,
                 )
                 try:
-                    channel.basic_publish(shared.EXCHANGE, message.origin_queue, message.body, properties, mandatory=True)
+                    channel.basic_publish(shared.EXCHANGE, message.origin_queue, message.body, properties,
+                                          mandatory=True)
                 except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
                     raise DlqError(f"broker refused the replay of {message.message_id}: {exc}") from exc
                 channel.basic_ack(message.delivery_tag)
@@ -166,20 +179,37 @@ SHOW_RAW_BYTES = 2000
 
 
 def poison_reason(message: DeadMessage) -> str | None:
-    """Why ``message`` is not a runnable task message (the workers' own envelope guard), or None."""
+    """Why ``message``, as replay republishes it, is not a runnable task message (the workers' guard), or None."""
     p = message.properties
-    problem, _ = envelope.inspect(message.headers if p.headers is not None else None, p.content_type,
-                                  p.content_encoding, message.body, None)
+    headers = envelope.strip_reserved(message.headers) if p.headers is not None else None
+    problem, _ = envelope.inspect(headers, p.content_type, p.content_encoding, message.body, None)
     return problem
+
+
+def mask_addresses(text: Any) -> Any:
+    """``text`` with everything shaped like an e-mail address masked (non-strings as they are)."""
+    return _ADDRESS.sub(MASK, text) if isinstance(text, str) else text
+
+
+def mask_personal(body: Any) -> Any:
+    """A decoded task body with its addresses and push tokens masked (a copy; other shapes as they are)."""
+    if not (isinstance(body, list) and len(body) == 3 and isinstance(body[1], dict)):
+        return body
+    kwargs = {k: (MASK if k in _PERSONAL_KWARGS else v) for k, v in body[1].items()}
+    message = kwargs.get("message")
+    if isinstance(message, dict) and isinstance(message.get("recipient"), dict):
+        recipient = {k: (MASK if k in _PERSONAL_RECIPIENT else v) for k, v in message["recipient"].items()}
+        kwargs["message"] = {**message, "recipient": recipient}
+    return [body[0], kwargs, body[2]]
 
 
 def show(message: DeadMessage, reasons: dict[str, str]) -> dict[str, Any]:
     detail = message.summary(reasons)
     try:
-        body: Any = envelope.decode(message.body, message.properties.content_encoding)
+        body: Any = mask_personal(envelope.decode(message.body, message.properties.content_encoding))
     except envelope.Poison as exc:
         detail["undecodable"] = str(exc)
-        body = message.body[:SHOW_RAW_BYTES].decode("utf-8", "replace")
+        body = mask_addresses(message.body[:SHOW_RAW_BYTES].decode("utf-8", "replace"))
     headers = {k: v for k, v in message.headers.items()}
     detail.update({"headers": headers, "content_type": message.properties.content_type, "body": body})
     return detail

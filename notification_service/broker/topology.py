@@ -3,6 +3,14 @@
 Exchanges, work queues with their priority and dead-letter arguments, the
 dead-letter exchange and queues, and the RabbitMQ definitions export (with the
 two service users) are all derived from the names in ``shared``.
+
+``notifications`` is a *topic* exchange, routing exactly like a direct one
+(every binding key is a full queue name, no wildcards), because RabbitMQ
+checks topic permissions only on topic exchanges: on a direct exchange the
+booking user could publish an ``notifications.email.send`` task straight to the
+e-mail queue, past dispatch's validation (checked on 3.10.8). A broker that
+still holds the old direct exchange refuses the redeclare (406); ``declare``
+says how to replace it.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import hashlib
 import re
 from typing import Any
 
+import amqp.exceptions
 from kombu import Exchange, Queue
 
 import shared
@@ -31,8 +40,8 @@ def work_queue_arguments(queue: str) -> dict[str, Any]:
 #: DLQs carry x-max-priority too, so a replay keeps the original priority semantics visible.
 DLQ_ARGUMENTS: dict[str, Any] = {"x-max-priority": shared.MAX_PRIORITY}
 
-#: The durable direct exchange with NO arguments (the booking service declares it that way too).
-exchange = Exchange(shared.EXCHANGE, type="direct", durable=True)
+#: The durable topic exchange with NO arguments; topic so the booking user's routing keys can be limited.
+exchange = Exchange(shared.EXCHANGE, type="topic", durable=True)
 dead_letter_exchange = Exchange(shared.DEAD_LETTER_EXCHANGE, type="direct", durable=True)
 #: Delivery receipts (``notification.status``, plain JSON), routing key ``<channel>.<status>``.
 receipts_exchange = Exchange(shared.RECEIPTS_EXCHANGE, type="topic", durable=True)
@@ -54,8 +63,9 @@ dead_letter_queues: tuple[Queue, ...] = tuple(
 
 
 #: The booking service's receipts queue: every receipt (``#``); what breaks the contract is
-#: rejected by its consumer and dead-lettered to ``booking.receipts.dlq``. Declared here, with
-#: the rest of the topology, because the booking user may only read it.
+#: rejected by its consumer and dead-lettered to ``booking.receipts.dlq``. Defined here, with
+#: the rest of the topology (the export carries them), but the notification user may not
+#: configure or bind them: declaring a queue is the same permission as deleting it.
 receipt_queues: tuple[Queue, ...] = (
     Queue(shared.BOOKING_RECEIPTS_QUEUE, exchange=receipts_exchange, routing_key="#", durable=True,
           queue_arguments={"x-dead-letter-exchange": shared.DEAD_LETTER_EXCHANGE,
@@ -65,12 +75,43 @@ receipt_queues: tuple[Queue, ...] = (
 )
 
 
+class TopologyError(RuntimeError):
+    """Raised when the broker holds an entity that cannot be redeclared as this topology defines it."""
+
+
 def declare(connection) -> None:
-    """Declare exchanges, work queues, DLX, DLQs and the receipts queues idempotently on a kombu connection."""
+    """Declare exchanges, work queues, DLX and DLQs idempotently on a kombu connection; see the receipts queues.
+
+    The booking team's receipts queues are declared only where they are missing (a
+    development broker, with a login allowed to): a broker loaded from the definitions
+    holds them already, and the notification user is refused their declare.
+    """
     channel = connection.default_channel
-    for entity in (exchange, dead_letter_exchange, receipts_exchange, *work_queues, *dead_letter_queues,
-                   *receipt_queues):
-        entity.bind(channel).declare()
+    try:
+        exchange.bind(channel).declare()
+    except amqp.exceptions.PreconditionFailed as exc:
+        raise TopologyError(
+            f"exchange {shared.EXCHANGE!r} exists with other settings ({exc}); it is a topic exchange now. "
+            f"Delete it (rabbitmqctl/rabbitmqadmin, or the management UI) and declare again: queues and their "
+            f"messages stay, bindings are made again, the booking relay retries while it is missing") from exc
+    for entity in (dead_letter_exchange, receipts_exchange, *work_queues, *dead_letter_queues):
+        entity.bind(connection.default_channel).declare()
+    for queue in receipt_queues:
+        if not _exists(connection, queue.name):
+            queue.bind(connection.default_channel).declare()
+
+
+def _exists(connection, queue: str) -> bool:
+    """Whether ``queue`` exists; a passive declare needs no permission and closes only its own channel."""
+    channel = connection.channel()
+    try:
+        channel.queue_declare(queue, passive=True)
+    except amqp.exceptions.NotFound:
+        return False
+    finally:
+        if channel.is_open:
+            channel.close()
+    return True
 
 
 # --- RabbitMQ definitions export ------------------------------------------------
@@ -79,14 +120,20 @@ def declare(connection) -> None:
 DEV_PASSWORDS = {"booking": "booking", "notification": "notification"}
 
 #: Booking may only publish to the exchange, and read (consume) its own receipts queue.
-BOOKING_PERMISSIONS = {"configure": "^$", "write": f"^{shared.EXCHANGE}$",
+BOOKING_PERMISSIONS = {"configure": "^$", "write": f"^{re.escape(shared.EXCHANGE)}$",
                        "read": f"^{re.escape(shared.BOOKING_RECEIPTS_QUEUE)}$"}
+#: ... and on that exchange only the dispatch routing key: a send task published by booking
+#: would skip dispatch's validation and the delivery log. (Topic exchanges only, hence its type.)
+BOOKING_TOPIC_PERMISSIONS = {"exchange": shared.EXCHANGE, "write": f"^{re.escape(shared.DISPATCH_QUEUE)}$",
+                             "read": "^$"}
 #: Workers: their own names plus Celery's reply/pidbox/event names (remote control, Flower events).
-_WORKER_NAMES = r"notifications(\..*)?|celery(\..*)?|celeryev(\..*)?|reply\.celery\.pidbox|.*\.celery\.pidbox|amq\.gen-.*"
-#: The receipts queues it declares and binds (configure, write) but never reads: they are booking's.
-_RECEIPT_QUEUES = r"booking\.receipts(\.dlq)?"
-NOTIFICATION_PERMISSIONS = {"configure": f"^({_WORKER_NAMES}|{_RECEIPT_QUEUES})$",
-                            "write": f"^({_WORKER_NAMES}|{_RECEIPT_QUEUES})$", "read": f"^({_WORKER_NAMES})$"}
+_WORKER_NAMES = (r"notifications(\..*)?|celery(\..*)?|celeryev(\..*)?|reply\.celery\.pidbox|.*\.celery\.pidbox"
+                 r"|amq\.gen-.*")
+#: Nothing of the booking team's: configure would let it delete ``booking.receipts`` (and its
+#: DLQ), write on the queue would let it bind it to ``notifications`` (every dispatch, with
+#: addresses, copied into booking's queue). Receipts reach that queue through the exchange.
+NOTIFICATION_PERMISSIONS = {"configure": f"^({_WORKER_NAMES})$", "write": f"^({_WORKER_NAMES})$",
+                            "read": f"^({_WORKER_NAMES})$"}
 
 
 def password_hash(user: str, password: str) -> str:
@@ -143,7 +190,7 @@ def definitions() -> dict[str, Any]:
         "users": users,
         "vhosts": [{"name": "/"}],
         "permissions": permissions,
-        "topic_permissions": [],
+        "topic_permissions": [{"user": "booking", "vhost": "/", **BOOKING_TOPIC_PERMISSIONS}],
         "parameters": [],
         "global_parameters": [],
         "policies": [],

@@ -1,11 +1,16 @@
-"""A JSON e-mail API (``EMAIL_BACKEND=http``); ``Idempotency-Key`` = the delivery id."""
+"""A JSON e-mail API (``EMAIL_BACKEND=http``); ``Idempotency-Key`` = the delivery id.
+
+The recipient goes as given, but with its address in the ASCII form ``mime.deliverable``
+gives (an international domain in IDNA): the form every such API accepts.
+"""
 
 from __future__ import annotations
 
-from notification_service.errors import PermanentError
+import email.utils
+
 from notification_service.providers.content import EmailContent
 from notification_service.providers.http import HttpClient
-from notification_service.providers.mime import valid_address
+from notification_service.providers.mime import deliverable
 from notification_service.settings import Settings
 
 
@@ -16,8 +21,9 @@ class HttpEmailProvider:
                                  timeout=settings.http_timeout, kind="email_http")
 
     def send(self, content: EmailContent) -> str:
-        if not valid_address(content.to):
-            raise PermanentError("invalid e-mail address")
-        payload = {"from": self.sender, "to": content.to, "subject": content.subject, "text": content.text,
+        address = email.utils.parseaddr(content.to)[1]
+        wire = deliverable(content.to)
+        to = content.to if wire == address else content.to.replace(address, wire)
+        payload = {"from": self.sender, "to": to, "subject": content.subject, "text": content.text,
                    "html": content.html, "headers": content.headers}
-        return self.client.post(payload, key=content.delivery_id, personal=content.to)
+        return self.client.post(payload, key=content.delivery_id, personal=(content.to, wire))

@@ -45,11 +45,12 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-def scrub(text: str, personal: str) -> str:
-    """``text`` without ``personal`` (an address or token), also in its JSON-escaped forms."""
-    if not personal:
+def scrub(text: str, *personal: str) -> str:
+    """``text`` without any of ``personal`` (addresses or tokens), also in their JSON-escaped forms."""
+    forms = {form for value in personal if value
+             for form in (value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1])}
+    if not forms:
         return text
-    forms = {personal, json.dumps(personal)[1:-1], json.dumps(personal, ensure_ascii=False)[1:-1]}
     pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
     return re.sub(pattern, "<recipient>", text, flags=re.IGNORECASE)  # \u00F6 as well as \u00f6
 
@@ -75,8 +76,8 @@ class HttpClient:
             self._local.session = session
         return session
 
-    def post(self, payload: dict, *, key: str, personal: str) -> str:
-        """POST ``payload``; return the provider's message id. ``personal`` is scrubbed from error texts."""
+    def post(self, payload: dict, *, key: str, personal: str | tuple[str, ...]) -> str:
+        """POST ``payload``; return the provider's message id. ``personal`` (one or more) is scrubbed from errors."""
         started = time.perf_counter()
         try:
             response = self._session().post(self.url, json=payload, headers={"Idempotency-Key": key},
@@ -89,7 +90,7 @@ class HttpClient:
             raise TransientError(f"{self.kind} provider answered {response.status_code}",
                                  retry_after=parse_retry_after(response.headers.get("Retry-After")))
         if response.status_code >= 400:
-            detail = scrub(response.text, personal)[:200]
+            detail = scrub(response.text, *((personal,) if isinstance(personal, str) else personal))[:200]
             raise PermanentError(f"{self.kind} provider answered {response.status_code}: {detail}")
         try:
             body = response.json()

@@ -5,6 +5,13 @@ The stdlib ``EmailMessage`` (header registry, policy objects, generator) cost
 ``multipart/alternative`` message directly: ASCII headers as they are,
 others RFC 2047-encoded, both bodies quoted-printable UTF-8. Header values may not
 contain CR or LF (header injection): such a message is refused permanently.
+
+Addresses go out in ASCII: an international domain in its IDNA form
+(``shared.ascii_email``), which every server and API takes. An address that
+has none (a non-ASCII local part needs SMTPUTF8 on every hop; the contract
+refuses it) is a permanent error, never an encoding exception: that was
+retried nine times, and its text carried the address into logs and the
+dead-letter reason.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from email.header import Header
 
 from notification_service.errors import PermanentError
 from notification_service.providers.content import EmailContent
+from shared.messages import ascii_email
 
 
 def valid_address(address: str) -> bool:
@@ -22,6 +30,16 @@ def valid_address(address: str) -> bool:
         return False
     _name, addr = email.utils.parseaddr(address)
     return bool(addr) and "@" in addr
+
+
+def deliverable(address: str, role: str = "recipient") -> str:
+    """The bare ``address`` (display name dropped) as it goes on the wire; PermanentError (address-free) if none."""
+    if not valid_address(address):
+        raise PermanentError(f"invalid {role} e-mail address")
+    try:
+        return ascii_email(email.utils.parseaddr(address)[1])
+    except ValueError as exc:
+        raise PermanentError(f"undeliverable {role} e-mail address: {exc}") from None
 
 
 def _header(name: str, value: str) -> bytes:
@@ -32,12 +50,13 @@ def _header(name: str, value: str) -> bytes:
     return f"{name}: {Header(value, 'utf-8', header_name=name).encode()}\r\n".encode("ascii")
 
 
-def _address(name: str, value: str) -> bytes:
-    """An address header: a non-ASCII display name is encoded, the address itself never is."""
+def _address(name: str, value: str, role: str) -> bytes:
+    """An address header: a non-ASCII display name is RFC 2047-encoded, the address is ``deliverable``'s."""
     if "\r" in value or "\n" in value:
         raise PermanentError(f"header {name} contains a line break")
-    display, addr = email.utils.parseaddr(value)
-    return f"{name}: {email.utils.formataddr((display, addr), charset='utf-8')}\r\n".encode("ascii")
+    display = email.utils.parseaddr(value)[0]
+    header = email.utils.formataddr((display, deliverable(value, role)), charset="utf-8")
+    return f"{name}: {header}\r\n".encode("ascii")
 
 
 def _part(subtype: str, body: str) -> bytes:
@@ -49,18 +68,19 @@ def _part(subtype: str, body: str) -> bytes:
 
 def build_email(content: EmailContent, sender: str) -> tuple[bytes, str]:
     """``(message bytes, Message-ID)``; raises PermanentError for an invalid recipient or header."""
-    if not valid_address(content.to):
-        raise PermanentError("invalid e-mail address")
-    domain = email.utils.parseaddr(sender)[1].rpartition("@")[2] or "localhost"
+    to = _address("To", content.to, "recipient")
+    sender_header = _address("From", sender, "sender (EMAIL_FROM)")
+    domain = deliverable(sender, "sender (EMAIL_FROM)").rpartition("@")[2]
     message_id = f"<{content.delivery_id}@{domain}>"
     boundary = f"=_{content.delivery_id}"
     headers = [
-        _address("From", sender), _address("To", content.to), _header("Subject", content.subject),
+        sender_header, to, _header("Subject", content.subject),
         _header("Date", email.utils.formatdate(usegmt=True)), _header("Message-ID", message_id),
         b"MIME-Version: 1.0\r\n",
         *(_header(key, str(value)) for key, value in sorted(content.headers.items())),
         f"Content-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n".encode(),
     ]
     delimiter = f"--{boundary}\r\n".encode()
-    body = [delimiter, _part("plain", content.text), delimiter, _part("html", content.html), f"--{boundary}--\r\n".encode()]
+    body = [delimiter, _part("plain", content.text), delimiter, _part("html", content.html),
+            f"--{boundary}--\r\n".encode()]
     return b"".join(headers + body), message_id

@@ -5,6 +5,8 @@ over: a server that closed an idle connection fails ``MAIL FROM``, and then
 the message is sent once more over a fresh connection. A failure during or
 after ``DATA`` is never repeated here (the server may have taken the
 message); it goes to the task's retry policy like any transient error.
+The envelope addresses are the ASCII forms ``mime.deliverable`` gives (an
+international domain in IDNA), the same the message's headers carry.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 
 from notification_service.errors import PermanentError, TransientError
 from notification_service.providers.content import EmailContent
-from notification_service.providers.mime import build_email
+from notification_service.providers.mime import build_email, deliverable
 from notification_service.runtime import metrics
 from notification_service.settings import Settings
 
@@ -49,21 +51,22 @@ class SmtpEmailProvider:
                 return  # already gone; nothing else to release
 
     def _transfer(self, smtp: smtplib.SMTP, content: EmailContent, data: bytes, *, reused: bool) -> None:
+        sender, recipient = deliverable(self.settings.email_from, "sender (EMAIL_FROM)"), deliverable(content.to)
         try:
-            code, reply = smtp.mail(self.settings.email_from)
+            code, reply = smtp.mail(sender)
         except (smtplib.SMTPServerDisconnected, OSError):
             if not reused:
                 raise
             self._drop()  # an idle connection the server closed: nothing was handed over yet
             smtp = self._local.smtp = self._connect()
-            code, reply = smtp.mail(self.settings.email_from)
+            code, reply = smtp.mail(sender)
         if code != 250:
             smtp.rset()
-            raise smtplib.SMTPSenderRefused(code, reply, self.settings.email_from)
-        code, reply = smtp.rcpt(content.to)
+            raise smtplib.SMTPSenderRefused(code, reply, sender)
+        code, reply = smtp.rcpt(recipient)
         if code not in (250, 251):
             smtp.rset()
-            raise smtplib.SMTPRecipientsRefused({content.to: (code, reply)})
+            raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
         code, reply = smtp.data(data)
         if code != 250:
             raise smtplib.SMTPDataError(code, reply)
@@ -90,6 +93,10 @@ class SmtpEmailProvider:
                 raise PermanentError(f"SMTP error {exc.smtp_code}") from exc
             self._drop()
             raise TransientError(f"SMTP error {exc.smtp_code}") from exc
+        except UnicodeError as exc:
+            # smtplib writes commands in ASCII; retrying cannot change the text (and its repr holds it).
+            self._drop()
+            raise PermanentError(f"SMTP command not encodable: {type(exc).__name__}") from None
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             self._drop()
             raise TransientError(f"SMTP unavailable: {type(exc).__name__}") from exc

@@ -7,15 +7,23 @@ sees it; anything malformed is ``basic.reject(requeue=False)``-ed, which makes
 RabbitMQ move it to ``<queue>.dlq`` (the queue's dead-letter exchange). The
 reason goes to the ``dead_letters`` table and the log first, so ``dlq list``
 can show it next to RabbitMQ's ``x-death`` header.
+
+A message that arrived with broker-reserved headers is never rejected:
+RabbitMQ 3.10 would read its forged ``x-death`` while dead-lettering it and
+crash the queue. The worker dead-letters a copy without them itself, with
+the death record RabbitMQ would have written, and then acks the original.
 """
 
 from __future__ import annotations
 
 import functools
+from datetime import UTC, datetime
 
+import amqp
 import structlog
 from celery.worker.consumer import Consumer
 
+import shared
 from notification_service.delivery.log import delivery_log
 from notification_service.runtime import metrics
 from notification_service.settings import Settings
@@ -26,6 +34,10 @@ log = structlog.get_logger("notification_service.worker.consumer")
 #: Reconnect probes: first after 0.5 s, then every 0.5 s more, at most every 2 s. Celery's
 #: default (2 s, +2 s, up to 30 s) left a consumer idle for up to 30 s with the broker back.
 RECONNECT_INTERVALS = {"interval_start": 0.5, "interval_step": 0.5, "interval_max": 2.0}
+#: AMQP properties a dead-lettered copy keeps. Not ``expiration`` (the copy must stay in the
+#: DLQ), not ``user_id`` (RabbitMQ refuses one that is not the publishing login's).
+KEPT_PROPERTIES = ("content_type", "content_encoding", "priority", "correlation_id", "message_id", "timestamp",
+                   "type", "app_id", "reply_to")
 
 
 def inspect_envelope(message, known_tasks) -> tuple[str | None, list | None]:
@@ -107,4 +119,36 @@ class SafeConsumer(Consumer):
         log.error("poison message dead-lettered", reason=reason, queue=queue, message_id=message_id, task=task,
                   correlation_id=str(headers.get(CORRELATION_HEADER) or "")[:200] or None)
         metrics.DEAD_LETTERS.labels(queue or "", "poison").inc()
-        message.reject(requeue=False)
+        if envelope.reserved_headers(headers):
+            # Bindings are exact, so the routing key names the queue; a DLQ, even the wrong one,
+            # beats a crashed queue.
+            self.dead_letter_stripped(message, queue if queue in shared.WORK_QUEUES else shared.DISPATCH_QUEUE)
+        else:
+            message.reject(requeue=False)
+
+    def dead_letter_stripped(self, message, queue: str) -> None:
+        """Put a copy without reserved headers into ``queue``'s DLQ, then ack the original."""
+        properties = message.properties or {}
+        now = datetime.now(UTC).replace(microsecond=0)
+        delivery_info = message.delivery_info or {}
+        exchange = str(delivery_info.get("exchange") or "")
+        headers = {
+            **envelope.strip_reserved(message.headers),
+            # What RabbitMQ writes on a reject, so `dlq list` and replay read this copy like any other.
+            "x-death": [{"count": 1, "reason": "rejected", "queue": queue, "exchange": exchange,
+                         "routing-keys": [queue], "time": now}],
+            "x-first-death-queue": queue, "x-first-death-reason": "rejected", "x-first-death-exchange": exchange,
+        }
+        copy = amqp.Message(message.body, application_headers=headers, delivery_mode=2,
+                            **{name: properties[name] for name in KEPT_PROPERTIES if properties.get(name) is not None})
+        try:
+            with self.app.producer_or_acquire() as producer:
+                # Confirmed (confirm_publish) and mandatory: a copy the DLQ did not take raises here.
+                producer.channel.basic_publish(copy, exchange=shared.DEAD_LETTER_EXCHANGE,
+                                               routing_key=shared.dead_letter_queue(queue), mandatory=True)
+        except Exception as exc:  # noqa: BLE001 - never reject it instead (the queue would crash); retry it later
+            log.error("could not dead-letter a copy without reserved headers; requeued", error=repr(exc)[:300],
+                      queue=queue)
+            message.reject(requeue=True)
+            return
+        message.ack()

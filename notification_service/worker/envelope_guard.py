@@ -5,6 +5,18 @@ sees a message, and the dead-letter CLI (``dlq show``/``replay``). The decoder
 is bounded: a body over ``MAX_BODY_BYTES``, or nested deeper than ``MAX_DEPTH``
 (``b"[" * 100000`` made ``json.loads`` raise RecursionError and killed the
 worker, in a loop), is poison with a reason, never an exception.
+
+Headers a client has no business setting are poison too. RabbitMQ 3.10 *reads*
+``x-death`` when it dead-letters a message: a forged one (``"count": "abc"``,
+or ``[1, "x"]``) crashed the queue in ``rabbit_dead_letter`` as the worker
+rejected it, and the queue stayed down after restarts. So a message arriving
+for work with a broker-reserved or unknown ``x-`` header must never be
+rejected as it is: the consumer dead-letters a copy without them
+(``strip_reserved``), and ``dlq replay`` strips them the same way (a dead
+letter legitimately carries the ``x-death`` RabbitMQ wrote). The body's
+``embed`` must not carry callbacks, errbacks, a chain or a chord: this
+service runs no workflows, and Celery would publish each one wherever its
+options say (a dispatch made a worker publish a forged receipt).
 """
 
 from __future__ import annotations
@@ -13,7 +25,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from shared.wire import CORRELATION_HEADER, MESSAGE_TYPE_HEADER
+
 JSON_CONTENT_TYPE = "application/json"
+#: ``x-`` headers a message may carry on arrival: the two the producers set (shared.wire),
+#: and the redelivery count a quorum queue adds (it never reads it back from the header).
+ALLOWED_X_HEADERS = frozenset({CORRELATION_HEADER, MESSAGE_TYPE_HEADER, "x-delivery-count"})
+#: Workflow fields of Celery's ``embed``; each must be null.
+WORKFLOW_FIELDS = ("callbacks", "errbacks", "chain", "chord")
 #: Larger bodies are poison: a notification's task message is a few kilobytes.
 MAX_BODY_BYTES = 1024 * 1024
 #: Deeper JSON is poison: a task message nests about five levels.
@@ -76,26 +95,61 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
+def reserved_headers(headers: Any) -> list[str]:
+    """Names of the ``x-`` headers in ``headers`` that only the broker may set, or nobody."""
+    if not isinstance(headers, dict):
+        return []
+    return sorted(str(name) for name in headers
+                  if str(name).lower().startswith("x-") and str(name) not in ALLOWED_X_HEADERS)
+
+
+def strip_reserved(headers: Any) -> dict:
+    """``headers`` without the ones ``reserved_headers`` names (a copy; a non-dict gives ``{}``)."""
+    if not isinstance(headers, dict):
+        return {}
+    reserved = set(reserved_headers(headers))
+    return {name: value for name, value in headers.items() if str(name) not in reserved}
+
+
 def inspect(headers: Any, content_type: str | None, content_encoding: str | None, body: bytes | str,
             known_tasks: Mapping | set | None) -> tuple[str | None, list | None]:
     """``(problem, decoded body)``: why this is not a task message this worker can run, or ``(None, body)``."""
-    if not isinstance(headers, dict):
-        return "no headers", None
-    if content_type != JSON_CONTENT_TYPE:
-        return f"content_type must be {JSON_CONTENT_TYPE}, got {str(content_type)[:100]!r}", None
-    for name in ("id", "task"):
-        value = headers.get(name)
-        if not value or not isinstance(value, str) or len(value) > 200:
-            return f"missing '{name}' header", None
-    if known_tasks is not None and headers["task"] not in known_tasks:
-        return f"unknown task {headers['task'][:200]!r}", None
+    problem = _envelope_problem(headers, content_type, known_tasks)
+    if problem is not None:
+        return problem, None
     try:
         decoded = decode(body, content_encoding)
     except Poison as exc:
         return str(exc), None
+    problem = _body_problem(decoded)
+    return (problem, None) if problem is not None else (None, decoded)
+
+
+def _envelope_problem(headers: Any, content_type: str | None, known_tasks: Mapping | set | None) -> str | None:
+    if not isinstance(headers, dict):
+        return "no headers"
+    reserved = reserved_headers(headers)
+    if reserved:
+        shown = ", ".join(repr(name[:60]) for name in reserved[:5]) + (", ..." if len(reserved) > 5 else "")
+        return f"header(s) {shown} may not be set by a client (reserved for the broker)"
+    if content_type != JSON_CONTENT_TYPE:
+        return f"content_type must be {JSON_CONTENT_TYPE}, got {str(content_type)[:100]!r}"
+    for name in ("id", "task"):
+        value = headers.get(name)
+        if not value or not isinstance(value, str) or len(value) > 200:
+            return f"missing '{name}' header"
+    if known_tasks is not None and headers["task"] not in known_tasks:
+        return f"unknown task {headers['task'][:200]!r}"
+    return None
+
+
+def _body_problem(decoded: Any) -> str | None:
     if not (isinstance(decoded, list) and len(decoded) == 3):
-        return "body must be a 3-item JSON array [args, kwargs, embed]", None
+        return "body must be a 3-item JSON array [args, kwargs, embed]"
     args, kwargs, embed = decoded
     if not isinstance(args, list) or not isinstance(kwargs, dict) or not isinstance(embed, (dict, type(None))):
-        return "body items must be [list, object, object]", None
-    return None, decoded
+        return "body items must be [list, object, object]"
+    workflow = [name for name in WORKFLOW_FIELDS if embed and embed.get(name) is not None]
+    if workflow:
+        return f"embed {', '.join(workflow)} must be null: no task here runs a workflow"
+    return None

@@ -1,8 +1,9 @@
 """Least-privilege broker users, proven on the real RabbitMQ with the permissions committed in definitions.json.
 
-The booking service may publish to ``notifications`` and nothing else; the
-notification service may declare its topology, consume, publish and
-dead-letter; the `monitoring` user KEDA scales with (rendered by
+The booking service may publish dispatch messages to ``notifications`` and
+nothing else; the notification service may declare its topology, consume,
+publish and dead-letter, and may neither delete nor rebind the booking team's
+queues; the `monitoring` user KEDA scales with (rendered by
 deploy/rabbitmq/render_definitions.py) may read queue lengths through the
 management API and nothing else. Each test runs in a fresh vhost holding the committed topology,
 logged in as throwaway users carrying exactly the committed permissions.
@@ -127,6 +128,10 @@ FORBIDDEN_TO_BOOKING = {
     "publish-via-default-exchange": lambda ch, d: _confirmed(ch, "", shared.EMAIL_QUEUE),
     "publish-a-receipt": lambda ch, d: _confirmed(ch, shared.RECEIPTS_EXCHANGE, "email.sent"),
     "read-receipt-dead-letters": lambda ch, d: ch.basic_get(shared.dead_letter_queue(shared.BOOKING_RECEIPTS_QUEUE)),
+    # Issue 15 item 2: a send task published straight to a send queue skips dispatch's validation.
+    "publish-a-send-task-to-the-email-queue": lambda ch, d: _confirmed(ch, shared.EXCHANGE, shared.EMAIL_QUEUE),
+    "publish-a-send-task-to-the-push-queue": lambda ch, d: _confirmed(ch, shared.EXCHANGE, shared.PUSH_QUEUE),
+    "publish-to-another-routing-key": lambda ch, d: _confirmed(ch, shared.EXCHANGE, "notifications.dispatch.x"),
 }
 
 
@@ -174,6 +179,47 @@ def test_notification_user_is_refused_outside_its_names(least_privilege):
         assert refused(lambda: ch.queue_declare(f"bookings-{uuid.uuid4().hex[:6]}"))
 
 
+def test_booking_topic_permission_names_the_dispatch_routing_key_only(definitions):
+    (topic,) = [t for t in definitions["topic_permissions"] if t["user"] == "booking" and t["vhost"] == "/"]
+    assert topic["exchange"] == shared.EXCHANGE
+    assert topic["write"] == "^notifications\\.dispatch$" and shared.DISPATCH_QUEUE == "notifications.dispatch"
+    # RabbitMQ checks topic permissions on topic exchanges only (a direct one lets every key through).
+    (exchange,) = [e for e in definitions["exchanges"] if e["name"] == shared.EXCHANGE and e["vhost"] == "/"]
+    assert exchange["type"] == "topic"
+
+
+#: The booking team's queues: the notification user must not delete them, nor bind them to
+#: ``notifications`` (every dispatch, with its addresses, would be copied into booking's queue).
+#: Each works for a privileged user (checked below).
+FORBIDDEN_TO_NOTIFICATION = {
+    "delete-booking-receipts": lambda ch: ch.queue_delete(shared.BOOKING_RECEIPTS_QUEUE),
+    "delete-booking-receipts-dlq": lambda ch: ch.queue_delete(shared.dead_letter_queue(shared.BOOKING_RECEIPTS_QUEUE)),
+    "redeclare-booking-receipts": lambda ch: ch.queue_declare(shared.BOOKING_RECEIPTS_QUEUE, durable=True, arguments={
+        "x-dead-letter-exchange": shared.DEAD_LETTER_EXCHANGE,
+        "x-dead-letter-routing-key": shared.dead_letter_queue(shared.BOOKING_RECEIPTS_QUEUE)}),
+    "bind-booking-receipts-to-notifications": lambda ch: ch.queue_bind(
+        shared.BOOKING_RECEIPTS_QUEUE, shared.EXCHANGE, routing_key=shared.DISPATCH_QUEUE),
+    "bind-booking-receipts-dlq-to-notifications": lambda ch: ch.queue_bind(
+        shared.dead_letter_queue(shared.BOOKING_RECEIPTS_QUEUE), shared.EXCHANGE, routing_key=shared.EMAIL_QUEUE),
+    "unbind-booking-receipts": lambda ch: ch.queue_unbind(
+        shared.BOOKING_RECEIPTS_QUEUE, shared.RECEIPTS_EXCHANGE, routing_key="#"),
+}
+
+
+@pytest.mark.parametrize("action", sorted(FORBIDDEN_TO_NOTIFICATION))
+def test_notification_user_can_neither_delete_nor_rebind_the_booking_teams_queues(least_privilege, action):
+    with channel(least_privilege.url("notification")) as ch:
+        assert refused(lambda: FORBIDDEN_TO_NOTIFICATION[action](ch))
+    with channel(least_privilege.admin_url) as admin:  # still there
+        admin.queue_declare(shared.BOOKING_RECEIPTS_QUEUE, passive=True)
+
+
+@pytest.mark.parametrize("action", sorted(FORBIDDEN_TO_NOTIFICATION))
+def test_each_action_refused_to_notification_works_for_a_privileged_user(least_privilege, action):
+    with channel(least_privilege.admin_url) as ch:
+        assert not refused(lambda: FORBIDDEN_TO_NOTIFICATION[action](ch))
+
+
 # ---- receipts: notification publishes them, booking alone reads its queue ----
 
 def _receipt_body() -> bytes:
@@ -187,7 +233,7 @@ def test_receipts_flow_from_the_notification_user_to_the_booking_user_and_its_de
         for _ in range(2):
             ch.basic_publish(shared.RECEIPTS_EXCHANGE, "email.sent", _receipt_body(), mandatory=True,
                              properties=pika.BasicProperties(content_type="application/json", delivery_mode=2))
-        # it declares and binds the booking's queue (the topology), but may not read it
+        # the booking's queue comes with the topology; the notification user may not read it
         assert refused(lambda: ch.basic_get(shared.BOOKING_RECEIPTS_QUEUE))
     with channel(least_privilege.url("booking")) as ch:
         # What `booking-service receipts` and /readyz do: passive declare, qos, consume, ack, reject.
@@ -280,7 +326,8 @@ def test_monitoring_user_reads_each_scaled_queues_length_through_the_management_
     queues = _keda_queues()
     assert sorted(queues) == sorted(shared.WORK_QUEUES)
     expected = {queue: count for count, queue in enumerate(queues, start=1)}
-    with channel(least_privilege.url("booking")) as ch:
+    # The notification user: booking may publish to the dispatch queue only.
+    with channel(least_privilege.url("notification")) as ch:
         for queue, count in expected.items():
             for _ in range(count):
                 message = shared.task_message(task=shared.DISPATCH_TASK, task_id=str(uuid.uuid4()), routing_key=queue)

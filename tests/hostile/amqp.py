@@ -4,6 +4,8 @@ Each case is ``(name, headers, content_type, body, expected reason fragment)``. 
 booking broker user may publish to the exchange, so each of these can reach a worker.
 Replayed by ``tests/notification/test_hostile_amqp.py``: every one must end in a dead-letter
 queue with its reason on the first delivery, and the worker must keep serving.
+Only ever published into a test's own vhost: a forged ``x-death`` crashed a RabbitMQ 3.10
+queue when a worker rejected it (issue 15 item 2).
 """
 
 from __future__ import annotations
@@ -33,6 +35,25 @@ def _payload(**changes) -> dict:
     return payload
 
 
+def _email_task(message_id: str, **headers) -> dict:
+    return dict(_dispatch_headers(message_id), task=shared.EMAIL_TASK, **headers)
+
+
+def _email_body(message_id: str) -> bytes:
+    return _envelope({"delivery_id": message_id, "notification_id": "n", "to": "ada@example.org",
+                      "subject": "s", "text": "t", "html": "h"})
+
+
+#: Issue 15 item 6: a dispatch whose callback made a worker publish a forged receipt.
+RECEIPT_CALLBACK = {"task": "celery.accumulate", "args": [], "kwargs": {}, "subtask_type": None, "immutable": True,
+                    "options": {"exchange": shared.RECEIPTS_EXCHANGE, "routing_key": "email.sent"}}
+
+
+def _with_embed(kwargs: dict, **embed) -> bytes:
+    workflow = {"callbacks": None, "errbacks": None, "chain": None, "chord": None, **embed}
+    return json.dumps([[], kwargs, workflow]).encode()
+
+
 def cases() -> list[tuple[str, dict, str | None, bytes, str]]:
     deep = 50_000
     return [
@@ -59,4 +80,31 @@ def cases() -> list[tuple[str, dict, str | None, bytes, str]]:
          "application/json",
          _envelope({"delivery_id": "h-email-task-crlf-subject", "notification_id": "n", "to": "ada@example.org",
                     "subject": "Hi\r\nBcc: victim@example.org", "text": "t", "html": "h"}), "not in the delivery log"),
+        # Issue 15 item 2: forged dead-letter headers on a well-formed e-mail task.
+        ("h-x-death-count-abc",
+         _email_task("h-x-death-count-abc",
+                     **{"x-death": [{"queue": shared.EMAIL_QUEUE, "reason": "rejected", "count": "abc"}]}),
+         "application/json", _email_body("h-x-death-count-abc"), "'x-death'"),
+        ("h-x-death-not-tables", _email_task("h-x-death-not-tables", **{"x-death": [1, "x"]}),
+         "application/json", _email_body("h-x-death-not-tables"), "'x-death'"),
+        ("h-x-first-death-queue", _email_task("h-x-first-death-queue", **{"x-first-death-queue": shared.DISPATCH_QUEUE,
+                                                                         "x-last-death-reason": "expired"}),
+         "application/json", _email_body("h-x-first-death-queue"), "'x-first-death-queue'"),
+        ("h-unknown-x-header", dict(_dispatch_headers("h-unknown-x-header"), **{"x-priority-override": 9}),
+         "application/json", _envelope({"message": notification(tokens=())}), "'x-priority-override'"),
+        # Issue 15 item 6: a workflow in embed.
+        ("h-receipt-callback", _dispatch_headers("h-receipt-callback"), "application/json",
+         _with_embed({"message": notification(tokens=())}, callbacks=[RECEIPT_CALLBACK]), "callbacks"),
+        ("h-errback-chain-chord", _dispatch_headers("h-errback-chain-chord"), "application/json",
+         _with_embed({"message": notification(tokens=())}, errbacks=[RECEIPT_CALLBACK], chain=[RECEIPT_CALLBACK],
+                     chord=RECEIPT_CALLBACK), "errbacks, chain, chord"),
+        # Issue 15 item 4: addresses no mail server can be relied on to deliver (SMTPUTF8).
+        ("h-non-ascii-local-part", _dispatch_headers("h-non-ascii-local-part"), "application/json",
+         _envelope({"message": _payload(recipient__email=NON_ASCII_ADDRESSES[0])}), "ASCII"),
+        ("h-non-ascii-address", _dispatch_headers("h-non-ascii-address"), "application/json",
+         _envelope({"message": _payload(recipient__email=NON_ASCII_ADDRESSES[1])}), "ASCII"),
     ]
+
+
+#: The addresses of the two cases above: none may appear in a log line, a reason or the CLI's output.
+NON_ASCII_ADDRESSES = ("ädä@bücher.example", "用户@例子.广告")
