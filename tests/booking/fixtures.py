@@ -1,4 +1,7 @@
-"""Booking-service fixtures: a migrated database, the app, and a broker queue bound like the workers' one."""
+"""Booking-service fixtures: a migrated database, the app, and a broker queue bound like the workers' one.
+
+Imported by the conftest.py of each tier's booking folder.
+"""
 
 from __future__ import annotations
 
@@ -33,8 +36,16 @@ def booking_body(resource: str | None = None, start: datetime | None = None, hou
     }
 
 
+#: The AMQP URL of a test that never publishes: port 1 refuses at once, so /readyz reports the broker away.
+UNUSED_AMQP_URL = "amqp://guest:guest@127.0.0.1:1//"
+
+
 @pytest.fixture
-def settings(database_url, amqp_url):
+def settings(request, database_url):
+    """The app's settings; the real broker only for a test marked ``rabbitmq`` (one that reads /readyz's broker
+    check) or one that asks for a broker fixture itself: the others run where no RabbitMQ is."""
+    needs_broker = request.node.get_closest_marker("rabbitmq") is not None
+    amqp_url = request.getfixturevalue("amqp_url") if needs_broker else UNUSED_AMQP_URL
     upgrade(database_url)
     return Settings(database_url=database_url, amqp_url=amqp_url, api_keys=(API_KEY, "other-key"),
                     reminder_lead_seconds=3600, relay_poll_seconds=0.05)

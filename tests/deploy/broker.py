@@ -1,4 +1,7 @@
-"""Fixtures of the deployment tests: the committed broker definitions, loaded into a vhost of their own."""
+"""Fixtures of the deployment tests: the committed broker definitions, loaded into a vhost of their own.
+
+Imported by the conftest.py of each tier's deploy folder.
+"""
 
 from __future__ import annotations
 

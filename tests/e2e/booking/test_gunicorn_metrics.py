@@ -10,8 +10,8 @@ import requests
 
 from tests.support import free_port
 
-from .conftest import API_KEY
-from .gunicorn_process import serve
+from tests.booking.fixtures import API_KEY
+from tests.booking.gunicorn_process import serve
 
 
 def _env(settings, tmp_path, port: int, **extra) -> dict:

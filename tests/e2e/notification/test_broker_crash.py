@@ -20,7 +20,7 @@ from notification_service.delivery.machine import delivery_id
 from tests.private_broker import private_broker  # noqa: F401  (fixture)
 from tests.support import wait_for
 
-from .conftest import FakePush, Worker, declare_topology, dispatch_message, notification
+from tests.notification.harness import FakePush, Worker, declare_topology, dispatch_message, notification
 
 
 def _publish_all(broker, payloads) -> None:

@@ -12,7 +12,7 @@ from notification_service.delivery.log import SqlDeliveryLog
 from tests.hostile.amqp import cases
 from tests.support import wait_for
 
-from .conftest import Worker, declare_topology, dispatch_message, notification, publish
+from tests.notification.harness import Worker, declare_topology, dispatch_message, notification, publish
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import shared
 from notification_service.delivery.machine import delivery_id
 from tests.support import wait_for
 
-from .conftest import Worker, declare_topology, dispatch_message, notification, publish, queue_depth
+from tests.notification.harness import Worker, declare_topology, dispatch_message, notification, publish, queue_depth
 
 
 @pytest.fixture(scope="module")

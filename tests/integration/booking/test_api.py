@@ -8,7 +8,7 @@ import shared
 from booking_service.core import outbox
 from booking_service.storage.models import Booking, OutboxMessage
 
-from .conftest import AUTH, booking_body
+from tests.booking.fixtures import AUTH, booking_body
 
 
 def test_missing_or_wrong_key_is_401_json_and_health_is_open(client):

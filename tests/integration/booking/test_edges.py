@@ -7,6 +7,7 @@ import json
 import socket
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 import shared
@@ -15,7 +16,7 @@ from booking_service.relay.relay import Relay, reconnect_delay, retry_delay
 from booking_service.settings import Settings
 from booking_service.storage.models import OutboxMessage
 
-from .conftest import AUTH, booking_body, drain
+from tests.booking.fixtures import AUTH, booking_body, drain
 
 
 def closed_port() -> int:
@@ -53,6 +54,7 @@ def test_readyz_is_503_when_the_database_is_down(amqp_url):
     assert app.test_client().get("/healthz").status_code == 200  # alive, just not ready
 
 
+@pytest.mark.rabbitmq  # compares with the real broker's /readyz
 def test_readyz_stays_200_but_degraded_when_the_broker_is_away(settings, client):
     """Bookings are still accepted while the broker is away: they wait in the outbox."""
     away = Settings(**{**settings.__dict__, "amqp_url": f"amqp://guest:guest@127.0.0.1:{closed_port()}//"})

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from booking_service.storage.models import Booking, IdempotencyKey, OutboxMessage
 from tests.hostile.http import VALID, cases
 
-from .conftest import AUTH
+from tests.booking.fixtures import AUTH
 
 CASES = cases()
 

@@ -9,7 +9,7 @@ import pytest
 from booking_service.api.app import create_app
 from booking_service.settings import Settings
 
-from .conftest import AUTH
+from tests.booking.fixtures import AUTH
 
 MADE_UP = ["QHWIJGUUDKTU", "XYZZY", "PROPFIND", "BREW"]
 

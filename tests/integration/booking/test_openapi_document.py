@@ -9,7 +9,7 @@ import pytest
 
 from booking_service.api.errors import ErrorSchema
 
-from .conftest import AUTH, booking_body
+from tests.booking.fixtures import AUTH, booking_body
 
 OPERATIONS = [("/v1/bookings", "get"), ("/v1/bookings", "post"), ("/v1/bookings/{booking_id}", "get"),
               ("/v1/bookings/{booking_id}", "patch"), ("/v1/bookings/{booking_id}/cancel", "post"),

@@ -7,7 +7,7 @@ import threading
 import requests
 from werkzeug.serving import make_server
 
-from .conftest import AUTH, booking_body
+from tests.booking.fixtures import AUTH, booking_body
 
 RACERS = 16
 

@@ -20,7 +20,7 @@ from booking_service.storage.db import make_engine
 from booking_service.storage.models import OutboxMessage
 from tests.support import queue_depth, wait_for
 
-from .conftest import AUTH, booking_body
+from tests.booking.fixtures import AUTH, booking_body
 
 T0 = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -20,7 +20,7 @@ from booking_service.relay.relay import Relay
 from booking_service.storage.models import OutboxMessage
 from tests import support
 
-from .conftest import AUTH, booking_body, drain
+from tests.booking.fixtures import AUTH, booking_body, drain
 
 SCHEMA = json.loads(
     (pathlib.Path(shared.__file__).parent / "schemas" / "notification.requested.v1.schema.json").read_text()

@@ -24,7 +24,7 @@ import requests
 
 import shared
 
-from . import processes, repo
+from tests.deploy import processes, repo
 
 ACCESS_REFUSED = 403
 

@@ -22,10 +22,10 @@ from notification_service.receipts.publisher import (
     build_receipt,
     receipt_reason,
 )
-from tests.booking.test_relay import CuttableProxy, _target, proxied_url
+from tests.integration.booking.test_relay import CuttableProxy, _target, proxied_url
 from tests.support import wait_for
 
-from .conftest import Worker, declare_topology, dispatch_message, notification, publish
+from tests.notification.harness import Worker, declare_topology, dispatch_message, notification, publish
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 LEASE = NOW + timedelta(seconds=60)

@@ -20,7 +20,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from . import compose_env, repo
+from tests.deploy import compose_env, repo
 
 USERS = {"admin", "booking", "monitoring", "notification"}
 #: What a compose service logs in as, by the image it runs.

@@ -21,7 +21,7 @@ import yaml
 
 from tests.support import free_port
 
-from . import commands, compose_env, dockerfiles, processes, repo
+from tests.deploy import commands, compose_env, dockerfiles, processes, repo
 
 CHECK_JSONSCHEMA = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]
 #: Which of our images a service runs, from its Dockerfile path.

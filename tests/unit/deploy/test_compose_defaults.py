@@ -15,7 +15,7 @@ import urllib.parse
 
 import pytest
 
-from . import compose_env, repo
+from tests.deploy import compose_env, repo
 
 #: A setting whose name says it is a credential.
 CREDENTIAL_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEYS$|BASIC_AUTH")

@@ -17,7 +17,7 @@ import zipfile
 
 import pytest
 
-from . import commands, dockerfiles, repo
+from tests.deploy import commands, dockerfiles, repo
 
 SERVICES = ["booking", "notification"]
 OTHER = {"booking": "notification", "notification": "booking"}

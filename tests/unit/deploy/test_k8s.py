@@ -19,7 +19,7 @@ import pytest
 
 import shared
 
-from . import commands, dockerfiles, repo
+from tests.deploy import commands, dockerfiles, repo
 
 K8S = repo.DEPLOY / "k8s"
 TEAMS = {"booking": "booking", "notification": "notification"}
@@ -208,7 +208,7 @@ def test_each_worker_scales_on_its_own_queue():
 
 def test_keda_reads_queue_lengths_as_the_monitoring_user_from_a_secret_no_worker_loads():
     """The scaler's credential can read queue lengths and nothing else (tests/deploy/test_broker_permissions.py)."""
-    from . import compose_env
+    from tests.deploy import compose_env
 
     auths = {a["metadata"]["name"]: a for a in of_kind("notification", "TriggerAuthentication")}
     secrets = {s["metadata"]["name"]: s["stringData"] for s in of_kind("notification", "Secret")}

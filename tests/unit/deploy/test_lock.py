@@ -24,7 +24,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from . import dockerfiles, repo
+from tests.deploy import dockerfiles, repo
 
 SERVICES = ["booking", "notification"]
 BUILD_LOCK = repo.DEPLOY / "build-requirements.lock"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
-from . import repo
+from tests.deploy import repo
 from .test_k8s import K8S, KUBERNETES_VERSIONS, container_argv, of_kind
 
 PLATFORM = K8S / "platform"

@@ -330,7 +330,7 @@ def test_topology_declare_twice_is_idempotent(vhost_url):
     with Connection(vhost_url) as connection:
         topology.declare(connection)
         topology.declare(connection)
-    from .conftest import queue_depth
+    from tests.notification.harness import queue_depth
 
     for q in shared.WORK_QUEUES:
         assert queue_depth(vhost_url, shared.dead_letter_queue(q)) == 0
