@@ -1,3 +1,3 @@
-"""The booking settings and database, from tests/booking/fixtures.py."""
+"""The booking app, its database and a bound broker queue, from tests/booking/fixtures.py."""
 
-from tests.booking.fixtures import settings  # noqa: F401 - fixture
+from tests.booking.fixtures import app, bound_queue, client, session_factory, settings  # noqa: F401 - fixtures

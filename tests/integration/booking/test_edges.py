@@ -12,10 +12,9 @@ import sqlalchemy as sa
 
 import shared
 from booking_service.api.app import create_app
-from booking_service.relay.relay import Relay, reconnect_delay, retry_delay
+from booking_service.relay.relay import Relay
 from booking_service.settings import Settings
 from booking_service.storage.models import OutboxMessage
-
 from tests.booking.fixtures import AUTH, booking_body, drain
 
 
@@ -130,17 +129,6 @@ def test_cancel_and_reschedule_reach_the_queue_with_the_bumped_version(client, s
     cancelled = next((p, m) for p, m in messages if m["event"] == "booking.cancelled")
     assert cancelled[1]["correlation_id"] == cancelled[0].headers["x-correlation-id"] == "req-cancel"
     assert cancelled[0].priority == shared.Priority.from_name(cancelled[1]["priority"]).value
-
-
-def test_retry_delay_grows_and_is_capped():
-    assert timedelta(seconds=15) <= retry_delay(1) <= timedelta(seconds=30)
-    assert timedelta(seconds=60) <= retry_delay(3) <= timedelta(seconds=120)
-    assert retry_delay(10_000) <= timedelta(hours=1)
-
-
-def test_reconnect_delay_doubles_then_stays_at_the_cap_with_small_jitter():
-    assert 0.18 <= reconnect_delay(1, 3.0) <= 0.25
-    assert all(2.25 <= reconnect_delay(n, 3.0) <= 3.0 for n in (5, 50, 10_000))
 
 
 def test_relay_keeps_going_while_the_database_is_away_and_stops_on_request(bound_queue):

@@ -23,7 +23,6 @@ import pytest
 import requests
 
 import shared
-
 from tests.deploy import processes, repo
 
 ACCESS_REFUSED = 403
@@ -75,14 +74,6 @@ def get_one(ch, queue: str, timeout: float = 10.0):
         return got if got[0] is not None else None
 
     return processes.wait_until(attempt, timeout=timeout, what=f"a message in {queue}")
-
-
-def test_file_defines_both_service_users_for_vhost_root(definitions):
-    users = {u["name"]: u for u in definitions["users"]}
-    for name in ("booking", "notification"):
-        assert name in users
-        assert "administrator" not in str(users[name].get("tags", "")), f"{name} must not be an administrator"
-        assert [p for p in definitions["permissions"] if p["user"] == name and p["vhost"] == "/"]
 
 
 # ---- booking: publish to `notifications`, nothing else ------------------------
@@ -219,35 +210,6 @@ def test_notification_user_declares_the_exported_topology_without_conflict(least
     run = subprocess.run([str(repo.BIN / "notification-service"), "topology", "declare"],
                          env=_env(least_privilege, tmp_path), capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
-
-
-def test_notification_user_runs_a_worker_that_delivers_what_the_booking_user_published(least_privilege, tmp_path, management):
-    env = _env(least_privilege, tmp_path)
-    subprocess.run([str(repo.BIN / "notification-service"), "migrate"], env=env, check=True,
-                   capture_output=True, timeout=120)
-    log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [str(repo.BIN / "celery"), "-A", "notification_service.celery_app", "worker",
-             "--queues", ",".join(shared.WORK_QUEUES), "--pool", "threads", "--concurrency", "2",
-             "--hostname", f"perm-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "--events",
-             "--loglevel", "INFO"],
-            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
-        )
-    try:
-        payload = _example_payload()
-        message = shared.task_message(
-            task=shared.DISPATCH_TASK, task_id=payload["notification_id"], routing_key=shared.DISPATCH_QUEUE,
-            kwargs={"message": payload}, priority=shared.Priority.HIGH.value,
-            correlation_id=payload["correlation_id"],
-        )
-        with channel(least_privilege.url("booking")) as ch:
-            publish(ch, message)
-        processes.wait_until(lambda: list((tmp_path / "email").glob("*")), timeout=60,
-                             what="the e-mail file", alive=worker, log=log.read_text)
-        assert "ACCESS_REFUSED" not in log.read_text(), log.read_text()
-    finally:
-        processes.stop(worker)
 
 
 def _example_payload() -> dict:

@@ -19,13 +19,10 @@ from notification_service.delivery.status import DeliveryStatus
 from notification_service.receipts.publisher import (
     ReceiptOutbox,
     ReceiptPublisher,
-    build_receipt,
-    receipt_reason,
 )
 from tests.integration.booking.test_relay import CuttableProxy, _target, proxied_url
+from tests.notification.harness import Worker, declare_topology
 from tests.support import wait_for
-
-from tests.notification.harness import Worker, declare_topology, dispatch_message, notification, publish
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 LEASE = NOW + timedelta(seconds=60)
@@ -122,25 +119,6 @@ def joined_row(**overrides):
     return types.SimpleNamespace(**row)
 
 
-def test_a_receipt_masks_the_address_and_scrubs_the_reason():
-    message = build_receipt(joined_row())
-    assert message["recipient"] == "fcm-…42" and message["sequence"] == 3 and message["attempt"] == 2
-    assert message["occurred_at"] == "2030-05-01T12:00:00Z" and message["booking"]["version"] == 2
-    text = json.dumps(message)
-    assert TOKEN not in text and EMAIL not in text and "bob@example.com" not in text
-    assert "<recipient>" in message["reason"] and "b***@example.com" in message["reason"]
-    shared.load_notification_status(message)
-    email = build_receipt(joined_row(channel="email", address=EMAIL, reason=f"550 {EMAIL.upper()} unknown\r\nmore"))
-    assert email["recipient"] == "a***@example.org" and EMAIL not in json.dumps(email).lower()
-    assert "\n" not in email["reason"]
-
-
-def test_a_reason_is_one_short_line():
-    assert len(receipt_reason("x" * 5000, EMAIL)) == 200
-    assert receipt_reason("a\x00b\nc", EMAIL) == "a b c"
-    assert receipt_reason(None, EMAIL) is None
-
-
 # --- publishing -----------------------------------------------------------------------------
 
 
@@ -232,44 +210,6 @@ def receipt_worker(module_vhost, fake_push, tmp_path_factory):
                     NOTIFICATION_RECEIPTS_POLL_SECONDS="0.2").start()
     yield worker
     worker.stop()
-
-
-def test_a_worker_publishes_sent_retrying_and_dead_receipts_without_addresses(receipt_worker, fake_push):
-    connection, queue = bind_test_queue(receipt_worker.url)
-    seen: list = []
-    flaky, broken = f"tok-flaky-{uuid.uuid4().hex}", f"tok-broken-{uuid.uuid4().hex}"
-    fake_push.script[flaky] = [(503, {"Retry-After": "0"}), (200, {})]
-    fake_push.script[broken] = [(400, {})]
-    first = notification(tokens=(flaky,), email=EMAIL)
-    second = notification(tokens=(broken,), email=EMAIL)
-    try:
-        publish(receipt_worker.url, dispatch_message(first))
-        publish(receipt_worker.url, dispatch_message(second))
-
-        def by_delivery():
-            drain(connection, queue, seen)
-            found: dict = {}
-            for _p, m in seen:
-                found.setdefault((m["notification_id"], m["channel"]), []).append((m["sequence"], m["status"], m["attempt"]))
-            done = {(first["notification_id"], "push"): 2, (first["notification_id"], "email"): 1,
-                    (second["notification_id"], "push"): 1, (second["notification_id"], "email"): 1}
-            return found if all(len(found.get(k, [])) >= n for k, n in done.items()) else None
-
-        found = wait_for(by_delivery, 60, "receipts of both notifications")
-    finally:
-        connection.close()
-    assert sorted(found[(first["notification_id"], "push")]) == [(1, "retrying", 1), (2, "sent", 2)]
-    assert found[(first["notification_id"], "email")] == [(1, "sent", 1)]
-    assert found[(second["notification_id"], "push")] == [(1, "dead", 1)]
-    dead = [m for _p, m in seen if m["status"] == "dead"][0]
-    assert dead["reason"].startswith("permanent: push_http provider answered 400") and dead["recipient"] == "tok-…" + broken[-2:]
-    assert {m["correlation_id"] for _p, m in seen} == {first["correlation_id"], second["correlation_id"]}
-    everything = json.dumps([m for _p, m in seen]) + receipt_worker.log_text()
-    for secret in (EMAIL, flaky, broken):
-        assert secret not in json.dumps([m for _p, m in seen])
-    assert EMAIL not in everything
-    for _p, m in seen:
-        shared.load_notification_status(m)
 
 
 def test_an_unroutable_receipt_waits_and_one_that_breaks_the_contract_never_blocks_the_rest(database_url, vhost_url):

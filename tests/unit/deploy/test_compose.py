@@ -8,20 +8,15 @@ for real against the local server / a local Flower process.
 from __future__ import annotations
 
 import copy
-import os
 import re
 import subprocess
 import sys
 import urllib.parse
-import uuid
 
 import pytest
-import requests
 import yaml
 
-from tests.support import free_port
-
-from tests.deploy import commands, compose_env, dockerfiles, processes, repo
+from tests.deploy import commands, compose_env, dockerfiles, repo
 
 CHECK_JSONSCHEMA = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]
 #: Which of our images a service runs, from its Dockerfile path.
@@ -212,68 +207,3 @@ def test_database_urls_match_the_roles_and_databases_postgres_creates():
         url = urllib.parse.urlsplit(env_of(name)[key])
         assert url.scheme == "postgresql+psycopg" and url.hostname == "postgres", name
         assert roles[url.username] == (url.password, url.path.lstrip("/")), name
-
-
-def test_postgres_init_script_creates_a_private_database_per_role(postgres_admin_url):
-    import sqlalchemy as sa
-
-    admin = sa.engine.make_url(postgres_admin_url)
-    suffix = uuid.uuid4().hex[:8]
-    mine, theirs = (f"t_role_a_{suffix}", f"t_db_a_{suffix}"), (f"t_role_b_{suffix}", f"t_db_b_{suffix}")
-    script = repo.DEPLOY / "postgres" / "init-databases.sh"
-    env = {**os.environ, "INIT_DATABASES_DEFINE_ONLY": "1", "POSTGRES_USER": admin.username or "postgres",
-           "PGHOST": admin.host or "localhost", "PGPORT": str(admin.port or 5432)}
-    if admin.password:
-        env["PGPASSWORD"] = admin.password
-    calls = " && ".join(f"create {role} pw-{role} {db}" for role, db in (mine, theirs))
-    try:
-        run = subprocess.run(["bash", "-c", f'source "{script}" && {calls}'],
-                             env=env, capture_output=True, text=True, timeout=60)
-        assert run.returncode == 0, run.stderr
-        own = sa.create_engine(admin.set(username=mine[0], password=f"pw-{mine[0]}", database=mine[1]))
-        with own.begin() as conn:
-            conn.execute(sa.text("CREATE TABLE bookings_probe (id int)"))
-        own.dispose()
-        # The other service's role may not even connect (CONNECT revoked from PUBLIC).
-        other = sa.create_engine(admin.set(username=theirs[0], password=f"pw-{theirs[0]}", database=mine[1]))
-        with pytest.raises(sa.exc.OperationalError, match="permission denied"):
-            other.connect()
-        other.dispose()
-    finally:
-        engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            for role, db in (mine, theirs):
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-                conn.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
-        engine.dispose()
-
-
-def test_flower_as_composed_refuses_visitors_without_the_password(least_privilege, tmp_path):
-    """Flower with the compose command and env, logged in as the least-privilege notification user."""
-    port = free_port()
-    argv = [a for a in argv_of("flower") if not a.startswith("--port")] + [f"--port={port}", "--address=127.0.0.1"]
-    env = {**os.environ, **env_of("flower"), "AMQP_URL": least_privilege.url("notification"),
-           "NOTIFICATION_DATABASE_URL": f"sqlite:///{tmp_path / 'n.db'}", "NOTIFICATION_LOG_FORMAT": "console"}
-    env.pop("NOTIFICATION_METRICS_PORT", None)
-    user, password = env["FLOWER_BASIC_AUTH"].split(",")[0].split(":", 1)
-    log = tmp_path / "flower.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(repo.BIN / argv[0]), *argv[1:]], env=env, cwd=tmp_path,
-                                stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        health = processes.wait_until(lambda: _get(f"{base}/healthcheck"), timeout=30, what="flower to answer",
-                                      alive=proc, log=log.read_text)
-        assert health.status_code == 200
-        assert requests.get(f"{base}/workers", timeout=5).status_code == 401
-        assert requests.get(f"{base}/workers", auth=(user, "wrong"), timeout=5).status_code == 401
-        assert requests.get(f"{base}/workers", auth=(user, password), timeout=5).status_code == 200
-    finally:
-        processes.stop(proc)
-
-
-def _get(url: str):
-    try:
-        return requests.get(url, timeout=2)
-    except requests.ConnectionError:
-        return None

@@ -324,18 +324,6 @@ def test_password_hash_is_rabbitmq_sha256_format():
     assert hashlib.sha256(salt + b"booking").digest() == digest
 
 
-def test_topology_declare_twice_is_idempotent(vhost_url):
-    from kombu import Connection
-
-    with Connection(vhost_url) as connection:
-        topology.declare(connection)
-        topology.declare(connection)
-    from tests.notification.harness import queue_depth
-
-    for q in shared.WORK_QUEUES:
-        assert queue_depth(vhost_url, shared.dead_letter_queue(q)) == 0
-
-
 def test_email_is_built_as_a_standard_multipart_message_and_refuses_header_injection():
     import email.policy
 
