@@ -34,7 +34,7 @@ from notification_service.rendering.templates import locale_chain, render
 from notification_service.settings import ConfigError, Settings
 from tests.support import wait_for
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 PUSH_URL = "https://push.invalid/v1/projects/p/messages:send"
 EMAIL_URL = "https://mail.invalid/send"
 
