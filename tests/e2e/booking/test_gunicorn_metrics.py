@@ -8,10 +8,9 @@ import socket
 import pytest
 import requests
 
-from tests.support import free_port
-
 from tests.booking.fixtures import API_KEY
 from tests.booking.gunicorn_process import serve
+from tests.support import free_port
 
 
 def _env(settings, tmp_path, port: int, **extra) -> dict:

@@ -17,10 +17,9 @@ import pika
 import shared
 from notification_service.delivery.log import SqlDeliveryLog
 from notification_service.delivery.machine import delivery_id
+from tests.notification.harness import FakePush, Worker, declare_topology, dispatch_message, notification
 from tests.private_broker import private_broker  # noqa: F401  (fixture)
 from tests.support import wait_for
-
-from tests.notification.harness import FakePush, Worker, declare_topology, dispatch_message, notification
 
 
 def _publish_all(broker, payloads) -> None:

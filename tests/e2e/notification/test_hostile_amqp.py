@@ -10,9 +10,8 @@ import pytest
 import shared
 from notification_service.delivery.log import SqlDeliveryLog
 from tests.hostile.amqp import cases
-from tests.support import wait_for
-
 from tests.notification.harness import Worker, declare_topology, dispatch_message, notification, publish
+from tests.support import wait_for
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,16 @@ import threading
 
 import shared
 from notification_service.delivery.machine import delivery_id
+from tests.notification.harness import (
+    FakePush,
+    Worker,
+    declare_topology,
+    dispatch_message,
+    notification,
+    publish,
+    queue_depth,
+)
 from tests.support import wait_for
-
-from tests.notification.harness import FakePush, Worker, declare_topology, dispatch_message, notification, publish, queue_depth
 
 
 def test_high_priority_overtakes_a_low_priority_backlog(vhost_url, tmp_path):

@@ -12,9 +12,8 @@ import pytest
 
 import shared
 from notification_service.delivery.machine import delivery_id
-from tests.support import wait_for
-
 from tests.notification.harness import Worker, declare_topology, dispatch_message, notification, publish, queue_depth
+from tests.support import wait_for
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import sqlalchemy as sa
 import shared
 from booking_service.core import outbox
 from booking_service.storage.models import Booking, OutboxMessage
-
 from tests.booking.fixtures import AUTH, booking_body
 
 

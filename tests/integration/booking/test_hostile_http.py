@@ -7,9 +7,8 @@ import pytest
 import sqlalchemy as sa
 
 from booking_service.storage.models import Booking, IdempotencyKey, OutboxMessage
-from tests.hostile.http import VALID, cases
-
 from tests.booking.fixtures import AUTH
+from tests.hostile.http import VALID, cases
 
 CASES = cases()
 

@@ -8,7 +8,6 @@ import jsonschema
 import pytest
 
 from booking_service.api.errors import ErrorSchema
-
 from tests.booking.fixtures import AUTH, booking_body
 
 OPERATIONS = [("/v1/bookings", "get"), ("/v1/bookings", "post"), ("/v1/bookings/{booking_id}", "get"),

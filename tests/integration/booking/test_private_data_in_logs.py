@@ -6,7 +6,6 @@ import sqlalchemy as sa
 
 from booking_service.api.app import create_app
 from booking_service.storage.db import make_engine
-
 from tests.booking.fixtures import AUTH, booking_body
 
 NAME, EMAIL, TOKEN = "Refused Customer", "refused.customer@example.org", "tok-refused-secret"

@@ -18,9 +18,8 @@ from booking_service.api.app import create_app
 from booking_service.receipts.consumer import ReceiptConsumer
 from booking_service.storage.db import make_engine
 from booking_service.storage.models import OutboxMessage
-from tests.support import queue_depth, wait_for
-
 from tests.booking.fixtures import AUTH, booking_body
+from tests.support import queue_depth, wait_for
 
 T0 = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -18,7 +18,6 @@ import kubernetes_validate
 import pytest
 
 import shared
-
 from tests.deploy import commands, dockerfiles, repo
 
 K8S = repo.DEPLOY / "k8s"

@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 
 from tests.deploy import repo
+
 from .test_k8s import K8S, KUBERNETES_VERSIONS, container_argv, of_kind
 
 PLATFORM = K8S / "platform"
