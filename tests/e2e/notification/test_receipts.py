@@ -5,10 +5,21 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
+
 import shared
 from tests.integration.notification.test_receipts import EMAIL, bind_test_queue, drain
-from tests.notification.harness import dispatch_message, notification, publish
+from tests.notification.harness import Worker, declare_topology, dispatch_message, notification, publish
 from tests.support import wait_for
+
+
+@pytest.fixture(scope="module")
+def receipt_worker(module_vhost, fake_push, tmp_path_factory):
+    declare_topology(module_vhost)
+    worker = Worker(module_vhost, tmp_path_factory.mktemp("receipts"), fake_push,
+                    NOTIFICATION_RECEIPTS_POLL_SECONDS="0.2").start()
+    yield worker
+    worker.stop()
 
 
 def test_a_worker_publishes_sent_retrying_and_dead_receipts_without_addresses(receipt_worker, fake_push):

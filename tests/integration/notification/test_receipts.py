@@ -9,7 +9,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pika
-import pytest
 
 import shared
 from notification_service.delivery.log import SqlDeliveryLog
@@ -21,7 +20,7 @@ from notification_service.receipts.publisher import (
     ReceiptPublisher,
 )
 from tests.integration.booking.test_relay import CuttableProxy, _target, proxied_url
-from tests.notification.harness import Worker, declare_topology
+from tests.notification.harness import declare_topology
 from tests.support import wait_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -201,15 +200,6 @@ def test_receipts_written_while_the_broker_is_away_go_out_by_themselves(database
 
 
 # --- from a real worker ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def receipt_worker(module_vhost, fake_push, tmp_path_factory):
-    declare_topology(module_vhost)
-    worker = Worker(module_vhost, tmp_path_factory.mktemp("receipts"), fake_push,
-                    NOTIFICATION_RECEIPTS_POLL_SECONDS="0.2").start()
-    yield worker
-    worker.stop()
 
 
 def test_an_unroutable_receipt_waits_and_one_that_breaks_the_contract_never_blocks_the_rest(database_url, vhost_url):
