@@ -156,7 +156,7 @@ def print_http(title: str, results: dict) -> None:
 
 def start_backlog_worker(amqp_url: str, backlog: int, tmp: pathlib.Path, niceness: int):
     """A notification worker (CLI only, under ``nice -n niceness``) on a throwaway vhost with ``backlog`` dispatch messages waiting."""
-    from tests.notification.conftest import declare_topology, dispatch_message, notification
+    from tests.notification.harness import declare_topology, dispatch_message, notification
 
     url, drop = make_vhost(amqp_url)
     declare_topology(url)

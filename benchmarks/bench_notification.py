@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 import shared  # noqa: E402
 from benchmarks.proc import cpu_seconds, peak_rss_mb  # noqa: E402
 from benchmarks.vhost import make_vhost  # noqa: E402
-from tests.notification.conftest import declare_topology, dispatch_message, notification  # noqa: E402
+from tests.notification.harness import declare_topology, dispatch_message, notification  # noqa: E402
 from tests.support import free_port, queue_depth, wait_for  # noqa: E402
 
 AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672//")

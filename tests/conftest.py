@@ -1,4 +1,11 @@
-"""Fixtures every test package uses: the real broker and the real databases.
+"""Fixtures every test package uses: the real broker and the real databases; the tiers and their markers.
+
+Tests live in three tiers, by folder: ``tests/unit`` (no service, no process of
+the system: seconds), ``tests/integration`` (the real broker and databases, in
+this process) and ``tests/e2e`` (processes: gunicorn, relays, Celery workers,
+a private RabbitMQ node, the whole mesh). Markers say what a test needs; they
+are set here from the folder and from the fixtures a test asks for, so
+``-m "not rabbitmq"`` or ``-m "not postgres"`` leaves out what a machine lacks.
 
 Tests that need RabbitMQ or PostgreSQL are skipped on a laptop without them
 but *fail* under CI (``CI=true``), where both must be there.
@@ -7,6 +14,7 @@ but *fail* under CI (``CI=true``), where both must be there.
 from __future__ import annotations
 
 import os
+import pathlib
 import socket
 import urllib.parse
 import uuid
@@ -34,6 +42,56 @@ def _need(service: str, url: str, port: int) -> None:
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
+
+
+#: The tier of a test is the first folder under tests/.
+TIERS = ("unit", "integration", "e2e")
+#: Fixtures that reach a service, by the marker a test using them gets.
+#: ``database_url`` is absent: only its ``postgresql`` parameter needs the server (see below).
+SERVICE_FIXTURES = {
+    "rabbitmq": {"amqp_url", "management", "vhost_url", "module_vhost"},
+    "postgres": {"postgres_admin_url", "postgres_url"},
+    "private_broker": {"private_broker"},
+}
+TESTS = pathlib.Path(__file__).parent
+
+
+def _tier(item: pytest.Item) -> str | None:
+    parts = item.path.relative_to(TESTS).parts
+    return parts[0] if len(parts) > 1 and parts[0] in TIERS else None
+
+
+def _needs(item: pytest.Item) -> set[str]:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    needs = {marker for marker, names in SERVICE_FIXTURES.items() if fixtures & names}
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and callspec.params.get("database_url") == "postgresql":
+        needs.add("postgres")
+    return needs
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its tier and with the services its fixtures reach.
+
+    A unit test that asks for a service, or a test outside the three tiers, is a
+    collection error: the unit tier must run on a machine with nothing else installed.
+    """
+    misplaced = []
+    for item in items:
+        tier = _tier(item)
+        needs = _needs(item) | {m.name for m in item.iter_markers() if m.name in SERVICE_FIXTURES}
+        if tier is None:
+            misplaced.append(f"{item.nodeid}: not under tests/{{{','.join(TIERS)}}}/")
+            continue
+        if tier == "unit" and needs:
+            misplaced.append(f"{item.nodeid}: a unit test needs {', '.join(sorted(needs))}")
+        item.add_marker(tier)
+        for marker in needs:
+            item.add_marker(marker)
+        if tier == "e2e" or "private_broker" in needs:
+            item.add_marker("processes")
+    if misplaced:
+        raise pytest.UsageError("tests in the wrong tier:\n  " + "\n  ".join(misplaced))
 
 
 @pytest.fixture(scope="session")

@@ -38,8 +38,8 @@ import structlog
 import shared
 from booking_service.receipts.poison import DATABASE_OUTAGE, decode, is_outage, reason
 from booking_service.receipts.store import store
-from booking_service.runtime.backoff import reconnect_delay
 from booking_service.runtime import amqp, metrics
+from booking_service.runtime.backoff import reconnect_delay
 
 log = structlog.get_logger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 import shared
-from tests.notification.conftest import dispatch_message, notification
+from tests.notification.harness import dispatch_message, notification
 
 
 def _dispatch_headers(message_id: str) -> dict:
