@@ -9,8 +9,10 @@ two service users) are all derived from the names in ``shared``.
 checks topic permissions only on topic exchanges: on a direct exchange the
 booking user could publish an ``notifications.email.send`` task straight to the
 e-mail queue, past dispatch's validation (checked on 3.10.8). A broker that
-still holds the old direct exchange refuses the redeclare (406); ``declare``
-says how to replace it.
+still holds the old direct exchange refuses the redeclare (406): ``declare``
+then replaces it (delete, declare as topic, bind every queue again). Queues and
+their messages stay; a relay publishing in that instant is told the exchange is
+missing and publishes the row again later.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ import re
 from typing import Any
 
 import amqp.exceptions
+import structlog
 from kombu import Exchange, Queue
 
 import shared
+
+log = structlog.get_logger(__name__)
 
 #: Arguments of every work queue. Identical everywhere: RabbitMQ refuses a
 #: redeclare with different arguments (406 PRECONDITION_FAILED).
@@ -86,19 +91,36 @@ def declare(connection) -> None:
     development broker, with a login allowed to): a broker loaded from the definitions
     holds them already, and the notification user is refused their declare.
     """
-    channel = connection.default_channel
+    channel = connection.channel()
     try:
-        exchange.bind(channel).declare()
-    except amqp.exceptions.PreconditionFailed as exc:
-        raise TopologyError(
-            f"exchange {shared.EXCHANGE!r} exists with other settings ({exc}); it is a topic exchange now. "
-            f"Delete it (rabbitmqctl/rabbitmqadmin, or the management UI) and declare again: queues and their "
-            f"messages stay, bindings are made again, the booking relay retries while it is missing") from exc
-    for entity in (dead_letter_exchange, receipts_exchange, *work_queues, *dead_letter_queues):
-        entity.bind(connection.default_channel).declare()
+        try:
+            exchange.bind(channel).declare()
+        except amqp.exceptions.PreconditionFailed:
+            # The broker closed that channel; an exchange of the old (direct) type is replaced.
+            channel = connection.channel()
+            _replace_exchange(channel)
+        for entity in (dead_letter_exchange, receipts_exchange, *work_queues, *dead_letter_queues):
+            entity.bind(channel).declare()
+    finally:
+        channel.close()
     for queue in receipt_queues:
         if not _exists(connection, queue.name):
             queue.bind(connection.default_channel).declare()
+
+
+def _replace_exchange(channel) -> None:
+    """Delete ``notifications`` as it is (direct, before the topic permissions) and declare it as it must be.
+
+    The work queues are declared right after this, which binds them again.
+    """
+    try:
+        channel.exchange_delete(shared.EXCHANGE)
+        exchange.bind(channel).declare()
+    except amqp.exceptions.AMQPError as exc:
+        raise TopologyError(f"exchange {shared.EXCHANGE!r} exists with other settings and could not be replaced "
+                            f"by a topic exchange ({exc}); delete it in the management UI and declare again") from exc
+    log.warning("exchange_replaced", exchange=shared.EXCHANGE, type="topic",
+                why="topic permissions limit the booking user to the dispatch routing key")
 
 
 def _exists(connection, queue: str) -> bool:
