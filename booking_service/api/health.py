@@ -8,7 +8,7 @@ import urllib.parse
 from flask import Blueprint, Response, current_app, jsonify
 
 from booking_service.api.context import db_session
-from booking_service.receipts.stats import last_applied_age, queue_depth
+from booking_service.receipts.stats import last_applied_age, queue_state
 from booking_service.runtime import metrics
 from booking_service.storage.outbox_stats import backlog
 
@@ -47,12 +47,21 @@ def readyz():
     except Exception as exc:  # any driver error means "not ready"; reported, not hidden
         checks["database"] = f"error: {type(exc).__name__}"
     checks["broker"] = "ok" if _broker_reachable(settings.amqp_url, settings.ready_broker_timeout_seconds) else "unreachable"
+    receipts_ok = True
     if checks["broker"] == "ok":
-        # The receipts consumer's lag: receipts waiting for it. Reported, never a reason to be unready.
-        checks.setdefault("receipts", {})["queue_depth"] = queue_depth(settings.amqp_url,
-                                                                       settings.ready_broker_timeout_seconds)
+        # The receipts consumer's lag and presence. Reported, and "degraded" when nothing consumes the
+        # queue or the queue is gone, but never a reason to be unready: bookings do not need receipts.
+        state = queue_state(settings.amqp_url, settings.ready_broker_timeout_seconds)
+        receipts = checks.setdefault("receipts", {})
+        if isinstance(state, dict):
+            receipts.update(state)
+            receipts_ok = state["consumers"] > 0
+        else:
+            receipts["queue"] = state
+            receipts_ok = False
     ready = checks["database"] == "ok"
-    status = "ok" if ready and checks["broker"] == "ok" else ("degraded" if ready else "unavailable")
+    healthy = ready and checks["broker"] == "ok" and receipts_ok
+    status = "ok" if healthy else ("degraded" if ready else "unavailable")
     response = jsonify({"status": status, "checks": checks})
     response.status_code = 200 if ready else 503
     return response

@@ -59,6 +59,8 @@ class ReceiptConsumer:
         self.connection: pika.BlockingConnection | None = None
         #: What happened so far (tests and logs read it).
         self.applied = self.duplicates = self.rejected = self.failures = 0
+        #: Set when the broker cancelled our consumer (queue deleted): ``run`` reconnects.
+        self.cancelled = False
 
     def _connect(self) -> pika.BlockingConnection:
         self.connection = connection = pika.BlockingConnection(amqp.parameters(self.amqp_url))
@@ -66,8 +68,16 @@ class ReceiptConsumer:
         channel.queue_declare(self.queue, passive=True)  # the notification service's topology declares it
         channel.basic_qos(prefetch_count=self.prefetch)
         channel.basic_consume(self.queue, self._on_message)
+        # The broker cancels a consumer whose queue was deleted (or, on a cluster, lost): without this
+        # the process would sit connected with no consumer. It reconnects instead, and keeps trying
+        # (a passive declare) until the queue is back.
+        channel.add_on_cancel_callback(self._on_cancelled)
+        self.cancelled = False
         log.info("receipts_consuming", queue=self.queue, prefetch=self.prefetch)
         return connection
+
+    def _on_cancelled(self, _frame) -> None:
+        self.cancelled = True
 
     def _disconnect(self) -> None:
         connection, self.connection = self.connection, None
@@ -111,6 +121,9 @@ class ReceiptConsumer:
                 if connection is None or not connection.is_open:
                     connection = self._connect()
                 connection.process_data_events(time_limit=IDLE_SLICE_SECONDS)
+                if self.cancelled:
+                    self._back_off("consumer_cancelled", f"the broker cancelled the consumer of {self.queue}")
+                    continue
                 self.failures = 0
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self._back_off("broker_unavailable", repr(exc))

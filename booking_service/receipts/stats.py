@@ -19,8 +19,12 @@ def last_applied_age(session: Session) -> float | None:
     return None if newest is None else round((utcnow() - newest).total_seconds(), 3)
 
 
-def queue_depth(amqp_url: str, timeout: float) -> int | str:
-    """Receipts waiting in ``booking.receipts`` (a passive declare: no rights needed), or why not known."""
+def queue_state(amqp_url: str, timeout: float) -> dict | str:
+    """``booking.receipts``' depth and consumer count (a passive declare: no rights needed), or why not known.
+
+    0 consumers means no receipts consumer is attached: it is down, or the queue was deleted and
+    declared again while it was not looking (it reconnects on the broker's cancel, see consumer.py).
+    """
     params = pika.URLParameters(for_pika(amqp_url))
     params.connection_attempts = 1
     params.socket_timeout = timeout
@@ -31,7 +35,8 @@ def queue_depth(amqp_url: str, timeout: float) -> int | str:
     except (pika.exceptions.AMQPError, OSError):
         return "unreachable"
     try:
-        return connection.channel().queue_declare(shared.BOOKING_RECEIPTS_QUEUE, passive=True).method.message_count
+        method = connection.channel().queue_declare(shared.BOOKING_RECEIPTS_QUEUE, passive=True).method
+        return {"queue_depth": method.message_count, "consumers": method.consumer_count}
     except pika.exceptions.ChannelClosedByBroker:
         return "missing"  # not declared yet: the notification service declares it at start
     except (pika.exceptions.AMQPError, OSError):

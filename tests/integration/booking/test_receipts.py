@@ -255,3 +255,37 @@ def test_receipts_wait_in_the_queue_while_the_database_is_away(postgres_admin_ur
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_a_consumer_whose_queue_is_deleted_and_declared_again_comes_back_and_readyz_says_so_meanwhile(
+        settings, client, session_factory, broker, consumer):
+    from kombu import Connection
+
+    from notification_service.broker.topology import declare
+
+    ready_app = create_app(settings.model_copy(update={"amqp_url": broker}))
+    ready = ready_app.test_client()
+    try:
+        assert ready.get("/readyz").json["checks"]["receipts"]["consumers"] == 0  # nothing consumes yet
+        assert ready.get("/readyz").json["status"] == "degraded"
+        running = consumer()
+        wait_for(lambda: ready.get("/readyz").json["checks"]["receipts"].get("consumers") == 1, 20, "one consumer")
+        assert ready.get("/readyz").json["status"] == "ok"
+
+        connection = pika.BlockingConnection(pika.URLParameters(broker))
+        connection.channel().queue_delete(shared.BOOKING_RECEIPTS_QUEUE)
+        connection.close()
+        wait_for(lambda: ready.get("/readyz").json["checks"]["receipts"].get("queue") == "missing", 20,
+                 "/readyz reporting the queue gone")
+        assert ready.get("/readyz").json["status"] == "degraded"
+        with Connection(broker) as kombu_connection:
+            declare(kombu_connection)  # the notification service declares it again at its next start
+
+        # The consumer was cancelled by the broker; it reattaches on its own and applies what comes.
+        wait_for(lambda: ready.get("/readyz").json["checks"]["receipts"].get("consumers") == 1, 30,
+                 "the consumer back on the new queue")
+        booking_id, nid = new_booking(client, session_factory)
+        publish(broker, *story(booking_id, nid))
+        wait_for(lambda: running.applied == 4, 20, "receipts applied after the queue came back")
+    finally:
+        ready_app.extensions["booking_engine"].dispose()
