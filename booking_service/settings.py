@@ -29,6 +29,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from shared.amqp_url import nodes
+
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
@@ -182,8 +184,9 @@ class Settings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _amqp_url(cls, value: str) -> str:
-        if not value.startswith(("amqp://", "amqps://")):
-            raise ValueError("must be an amqp:// or amqps:// URL")
+        # The nodes of a cluster are separated by ';' (kombu's failover convention).
+        if not all(node.startswith(("amqp://", "amqps://")) for node in nodes(value)):
+            raise ValueError("must be an amqp:// or amqps:// URL, or several separated by ';'")
         return value
 
     @classmethod

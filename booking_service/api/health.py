@@ -11,6 +11,7 @@ from booking_service.api.context import db_session
 from booking_service.receipts.stats import last_applied_age, queue_state
 from booking_service.runtime import metrics
 from booking_service.storage.outbox_stats import backlog
+from shared.amqp_url import nodes
 
 blp = Blueprint("health", __name__)
 
@@ -22,13 +23,16 @@ def healthz():
 
 
 def _broker_reachable(url: str, timeout: float) -> bool:
-    parts = urllib.parse.urlsplit(url)
-    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
-    try:
-        socket.create_connection((parts.hostname or "localhost", port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    """Whether any node of ``AMQP_URL`` accepts a TCP connection (a cluster is up while one node is)."""
+    for node in nodes(url):
+        parts = urllib.parse.urlsplit(node)
+        port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+        try:
+            socket.create_connection((parts.hostname or "localhost", port), timeout=timeout).close()
+            return True
+        except OSError:
+            continue
+    return False
 
 
 @blp.get("/readyz")

@@ -8,8 +8,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import shared
+from booking_service.runtime import amqp
 from booking_service.storage.models import NotificationReceipt, utcnow
-from shared.amqp_url import for_pika
 
 
 def last_applied_age(session: Session) -> float | None:
@@ -25,13 +25,13 @@ def queue_state(amqp_url: str, timeout: float) -> dict | str:
     0 consumers means no receipts consumer is attached: it is down, or the queue was deleted and
     declared again while it was not looking (it reconnects on the broker's cancel, see consumer.py).
     """
-    params = pika.URLParameters(for_pika(amqp_url))
-    params.connection_attempts = 1
-    params.socket_timeout = timeout
-    params.blocked_connection_timeout = timeout
-    params.stack_timeout = timeout * 2
+    nodes = amqp.parameters(amqp_url)
+    for params in nodes:
+        params.socket_timeout = timeout
+        params.blocked_connection_timeout = timeout
+        params.stack_timeout = timeout * 2
     try:
-        connection = pika.BlockingConnection(params)
+        connection = pika.BlockingConnection(nodes)
     except (pika.exceptions.AMQPError, OSError):
         return "unreachable"
     try:
