@@ -19,6 +19,7 @@ import pytest
 import shared
 from notification_service import cli
 from tests.notification.harness import declare_topology
+from tests.support import queue_depth
 
 
 def _vhost(url: str) -> str:
@@ -42,14 +43,6 @@ def _plant(url: str, queue: str, task_id: str, *, body: bytes | None = None, dea
         channel.basic_publish(shared.DEAD_LETTER_EXCHANGE, shared.dead_letter_queue(queue),
                               message.body if body is None else body,
                               pika.BasicProperties(headers=headers, **message.properties), mandatory=True)
-    finally:
-        connection.close()
-
-
-def _depth(url: str, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        return connection.channel().queue_declare(queue, passive=True).method.message_count
     finally:
         connection.close()
 
@@ -113,9 +106,9 @@ def test_bulk_replay_skips_and_reports_what_it_cannot_route_and_replays_the_rest
     assert err.strip().splitlines()[-1] == "replayed 2, skipped 4"
     assert "ada@example.org" not in err + json.dumps(printed)
     # skipped ones stay where they were; the replayed ones went to the DLQ's own queue, without x-death
-    assert _depth(troubled, shared.dead_letter_queue(shared.EMAIL_QUEUE)) == 1
-    assert _depth(troubled, shared.dead_letter_queue(shared.PUSH_QUEUE)) == 2
-    assert _depth(troubled, shared.dead_letter_queue(shared.DISPATCH_QUEUE)) == 1
+    assert queue_depth(troubled, shared.dead_letter_queue(shared.EMAIL_QUEUE)) == 1
+    assert queue_depth(troubled, shared.dead_letter_queue(shared.PUSH_QUEUE)) == 2
+    assert queue_depth(troubled, shared.dead_letter_queue(shared.DISPATCH_QUEUE)) == 1
     arrived = _get(troubled, shared.EMAIL_QUEUE)
     assert sorted(mid for mid, _ in arrived) == ["e-good", "e-missing-queue"]
     assert all(not any(name.startswith("x-death") or name.startswith("x-first") for name in headers)
@@ -158,5 +151,5 @@ def test_a_channel_the_broker_closes_leaves_every_dead_letter_in_place_and_is_re
     assert code == 1 and printed["replayed"] == []
     assert set(printed["skipped_refused"]) == {"e-1", "e-2", "p-1"}
     assert "404" in printed["skipped_refused"]["e-1"] and "not tried" in printed["skipped_refused"]["e-2"]
-    assert _depth(vhost_url, shared.dead_letter_queue(shared.EMAIL_QUEUE)) == 2
-    assert _depth(vhost_url, shared.dead_letter_queue(shared.PUSH_QUEUE)) == 1
+    assert queue_depth(vhost_url, shared.dead_letter_queue(shared.EMAIL_QUEUE)) == 2
+    assert queue_depth(vhost_url, shared.dead_letter_queue(shared.PUSH_QUEUE)) == 1
