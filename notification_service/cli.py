@@ -30,11 +30,14 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 #: its plugins at INFO before every migration.
 QUIET_LOGGERS = {"pika": logging.CRITICAL, "alembic.runtime.plugins": logging.WARNING}
 
+#: ``dlq replay`` skipped at least one dead letter (it stays in its queue; each is reported).
+EXIT_SKIPPED = 1
+
 EPILOG = """\
 settings: environment variables, then ./.env for those the environment does not set
 (notification_service/.env.example lists them all).
-exit status: 0 done, 1 not found or refused, 2 usage, 69 broker or database failed,
-78 a setting is invalid."""
+exit status: 0 done, 1 not found or refused (dlq replay: at least one dead letter skipped),
+2 usage, 69 broker or database failed, 78 a setting is invalid."""
 
 
 def _version() -> str:
@@ -178,22 +181,44 @@ def _dlq_show(args, settings: Settings, dlq) -> int:
     return 0
 
 
+def _report_replay(outcome) -> None:
+    """One line per dead letter as it is handled, so an interrupted replay has said what it did."""
+    if outcome.problem is None:
+        line = f"replayed {outcome.message_id} from {outcome.dlq} to {outcome.queue}"
+    else:
+        kind = "poison" if outcome.poison else "refused"
+        line = f"skipped {outcome.message_id} in {outcome.dlq} ({kind}): {outcome.problem}"
+    print(line, file=sys.stderr, flush=True)
+
+
 def _dlq_replay(args, settings: Settings, dlq) -> int:
     if not (args.message_id or args.all or args.task or args.queue):
         # Replaying everything must be asked for explicitly.
         print("give a message id, --task T, --queue Q or --all", file=sys.stderr)
         return 2
-    skipped: dict[str, str] = {}
-    replayed = dlq.replay(settings.amqp_url, message_id=args.message_id, queue=args.queue, task=args.task,
-                          skipped=skipped)
-    if args.message_id and not replayed and not skipped:
+    outcomes = dlq.replay(settings.amqp_url, message_id=args.message_id, queue=args.queue, task=args.task,
+                          report=_report_replay)
+    if args.message_id and not outcomes:
         print(f"no dead letter {args.message_id}", file=sys.stderr)
         return 1
-    _print_json({"replayed": replayed, "skipped_poison": skipped})
-    if args.message_id and skipped:
-        print(f"not replayed: {args.message_id} is poison ({next(iter(skipped.values()))})", file=sys.stderr)
-        return 1
-    return 0
+    replayed = [o.message_id for o in outcomes if o.problem is None]
+    skipped = [o for o in outcomes if o.problem is not None]
+    _print_json({"replayed": replayed,
+                 "skipped_poison": _by_id(o for o in skipped if o.poison),
+                 "skipped_refused": _by_id(o for o in skipped if not o.poison)})
+    print(f"replayed {len(replayed)}, skipped {len(skipped)}", file=sys.stderr)
+    if args.message_id and skipped and skipped[0].poison:
+        print(f"not replayed: {skipped[0].message_id} is poison ({skipped[0].problem})", file=sys.stderr)
+    return EXIT_SKIPPED if skipped else 0
+
+
+def _by_id(outcomes) -> dict[str, str]:
+    """Message id → reason; a second dead letter with the same id gets its place in the list appended."""
+    found: dict[str, str] = {}
+    for number, outcome in enumerate(outcomes):
+        key = outcome.message_id if outcome.message_id not in found else f"{outcome.message_id} ({number})"
+        found[key] = outcome.problem
+    return found
 
 
 def _dlq_purge(args, settings: Settings, dlq) -> int:
@@ -266,8 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     shw.add_argument("message_id", help="the message (task) id of the dead letter")
     shw.add_argument("--queue", help=queue_help)
     rep = dsub.add_parser("replay", help="republish dead letters to their origin queue",
-                          description="Republish dead letters to their origin queue with a fresh retry budget; "
-                                      "poison messages are skipped and stay.")
+                          description="Republish dead letters to their origin queue with a fresh retry budget. "
+                                      "Each is handled on its own: one that is poison, or that the broker returns "
+                                      "or nacks, is skipped, stays in its queue and is reported on stderr, and the "
+                                      "replay goes on. stdout: JSON of what was replayed and skipped; stderr: one "
+                                      "line per dead letter, then 'replayed N, skipped M'. Exit 1 when anything "
+                                      "was skipped.")
     rep.add_argument("message_id", nargs="?", help="replay only this message id")
     rep.add_argument("--all", action="store_true", help="replay every dead letter (must be asked for explicitly)")
     rep.add_argument("--queue", help=queue_help)

@@ -12,9 +12,10 @@ consumes with a prefetch window and manual acks, and has one rule:
   the database being unreachable (not JSON, too big or deep, a field wrong,
   another booking's notification, a value the database refuses, a bug), is
   rejected without requeue, so RabbitMQ dead-letters it into
-  ``booking.receipts.dlq``; the log line and the ``rejected`` metric carry its
-  reason, which names the message id, fields and error classes, never the body
-  (``booking_service.receipts.poison``);
+  ``booking.receipts.dlq``; its reason is stored first (``receipt_dead_letters``,
+  read by ``booking-service receipts-dlq list``), and the log line and the
+  ``rejected`` metric carry it too; the reason names fields and error classes,
+  never the body (``booking_service.receipts.poison``);
 * when the database is away the connection is closed (the unacked receipts go
   back to the queue) and the consumer tries again after a capped backoff, as it
   does while the broker is away.
@@ -36,6 +37,7 @@ import sqlalchemy as sa
 import structlog
 
 import shared
+from booking_service.receipts.dead_letters import record_reason
 from booking_service.receipts.poison import DATABASE_OUTAGE, decode, is_outage, reason
 from booking_service.receipts.store import store
 from booking_service.runtime import amqp, metrics
@@ -95,7 +97,7 @@ class ReceiptConsumer:
         except Exception as exc:
             if is_outage(exc):
                 raise  # run() backs off; the receipt stays unacked and comes back
-            self._dead_letter(channel, method.delivery_tag, message_id, reason(exc))
+            self._dead_letter(channel, method, message_id, reason(exc))
             return
         channel.basic_ack(method.delivery_tag)
         if fresh:
@@ -107,8 +109,15 @@ class ReceiptConsumer:
                  delivery_id=str(receipt["delivery_id"]), sequence=receipt["sequence"], status=receipt["status"],
                  correlation_id=receipt["correlation_id"])
 
-    def _dead_letter(self, channel, delivery_tag: int, message_id: str, why: str) -> None:
-        channel.basic_reject(delivery_tag, requeue=False)  # → booking.receipts.dlq
+    def _dead_letter(self, channel, method, message_id: str, why: str) -> None:
+        # The reason first, so `booking-service receipts-dlq list` finds it for every dead letter.
+        try:
+            record_reason(self.engine, message_id or None, method.routing_key, why)
+        except Exception as exc:
+            if is_outage(exc):
+                raise  # run() backs off; the receipt comes back and is judged (and its reason stored) again
+            log.error("receipt_reason_not_stored", message_id=message_id, error=type(exc).__name__)
+        channel.basic_reject(method.delivery_tag, requeue=False)  # → booking.receipts.dlq
         self.rejected += 1
         metrics.receipts_consumed().labels("rejected").inc()
         log.error("receipt_dead_lettered", message_id=message_id, reason=why)

@@ -1,4 +1,4 @@
-"""Tables of the booking service: bookings, their outbox, delivery receipts, idempotency keys."""
+"""Tables of the booking service: bookings, their outbox, delivery receipts, dead-letter reasons, idempotency keys."""
 
 from __future__ import annotations
 
@@ -133,6 +133,24 @@ class NotificationReceipt(Base):
     correlation_id: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
     #: When the consumer stored it (the age of the newest one is the consumer's lag in /readyz).
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow, index=True)
+
+
+class ReceiptDeadLetter(Base):
+    """Why the receipts consumer dead-lettered a message into ``booking.receipts.dlq``, written before the reject.
+
+    The broker's ``x-death`` says only "rejected"; ``booking-service receipts-dlq list`` shows
+    this reason next to each dead letter, found by message id (the latest row of an id wins).
+    The reason names fields and error classes, never a value (``receipts.poison.reason``).
+    """
+
+    __tablename__ = "receipt_dead_letters"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    #: The AMQP message id as the consumer read it (at most 100 characters); None when it had none.
+    message_id: Mapped[str | None] = mapped_column(sa.String(100), nullable=True, index=True)
+    routing_key: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+    reason: Mapped[str] = mapped_column(sa.String(500), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
 
 class IdempotencyKey(Base):

@@ -3,7 +3,9 @@
 Reading never loses a message: messages are fetched with ``basic_get`` and
 left unacked, so closing the channel puts every one of them back. Replay
 republishes to the origin queue through the ``notifications`` exchange with
-publisher confirms and ``mandatory=True`` and only then acks the dead letter.
+publisher confirms and ``mandatory=True`` and only then acks the dead letter;
+one it cannot replay (poison, returned, nacked) is nacked back into its queue
+and reported, and the replay goes on with the next.
 A replayed message loses every header the workers' envelope guard refuses on
 arrival (the ``x-death`` RabbitMQ wrote, and any other reserved ``x-`` header),
 so it arrives for work like a fresh one. What is printed never holds an
@@ -14,7 +16,7 @@ is masked too (reasons written before addresses were kept out of them).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,50 +121,112 @@ def list_messages(amqp_url: str, queue: str | None = None) -> list[DeadMessage]:
         connection.close()
 
 
-def replay(amqp_url: str, *, message_id: str | None = None, queue: str | None = None, task: str | None = None,
-           skipped: dict[str, str] | None = None) -> list[str]:
-    """Republish matching dead letters to their origin queue; return the replayed ids.
+@dataclass(frozen=True)
+class Outcome:
+    """What ``replay`` did with one dead letter: replayed (``problem`` is None), or skipped and why."""
 
-    A poison message (one the workers' envelope guard refuses) is never replayed: it stays in
-    its dead-letter queue and its id and reason go into ``skipped``.
-    """
-    connection = connect(amqp_url)
-    replayed: list[str] = []
-    skipped = {} if skipped is None else skipped
+    #: The message id as printed (addresses masked), or ``<dlq>#<delivery tag>`` for one without an id.
+    message_id: str
+    dlq: str
+    queue: str
+    problem: str | None = None
+    #: True when skipped because the workers would refuse it (it will never replay as it is); False when
+    #: the broker refused it (no route, a nack, a closed channel): it may replay once that is fixed.
+    poison: bool = False
+
+
+def _label(message: DeadMessage) -> str:
+    return mask_addresses(message.message_id) if message.message_id else f"{message.dlq}#{message.delivery_tag}"
+
+
+def _replay_properties(message: DeadMessage) -> pika.BasicProperties:
+    headers = envelope.strip_reserved(message.headers)
+    if "retries" in headers:
+        headers["retries"] = 0  # an operator replay gets a fresh retry budget
+    p = message.properties
+    return pika.BasicProperties(
+        content_type=p.content_type, content_encoding=p.content_encoding, headers=headers,
+        delivery_mode=p.delivery_mode or 2, priority=p.priority, correlation_id=p.correlation_id,
+        reply_to=p.reply_to, expiration=None, message_id=p.message_id, timestamp=p.timestamp,
+        type=p.type, app_id=p.app_id,
+    )
+
+
+def _publish(channel, message: DeadMessage) -> str | None:
+    """Republish ``message`` to its origin queue and wait for the confirm; why the broker refused it, or None."""
     try:
-        channel = connection.channel()
-        channel.confirm_delivery()
+        channel.basic_publish(shared.EXCHANGE, message.origin_queue, message.body, _replay_properties(message),
+                              mandatory=True)
+    except pika.exceptions.UnroutableError:
+        return f"returned unroutable: no queue takes routing key {message.origin_queue} on {shared.EXCHANGE}"
+    except pika.exceptions.NackError:
+        return f"nacked by the broker (is {message.origin_queue} full or rejecting publishes?)"
+    return None
+
+
+def _replay_one(channel, message: DeadMessage) -> Outcome:
+    """Replay one fetched dead letter: acked after the confirm, or nacked back into its DLQ with the reason."""
+    problem = poison_reason(message)
+    poison = problem is not None
+    if problem is None:
+        problem = _publish(channel, message)
+    if problem is None:
+        channel.basic_ack(message.delivery_tag)
+    else:
+        channel.basic_nack(message.delivery_tag, requeue=True)
+    return Outcome(_label(message), message.dlq, message.origin_queue, mask_addresses(problem), poison)
+
+
+def replay(amqp_url: str, *, message_id: str | None = None, queue: str | None = None, task: str | None = None,
+           report: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    """Republish matching dead letters to their origin queue, each on its own; return what happened to each.
+
+    A replayed dead letter is acked only after the broker confirmed its copy. One that cannot
+    be replayed is nacked back into its dead-letter queue (requeued) and reported with the
+    reason, and replay goes on with the next: a poison message (one the workers' envelope
+    guard refuses), one the broker returns (no route: its work queue is gone) or nacks. A
+    channel the broker closes (the exchange deleted, a permission) puts the rest of that
+    dead-letter queue back as it was; they are reported, and the next queue gets a new channel.
+    ``report`` hears of each outcome as it happens, so an interrupted replay has said what it did.
+    """
+    outcomes: list[Outcome] = []
+
+    def record(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        if report is not None:
+            report(outcome)
+
+    connection = connect(amqp_url)
+    try:
+        channel = None
         for dlq in dlq_names(queue):
-            for message in list(_fetch_all(channel, dlq)):
-                if message_id and message.message_id != message_id:
-                    continue
-                if task and message.task != task:
-                    continue
-                problem = poison_reason(message)
-                if problem is not None:
-                    skipped[message.message_id or f"{dlq}#{message.delivery_tag}"] = problem
-                    continue
-                headers = envelope.strip_reserved(message.headers)
-                if "retries" in headers:
-                    headers["retries"] = 0  # an operator replay gets a fresh retry budget
-                p = message.properties
-                properties = pika.BasicProperties(
-                    content_type=p.content_type, content_encoding=p.content_encoding, headers=headers,
-                    delivery_mode=p.delivery_mode or 2, priority=p.priority, correlation_id=p.correlation_id,
-                    reply_to=p.reply_to, expiration=None, message_id=p.message_id, timestamp=p.timestamp,
-                    type=p.type, app_id=p.app_id,
-                )
+            if channel is None or not channel.is_open:
+                channel = connection.channel()
+                channel.confirm_delivery()
+            # Every message of the DLQ is fetched (unacked) before any is nacked back, or a
+            # requeued one would be fetched again in place of the next.
+            messages = list(_fetch_all(channel, dlq))
+            wanted = []
+            for message in messages:
+                if (message_id and message.message_id != message_id) or (task and message.task != task):
+                    channel.basic_nack(message.delivery_tag, requeue=True)
+                else:
+                    wanted.append(message)
+            for index, message in enumerate(wanted):
                 try:
-                    channel.basic_publish(shared.EXCHANGE, message.origin_queue, message.body, properties,
-                                          mandatory=True)
-                except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-                    raise DlqError(f"broker refused the replay of {message.message_id}: {exc}") from exc
-                channel.basic_ack(message.delivery_tag)
-                replayed.append(message.message_id or "")
-        channel.close()
+                    record(_replay_one(channel, message))
+                except pika.exceptions.ChannelClosed as exc:
+                    # The broker put every unacked message of this channel back into its DLQ.
+                    closed = f"the broker closed the channel: {exc.reply_code} {mask_addresses(exc.reply_text)}"
+                    record(Outcome(_label(message), dlq, message.origin_queue, closed))
+                    for rest in wanted[index + 1:]:
+                        record(Outcome(_label(rest), dlq, rest.origin_queue, f"not tried: {closed}"))
+                    break
+        if channel is not None and channel.is_open:
+            channel.close()
     finally:
         connection.close()
-    return replayed
+    return outcomes
 
 
 def purge(amqp_url: str, queue: str | None = None) -> dict[str, int]:

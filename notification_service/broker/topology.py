@@ -141,9 +141,13 @@ def _exists(connection, queue: str) -> bool:
 #: Development passwords of the two service users (documented; replace in production).
 DEV_PASSWORDS = {"booking": "booking", "notification": "notification"}
 
-#: Booking may only publish to the exchange, and read (consume) its own receipts queue.
-BOOKING_PERMISSIONS = {"configure": "^$", "write": f"^{re.escape(shared.EXCHANGE)}$",
-                       "read": f"^{re.escape(shared.BOOKING_RECEIPTS_QUEUE)}$"}
+#: Booking may publish to ``notifications``, read (consume, purge) its own receipts queue and its
+#: dead letters, and publish to ``notifications.receipts``: ``booking-service receipts-dlq replay``
+#: puts a dead-lettered receipt back there, with the routing key it had. That exchange's one
+#: queue is ``booking.receipts`` (bound ``#``), so a receipt booking publishes reaches only itself.
+BOOKING_PERMISSIONS = {"configure": "^$",
+                       "write": f"^({re.escape(shared.EXCHANGE)}|{re.escape(shared.RECEIPTS_EXCHANGE)})$",
+                       "read": f"^{re.escape(shared.BOOKING_RECEIPTS_QUEUE)}({re.escape(shared.names.DLQ_SUFFIX)})?$"}
 #: ... and on that exchange only the dispatch routing key: a send task published by booking
 #: would skip dispatch's validation and the delivery log. (Topic exchanges only, hence its type.)
 BOOKING_TOPIC_PERMISSIONS = {"exchange": shared.EXCHANGE, "write": f"^{re.escape(shared.DISPATCH_QUEUE)}$",

@@ -117,8 +117,10 @@ FORBIDDEN_TO_BOOKING = {
     "publish-to-dead-letter-exchange": lambda ch, d: _confirmed(ch, shared.DEAD_LETTER_EXCHANGE, shared.EMAIL_QUEUE),
     "publish-to-amq.direct": lambda ch, d: _confirmed(ch, "amq.direct", "anything"),
     "publish-via-default-exchange": lambda ch, d: _confirmed(ch, "", shared.EMAIL_QUEUE),
-    "publish-a-receipt": lambda ch, d: _confirmed(ch, shared.RECEIPTS_EXCHANGE, "email.sent"),
-    "read-receipt-dead-letters": lambda ch, d: ch.basic_get(shared.dead_letter_queue(shared.BOOKING_RECEIPTS_QUEUE)),
+    # Issue 15 item 8: booking reads its own dead letters and replays them to notifications.receipts
+    # (test_booking_user_lists_replays_and_purges_its_receipt_dead_letters); nobody else's.
+    "purge-receipt-dead-letters-of-another-name": lambda ch, d: ch.queue_purge(
+        shared.dead_letter_queue(shared.PUSH_QUEUE)),
     # Issue 15 item 2: a send task published straight to a send queue skips dispatch's validation.
     "publish-a-send-task-to-the-email-queue": lambda ch, d: _confirmed(ch, shared.EXCHANGE, shared.EMAIL_QUEUE),
     "publish-a-send-task-to-the-push-queue": lambda ch, d: _confirmed(ch, shared.EXCHANGE, shared.PUSH_QUEUE),
@@ -238,6 +240,36 @@ def test_receipts_flow_from_the_notification_user_to_the_booking_user_and_its_de
     with channel(least_privilege.admin_url) as admin:
         _, properties, _ = get_one(admin, shared.dead_letter_queue(shared.BOOKING_RECEIPTS_QUEUE))
         assert properties.headers["x-death"][0]["reason"] == "rejected"
+
+
+def test_booking_user_lists_replays_and_purges_its_receipt_dead_letters(least_privilege):
+    """What ``booking-service receipts-dlq list|replay|purge`` does, as the booking user of definitions.json."""
+    from booking_service.receipts import dead_letters
+
+    booking = least_privilege.url("booking")
+    with channel(least_privilege.url("notification")) as ch:
+        ch.confirm_delivery()
+        ch.basic_publish(shared.RECEIPTS_EXCHANGE, "email.sent", _receipt_body(), mandatory=True,
+                         properties=pika.BasicProperties(content_type="application/json", message_id="r-1"))
+    with channel(booking) as ch:
+        method, _, _ = get_one(ch, shared.BOOKING_RECEIPTS_QUEUE)
+        ch.basic_reject(method.delivery_tag, requeue=False)
+    dlq = shared.dead_letter_queue(shared.BOOKING_RECEIPTS_QUEUE)
+    with channel(least_privilege.admin_url) as admin:
+        _, properties, _ = get_one(admin, dlq)  # dead-lettered; back into the DLQ when this channel closes
+        assert properties.message_id == "r-1"
+
+    (listed,) = dead_letters.list_messages(booking)
+    assert (listed.message_id, listed.routing_key) == ("r-1", "email.sent")
+    (outcome,) = dead_letters.replay(booking, message_id="r-1")
+    assert outcome.problem is None and outcome.routing_key == "email.sent"
+    with channel(booking) as ch:
+        method, properties, body = get_one(ch, shared.BOOKING_RECEIPTS_QUEUE)
+        assert body == _receipt_body() and "x-death" not in (properties.headers or {})
+        ch.basic_reject(method.delivery_tag, requeue=False)
+    with channel(least_privilege.admin_url) as admin:
+        get_one(admin, dlq)
+    assert dead_letters.purge(booking) == 1
 
 
 def _env(least_privilege, tmp_path: pathlib.Path) -> dict[str, str]:

@@ -213,7 +213,7 @@ def test_version_is_printed(capsys):
 def test_every_subcommand_and_option_has_help():
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command")  # argparse keeps subparsers there only
-    assert {c.dest for c in commands._choices_actions} == {"migrate", "relay", "receipts", "serve"}
+    assert {c.dest for c in commands._choices_actions} == {"migrate", "relay", "receipts", "receipts-dlq", "serve"}
     assert all(c.help for c in commands._choices_actions)
     for name, sub in [("booking-service", parser), *commands.choices.items()]:
         for action in sub._actions:
