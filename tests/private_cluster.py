@@ -1,8 +1,8 @@
 """A private RabbitMQ cluster (three nodes by default) whose nodes a test may kill, pause or restart.
 
-Built from :class:`tests.private_broker.PrivateBroker`: each node is one, with the
-same private directory, loopback-only listeners, process-group kill and atexit
-clean-up, plus what clustering needs::
+Built from :class:`tests.private_broker.PrivateBroker`: each node is one, with its
+private directory, loopback-only listeners, process-group kill, stdin-EOF halt and
+atexit clean-up, plus what clustering needs::
 
     from tests.private_cluster import PrivateCluster
 
@@ -18,9 +18,14 @@ private_cluster  # noqa: F401``): one cluster per test session, healed before ea
 
 What makes the cluster private, beyond what ``PrivateBroker`` does per node:
 
-* its own epmd on a port of its own (``ERL_EPMD_PORT``, loopback only), started
-  here and killed by pid: the nodes never register with the machine's epmd on
-  4369, so nothing can mistake them for ``rabbit@localhost`` or the reverse;
+* its own epmd on a port of its own (``ERL_EPMD_PORT``, loopback only): the
+  nodes never register with the machine's epmd on 4369, so nothing can mistake
+  them for ``rabbit@localhost`` or the reverse;
+* a keeper shell holding epmd and the pids of the nodes paused right now: when
+  its stdin (a pipe only this process writes) closes, it SIGKILLs those and
+  epmd.  A running node halts by itself when its own stdin closes; a SIGSTOPped
+  one cannot read that EOF.  So nothing of the cluster outlives us, even if we
+  die by SIGKILL mid-pause;
 * one random Erlang cookie, written into every node's private ``HOME``: the
   nodes and the CLI tools run against them share it, and only them;
 * ``rabbitmq_management`` on a loopback port per node (``node.api_url``): the
@@ -30,26 +35,26 @@ The nodes boot in parallel as standalone nodes, then the others join the first
 (``stop_app``, ``join_cluster``, ``start_app``). Quorum queues take their members
 from the nodes running when they are declared, so declare them only once the
 cluster is formed (``with`` and the fixture hand it over formed).
+
+(Some 340 lines, not 300: a node's life cycle — kill, pause, rolling restart — and
+the cluster's — epmd, parallel boot, join, health, heal — belong together here.)
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
+import functools
 import os
 import secrets
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import urllib.parse
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,6 +69,7 @@ from tests.private_broker import (
     _proc_table,
     find_rabbitmq_server,
 )
+from tests.support import wait_for
 
 __all__ = ["ClusterNode", "PrivateCluster", "private_cluster"]
 
@@ -73,8 +79,8 @@ _IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 class ClusterNode(PrivateBroker):
     """One node of a :class:`PrivateCluster`: a ``PrivateBroker`` on the cluster's epmd and cookie."""
 
-    def __init__(self, name: str, *, epmd_port: int, cookie: str, taken: set[int], start_timeout: float) -> None:
-        super().__init__(start_timeout=start_timeout)
+    def __init__(self, name: str, *, epmd_port: int, cookie: str, taken: set[int], **options: Any) -> None:
+        super().__init__(**options)
         self.node_name = name
         self.epmd_port = epmd_port
         self.management_port = _private_port(taken | {self.port, self.dist_port})
@@ -86,6 +92,8 @@ class ClusterNode(PrivateBroker):
             config.write(f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n")
         self.paused = False
         self.app_stopped = False
+        #: Called whenever ``paused`` changes: the cluster tells its keeper whom to kill if we die.
+        self.on_pause_change: Callable[[], None] = lambda: None
 
     @property
     def ports(self) -> set[int]:
@@ -101,15 +109,19 @@ class ClusterNode(PrivateBroker):
     def kill(self) -> None:
         super().kill()  # SIGKILL also ends a SIGSTOPped process
         self.paused = self.app_stopped = False
+        self.on_pause_change()
 
     def pause(self) -> None:
         """SIGSTOP the node: its sockets stay open but it answers nothing, like a hung VM."""
-        os.killpg(self._running_pid(), signal.SIGSTOP)
+        pid = self._running_pid()
         self.paused = True
+        self.on_pause_change()  # before the stop: a paused node the keeper does not know would outlive us
+        os.killpg(pid, signal.SIGSTOP)
 
     def resume(self) -> None:
         os.killpg(self._running_pid(), signal.SIGCONT)
         self.paused = False
+        self.on_pause_change()
 
     def stop_app(self) -> None:
         """Stop RabbitMQ but not the Erlang VM (the first half of a rolling restart)."""
@@ -145,23 +157,22 @@ class PrivateCluster:
         self.epmd = epmd
         self.start_timeout = start_timeout
         short = "c" + uuid.uuid4().hex[:8]
-        self.base_dir = Path(tempfile.mkdtemp(prefix=f"private-cluster-{short}-"))
         self.epmd_port = _private_port(set())
         cookie = secrets.token_hex(20).upper()
         self.nodes: list[ClusterNode] = []
-        self._epmd: subprocess.Popen | None = None
+        self._keeper: subprocess.Popen | None = None
         self._lock = threading.RLock()
-        _LIVE.add(self)
         for i in range(1, n + 1):
             taken = {self.epmd_port}.union(*(node.ports for node in self.nodes))
-            node = None
-            while node is None or {node.port, node.dist_port} & taken:  # each node picks ports unaware of the others
-                if node is not None:
-                    node.stop()
-                node = ClusterNode(
-                    f"{short}x{i}@localhost", epmd_port=self.epmd_port, cookie=cookie, taken=taken,
-                    start_timeout=start_timeout,
-                )  # fmt: skip
+            name = f"{short}x{i}@localhost"
+            make = functools.partial(
+                ClusterNode, name, epmd_port=self.epmd_port, cookie=cookie, taken=taken, start_timeout=start_timeout
+            )
+            node = make()
+            while {node.port, node.dist_port} & taken:  # PrivateBroker picks them unaware of the other nodes
+                node.stop()
+                node = make()
+            node.on_pause_change = self._tell_keeper
             self.nodes.append(node)
 
     @property
@@ -178,23 +189,17 @@ class PrivateCluster:
         """
         with self._lock:
             try:
-                self._form()
+                self._start_keeper()
+                _in_parallel(self.nodes, ClusterNode.start)
+                first, others = self.nodes[0], self.nodes[1:]
+                _in_parallel(others, ClusterNode.stop_app)
+                for node in others:  # one at a time: each join changes the cluster's membership table
+                    node.ctl_ok("join_cluster", first.node_name)
+                _in_parallel(others, ClusterNode.start_app)
+                return self.await_healthy()
             except BaseException:
                 self.stop()
                 raise
-            return self
-
-    def _form(self) -> None:
-        with self._lock:
-            self._start_epmd()
-            with ThreadPoolExecutor(len(self.nodes)) as pool:
-                list(pool.map(lambda node: node.start(), self.nodes))
-            first, others = self.nodes[0], self.nodes[1:]
-            _in_parallel(others, ClusterNode.stop_app)
-            for node in others:  # one at a time: each join changes the cluster's membership table
-                node.ctl_ok("join_cluster", first.node_name)
-            _in_parallel(others, ClusterNode.start_app)
-            self.await_healthy()
 
     def restore(self, timeout: float | None = None) -> PrivateCluster:
         """Resume paused nodes, restart killed ones, start stopped apps; then wait until healthy."""
@@ -213,9 +218,7 @@ class PrivateCluster:
                 for node in self.nodes:
                     node.stop()
             finally:
-                self._stop_epmd()
-                _LIVE.discard(self)
-                shutil.rmtree(self.base_dir, ignore_errors=True)
+                self._stop_keeper()
 
     def __enter__(self) -> PrivateCluster:
         return self.start()
@@ -239,11 +242,11 @@ class PrivateCluster:
         raise PrivateBrokerError(f"no node answered /api/{path}: {errors or 'none is up'}")
 
     def running_nodes(self) -> set[str]:
-        """Names of the nodes the cluster itself reports running."""
-        return {node["name"] for node in self.api("nodes") if node.get("running")}
+        """Names of the nodes the cluster reports running and not partitioned from any other."""
+        return {node["name"] for node in self.api("nodes") if node.get("running") and not node.get("partitions")}
 
     def await_healthy(self, timeout: float | None = None) -> PrivateCluster:
-        """Wait until every node accepts AMQP and the cluster reports all of them running."""
+        """Wait until every node accepts AMQP and the cluster reports all of them running, unpartitioned."""
         timeout = self.start_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         for node in self.nodes:
@@ -251,7 +254,7 @@ class PrivateCluster:
                 raise PrivateBrokerError(f"{node.node_name} is down, paused or stopped: restore() it first")
             node._wait_until_ready(max(deadline - time.monotonic(), 1))
         names = {node.node_name for node in self.nodes}
-        _poll(lambda: self.running_nodes() == names, deadline, f"all of {sorted(names)} running")
+        wait_for(lambda: self.running_nodes() == names, max(deadline - time.monotonic(), 1), f"{sorted(names)} running")
         return self
 
     def leader_of(self, queue: str, vhost: str = "/", timeout: float = 30) -> ClusterNode:
@@ -264,43 +267,53 @@ class PrivateCluster:
             alive = {node.node_name: node for node in self.nodes if node.running and not node.paused}
             return alive.get(name)
 
-        return _poll(leader, time.monotonic() + timeout, f"a leader for quorum queue {queue!r}")
+        return wait_for(leader, timeout, f"a leader for quorum queue {queue!r}", interval=0.2)
 
     # -------------------------------------------------------------- internals
 
-    def _start_epmd(self) -> None:
-        # epmd serves no single node, so it would outlive them all: a shell holds it and
-        # kills it once our end of its stdin closes (our teardown, or our death).
-        watch = '"$0" -port "$1" -address 127.0.0.1 & read -r _; kill "$!"; wait'
-        self._epmd = subprocess.Popen(
-            ["sh", "-c", watch, self.epmd, str(self.epmd_port)],
+    def _start_keeper(self) -> None:
+        keeper = (
+            '"$0" -port "$1" -address 127.0.0.1 & epmd=$!; paused=""\n'
+            "while read -r line; do paused=$line; done\n"  # each line: the pids paused now
+            'if [ -n "$paused" ]; then kill -KILL $paused; fi\n'
+            'kill "$epmd"; wait "$epmd"\n'  # reaped: no zombie left for init
+        )
+        self._keeper = subprocess.Popen(
+            ["sh", "-c", keeper, self.epmd, str(self.epmd_port)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: stop() kills the shell and epmd together
+            start_new_session=True,  # its own process group, with epmd
         )
-        _poll(self._epmd_answers, time.monotonic() + 10, f"epmd on port {self.epmd_port}")
+        wait_for(self._epmd_answers, 10, f"epmd on port {self.epmd_port}")
+
+    def _tell_keeper(self) -> None:
+        keeper = self._keeper
+        if keeper is not None and keeper.stdin is not None and keeper.poll() is None:
+            keeper.stdin.write(" ".join(str(node.pid) for node in self.nodes if node.paused and node.pid).encode())
+            keeper.stdin.write(b"\n")
+            keeper.stdin.flush()
 
     def _epmd_answers(self) -> bool:
-        if self._epmd is None or self._epmd.poll() is not None:
+        if self._keeper is None or self._keeper.poll() is not None:
             raise PrivateBrokerError(f"epmd on port {self.epmd_port} exited")
         names = [self.epmd, "-port", str(self.epmd_port), "-names"]
         return subprocess.run(names, capture_output=True, timeout=10).returncode == 0
 
-    def _stop_epmd(self) -> None:
-        proc, self._epmd = self._epmd, None
+    def _stop_keeper(self) -> None:
+        proc, self._keeper = self._keeper, None
         if proc is None:
             return
         doomed = [proc.pid, *_descendants(proc.pid, _proc_table())]
         if proc.stdin is not None:
-            proc.stdin.close()  # the shell kills epmd and reaps it (no zombie left for init)
+            proc.stdin.close()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):  # it may exit between the timeout and the kill
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-        _poll(lambda: not set(doomed) & _proc_table().keys(), time.monotonic() + 10, "epmd to die")
+        wait_for(lambda: not set(doomed) & _proc_table().keys(), 10, "epmd to die")
 
 
 def _in_parallel(nodes: list[ClusterNode], action: Callable[[ClusterNode], object]) -> None:
@@ -308,29 +321,6 @@ def _in_parallel(nodes: list[ClusterNode], action: Callable[[ClusterNode], objec
     if nodes:
         with ThreadPoolExecutor(len(nodes)) as pool:
             list(pool.map(action, nodes))
-
-
-def _poll(predicate: Callable[[], Any], deadline: float, what: str) -> Any:
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise PrivateBrokerError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-#: Clusters not yet stopped; atexit stops them (before private_broker's own hook, which runs later).
-_LIVE: set[PrivateCluster] = set()
-
-
-@atexit.register
-def _stop_leftovers() -> None:
-    for cluster in list(_LIVE):
-        try:
-            cluster.stop()
-        except Exception as exc:  # noqa: BLE001 - at interpreter exit, stop the other clusters all the same
-            print(f"private_cluster: could not stop {cluster.base_dir}: {exc!r}", file=sys.stderr)
 
 
 _SESSION: dict[str, PrivateCluster] = {}
@@ -345,10 +335,9 @@ def private_cluster(request: pytest.FixtureRequest) -> PrivateCluster:
     Skipped when ``rabbitmq-server`` is not installed, but *fails* under ``CI=true``.
     """
     if find_rabbitmq_server() is None:
-        message = "rabbitmq-server is not installed (needed for a private RabbitMQ cluster)"
-        if _IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        (pytest.fail if _IN_CI else pytest.skip)(
+            "rabbitmq-server is not installed (needed for a private RabbitMQ cluster)"
+        )
     cluster = _SESSION.get("cluster")
     if cluster is None:
         cluster = PrivateCluster()
