@@ -1,6 +1,6 @@
 """Self-test of ``tests/private_cluster.py``: three clustered RabbitMQ nodes of one's own.
 
-The cluster is booted once for the module (~20 s); each test gets it healed, so
+The cluster is booted once per session (~20 s); each test gets it healed, so
 a test may kill or pause nodes and leave them so. The shared development node
 (``rabbit@localhost``, its epmd on 4369) must never see any of it.
 """
