@@ -51,7 +51,7 @@ TIERS = ("unit", "integration", "e2e")
 SERVICE_FIXTURES = {
     "rabbitmq": {"amqp_url", "management", "vhost_url", "module_vhost"},
     "postgres": {"postgres_admin_url", "postgres_url"},
-    "private_broker": {"private_broker"},
+    "private_broker": {"private_broker", "private_cluster"},
 }
 TESTS = pathlib.Path(__file__).parent
 
