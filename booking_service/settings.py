@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     reminder_lead_seconds: int = Field(
         24 * 3600, ge=0, validation_alias="BOOKING_REMINDER_LEAD_SECONDS",
         description="How long before a booking starts its reminder is sent.")
+    max_reschedules: int = Field(
+        10, ge=0, validation_alias="BOOKING_MAX_RESCHEDULES",
+        description="Times one booking may be rescheduled (409 after that; 0 refuses every reschedule). Each "
+                    "reschedule adds two notifications to the booking: this bounds what one booking can cost.")
     max_body_bytes: int = Field(
         64 * 1024, ge=1, validation_alias="BOOKING_MAX_BODY_BYTES",
         description="Largest request body accepted (413 above it).")

@@ -11,11 +11,12 @@ and the CLI, never at import time. ``Settings(...)`` reads nothing but its argum
 
 from __future__ import annotations
 
+import ipaddress
 import pathlib
 from collections.abc import Mapping
 from typing import Any, Literal, Self
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, IPvAnyAddress, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -95,6 +96,8 @@ class Settings(BaseSettings):
     task_soft_time_limit: float = _var("NOTIFICATION_TASK_SOFT_TIME_LIMIT", 60.0, gt=0)
     task_time_limit: float = _var("NOTIFICATION_TASK_TIME_LIMIT", 90.0, gt=0)
     metrics_port: int = _var("NOTIFICATION_METRICS_PORT", 9808, ge=0, le=65535)
+    #: Loopback by default; a deployment whose scraper or probes come from outside the pod sets 0.0.0.0.
+    metrics_addr: IPvAnyAddress = _var("NOTIFICATION_METRICS_ADDR", ipaddress.ip_address("127.0.0.1"))
     log_format: Literal["json", "console"] = _var("NOTIFICATION_LOG_FORMAT", "console")
     log_level: LogLevel = _var("NOTIFICATION_LOG_LEVEL", "INFO")
     #: Every worker process publishes the delivery receipts outbox (``receipts/publisher.py``).

@@ -27,8 +27,21 @@ NOTIFICATION_REQUESTED = "notification.requested"
 NOTIFICATION_REQUESTED_VERSIONS = (1,)
 #: Locales are BCP 47-ish tags: ``en``, ``de``, ``pt-BR``.
 LOCALE_PATTERN = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$"
-#: One line of text: no control characters (CR/LF would end an e-mail header, NUL breaks PostgreSQL).
-SINGLE_LINE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+#: Invisible characters that change how text reads, refused in all text besides the C0 controls
+#: (a regular-expression class body, for the patterns below and the API's multi-line rule):
+#: DEL and the C1 controls U+0080-U+009F (NEL is a line break to some readers, CSI starts a
+#: terminal escape); the line and paragraph separators U+2028/U+2029 (line breaks to JavaScript,
+#: ``str.splitlines`` and some mail clients, not to others); the bidi embedding, override and
+#: isolate controls U+202A-U+202E and U+2066-U+2069 (they reorder what a reader sees: a name
+#: could make the line of an e-mail read backwards, "Trojan Source"); the deprecated format
+#: controls U+206A-U+206F; U+FEFF (a byte-order mark has no place inside text); the interlinear
+#: annotation controls U+FFF9-U+FFFB. Kept, because languages need them: ZWJ and ZWNJ (Persian,
+#: Indic scripts, emoji sequences), the direction marks LRM, RLM and ALM (they only mark, never
+#: override), the soft hyphen and the zero-width space (Thai, Khmer).
+INVISIBLE_CONTROLS = r"\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u206f\ufeff\ufff9-\ufffb"
+#: One line of text: no control characters (CR/LF would end an e-mail header, NUL breaks PostgreSQL),
+#: nor any of ``INVISIBLE_CONTROLS``.
+SINGLE_LINE_PATTERN = rf"^[^\x00-\x1f{INVISIBLE_CONTROLS}]*$"
 
 
 class _WholeValue(validate.Regexp):
@@ -41,13 +54,14 @@ class _WholeValue(validate.Regexp):
 
 
 #: The same rule as a marshmallow validator (apispec turns it into the JSON Schema's ``pattern``).
-single_line = _WholeValue(SINGLE_LINE_PATTERN, error="Must be one line without control characters.")
+single_line = _WholeValue(SINGLE_LINE_PATTERN,
+                          error="Must be one line without control, line-separator or bidi-override characters.")
 #: An address every mail server can take. Only ASCII before the @: a non-ASCII local part
 #: needs SMTPUTF8 on every hop to the mailbox, which no producer can know. The domain may be
 #: international (sent in its IDNA ASCII form, ``ascii_email``), without the four characters
 #: IDNA 2003 and IDNA 2008 read differently (ß, ς, ZWNJ, ZWJ: one address, two domains).
-#: One line, like ``SINGLE_LINE_PATTERN``: no control character anywhere.
-DELIVERABLE_EMAIL_PATTERN = r"^[\x20-\x7e]+@[^@\x00-\x1f\x7f\u00df\u03c2\u200c\u200d]+$"
+#: One line, like ``SINGLE_LINE_PATTERN``: no control character (nor ``INVISIBLE_CONTROLS``) anywhere.
+DELIVERABLE_EMAIL_PATTERN = rf"^[\x20-\x7e]+@[^@\x00-\x1f{INVISIBLE_CONTROLS}\u00df\u03c2\u200c\u200d]+$"
 deliverable_email = _WholeValue(
     DELIVERABLE_EMAIL_PATTERN,
     error="Must be an address every mail server can deliver: one line, only ASCII characters before the @ "

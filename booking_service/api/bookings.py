@@ -143,10 +143,14 @@ class BookingItem(MethodView):
     @blp.response(200, BookingSchema)
     @blp.doc(responses=error_responses(404, 409))
     def patch(self, data, booking_id):
-        """Reschedule: move the booking; its reminder moves with it."""
+        """Reschedule: move the booking; its reminder moves with it.
+
+        409: the resource is already booked for that time, the booking is cancelled, or it was
+        rescheduled as often as the service allows (``BOOKING_MAX_RESCHEDULES``, 10 by default).
+        """
         with db_session().begin():
             booking = bookings.reschedule(db_session(), str(booking_id), data["starts_at"], data["ends_at"],
-                                          g.request_id, _lead())
+                                          g.request_id, _lead(), _settings().max_reschedules)
         return booking
 
 

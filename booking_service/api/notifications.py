@@ -7,13 +7,16 @@ markup, and a client escapes it like any other text before showing it.
 
 from __future__ import annotations
 
+import json
+
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 
 from booking_service.api.auth import require_api_key
 from booking_service.api.context import db_session
-from booking_service.api.openapi import error_responses
+from booking_service.api.openapi import PAGINATION_HEADERS, error_responses
+from booking_service.api.schemas import MAX_PAGE_SIZE, PageQuerySchema, pagination_metadata
 from booking_service.core import timeline
 from shared.messages import AwareDateTime
 
@@ -71,10 +74,24 @@ class BookingNotificationsSchema(Schema):
     notifications = fields.List(fields.Nested(NotificationStorySchema))
 
 
+#: Default page size: every notification of a booking within the default reschedule limit
+#: (confirmation and reminder, two per reschedule, the cancellation: 23) fits on the first page.
+DEFAULT_PAGE_SIZE = 25
+
+
+class NotificationQuerySchema(PageQuerySchema):
+    page_size = fields.Integer(load_default=DEFAULT_PAGE_SIZE, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
+
+
 @blp.route("/<uuid:booking_id>/notifications")
 class BookingNotifications(MethodView):
-    @blp.response(200, BookingNotificationsSchema)
+    @blp.arguments(NotificationQuerySchema, location="query")
+    @blp.response(200, BookingNotificationsSchema, headers=PAGINATION_HEADERS)
     @blp.doc(responses=error_responses(404))  # 401 and the error shape come with every /v1 operation
-    def get(self, booking_id):
-        """What became of the booking's notifications: each one, and per channel its current status."""
-        return timeline.timeline(db_session(), str(booking_id))
+    def get(self, query, booking_id):
+        """What became of the booking's notifications: each one, and per channel its current status.
+
+        Paginated (page, page_size; the X-Pagination header counts notifications), oldest first.
+        """
+        story, total = timeline.timeline(db_session(), str(booking_id), query["page"], query["page_size"])
+        return story, {"X-Pagination": json.dumps(pagination_metadata(query["page"], query["page_size"], total))}

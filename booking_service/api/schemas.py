@@ -18,6 +18,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from booking_service.core.outbox import iso_utc
 from shared.messages import (
+    INVISIBLE_CONTROLS,
     LOCALE_PATTERN,
     MAX_TIMEZONE_LENGTH,
     AwareDateTime,
@@ -35,8 +36,16 @@ MAX_LOCALE_LENGTH = 35
 #: Highest page number of a listing (page x page_size stays far inside a 64-bit OFFSET).
 MAX_PAGE = 1_000_000
 MAX_PAGE_SIZE = 100
-#: Free text (notes) may span lines, but holds no other control character (NUL breaks PostgreSQL).
-MULTI_LINE_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+#: Free text (notes) may span lines with tab, LF and CR, but holds no other control character (NUL
+#: breaks PostgreSQL) and none of the contract's ``INVISIBLE_CONTROLS`` (C1, U+2028/U+2029, bidi controls).
+MULTI_LINE_PATTERN = rf"^[^\x00-\x08\x0b\x0c\x0e-\x1f{INVISIBLE_CONTROLS}]*$"
+#: Push tokens of one booking. Every notification goes to each of them, so this bounds the fan-out
+#: of one request: a create or a reschedule writes 2 outbox rows, each 1 e-mail + at most 5 pushes.
+#: (The contract takes 20; bookings stored before this limit keep theirs.)
+MAX_PUSH_TOKENS = 5
+#: Characters of one booking's push tokens together. Each outbox row of the booking copies them, so
+#: this bounds what one request stores; one token may still use the contract's 4096.
+MAX_PUSH_TOKENS_CHARACTERS = 4096
 
 
 def _no_final_newline(value: str) -> None:
@@ -81,6 +90,11 @@ class BoundedDateTime(AwareDateTime):
         return parsed
 
 
+def _push_tokens_characters(tokens: list[str]) -> None:
+    if sum(len(token) for token in tokens) > MAX_PUSH_TOKENS_CHARACTERS:
+        raise ValidationError(f"Push tokens may hold at most {MAX_PUSH_TOKENS_CHARACTERS} characters together.")
+
+
 class CustomerSchema(Schema):
     name = fields.String(required=True, validate=_text(200))
     # deliverable_email is one line too (ONE_LINE's rule): one pattern for the OpenAPI document.
@@ -90,7 +104,11 @@ class CustomerSchema(Schema):
     timezone = fields.String(load_default="UTC",
                              validate=[validate.Length(min=1, max=MAX_TIMEZONE_LENGTH), validate_timezone],
                              metadata={"description": "IANA name"})
-    push_tokens = fields.List(fields.String(validate=_text(4096)), load_default=list, validate=validate.Length(max=20))
+    push_tokens = fields.List(
+        fields.String(validate=_text(MAX_PUSH_TOKENS_CHARACTERS)), load_default=list,
+        validate=[validate.Length(max=MAX_PUSH_TOKENS), _push_tokens_characters],
+        metadata={"description": f"At most {MAX_PUSH_TOKENS} tokens of at most {MAX_PUSH_TOKENS_CHARACTERS} "
+                                 "characters together; each notification is pushed to every one"})
 
 
 class _TimeRange(Schema):
@@ -108,7 +126,8 @@ class BookingCreateSchema(_TimeRange):
     notes = fields.String(load_default=None, allow_none=True, validate=[
         validate.Length(max=2000),
         validate.Regexp(MULTI_LINE_PATTERN,
-                        error="Must be text without control characters other than tab and line breaks."),
+                        error="Must be text without control characters other than tab and line breaks "
+                              "(no C1, line-separator or bidi-override characters)."),
     ])
 
 
@@ -172,19 +191,25 @@ def booking_document(values: Mapping[str, Any]) -> dict:
     }
 
 
-class BookingQuerySchema(Schema):
+class PageQuerySchema(Schema):
+    """``page`` and ``page_size`` of a paginated listing (its X-Pagination header says where it is)."""
+
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE))
+    page_size = fields.Integer(load_default=10, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
+
+
+class BookingQuerySchema(PageQuerySchema):
     resource_id = fields.String(validate=_text(200))
     status = fields.String(validate=validate.OneOf(["confirmed", "cancelled"]))
     starts_from = BoundedDateTime(data_key="from", metadata={"description": "bookings ending after this time"})
     starts_to = BoundedDateTime(data_key="to", metadata={"description": "bookings starting before this time"})
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE))
-    page_size = fields.Integer(load_default=10, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
 
 
 class PaginationSchema(Schema):
     """What the X-Pagination header carries, as a JSON string (flask-smorest's fields and rules)."""
 
-    total = fields.Integer(required=True, metadata={"description": "Number of bookings that match"})
+    total = fields.Integer(required=True, metadata={"description": "Number of items (bookings, notifications) "
+                                                                   "that match"})
     total_pages = fields.Integer(required=True)
     first_page = fields.Integer(metadata={"description": "Absent when nothing matches"})
     last_page = fields.Integer(metadata={"description": "Absent when nothing matches"})

@@ -75,7 +75,8 @@ def _overlap(resource_id: str, starts_at: datetime, ends_at: datetime, ignore: s
 def _refuse_overlap(conn: sa.Connection, resource_id: str, starts_at: datetime, ends_at: datetime,
                     ignore: str | None = None) -> None:
     if conn.execute(_overlap(resource_id, starts_at, ends_at, ignore)).first() is not None:
-        raise Conflict(f"Resource {resource_id!r} is already booked between {starts_at.isoformat()} and {ends_at.isoformat()}.")
+        raise Conflict(f"Resource {resource_id!r} is already booked between {starts_at.isoformat()} and "
+                       f"{ends_at.isoformat()}.")
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,20 @@ def cancel(session: Session, booking_id: str, correlation_id: str) -> Booking:
     return booking
 
 
+def reschedules(booking: Booking) -> int:
+    """Times ``booking`` was rescheduled: its version - 1, as every change of an active booking is a reschedule."""
+    return booking.version - 1
+
+
 def reschedule(session: Session, booking_id: str, starts_at: datetime, ends_at: datetime, correlation_id: str,
-               reminder_lead: timedelta) -> Booking:
+               reminder_lead: timedelta, max_reschedules: int) -> Booking:
+    """Move an active booking; ``Conflict`` when the slot is taken or it was moved ``max_reschedules`` times."""
     booking = _get_for_change(session, booking_id)
+    if reschedules(booking) >= max_reschedules:
+        # Each move stores and sends two more notifications to every address of the booking: without
+        # a limit one booking could be moved, and its customer notified, without end.
+        raise Conflict(f"Booking {booking_id} was rescheduled {reschedules(booking)} times, the limit "
+                       f"(BOOKING_MAX_RESCHEDULES={max_reschedules}); cancel it and make a new booking instead.")
     _refuse_overlap(session.connection(), booking.resource_id, starts_at, ends_at, ignore=booking.id)
     previous = booking.starts_at
     booking.starts_at, booking.ends_at = starts_at, ends_at

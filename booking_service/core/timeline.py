@@ -4,7 +4,9 @@ Each notification the booking caused (event, when requested, when the relay
 published it, or that it was withdrawn) with, per delivery (one channel and
 masked address), the current status (the receipt with the highest sequence,
 whatever order receipts arrived in), attempts, last change, reason and the
-history in sequence order. Read-only; two queries.
+history in sequence order. Read-only; three queries, each bounded by one page of
+notifications (a booking's notifications grow with every reschedule: the page keeps
+one answer's size and work bounded however many there are).
 
 Receipts can be forged, so the timeline takes a receipt only for the booking
 and the delivery it names: one of this booking's notifications *and* this
@@ -58,15 +60,22 @@ def _delivery(history: list[NotificationReceipt]) -> dict:
     }
 
 
-def timeline(session: Session, booking_id: str) -> dict:
-    """The story of ``booking_id``'s notifications; ``NotFound`` when there is no such booking."""
+def timeline(session: Session, booking_id: str, page: int, page_size: int) -> tuple[dict, int]:
+    """One page of the story of ``booking_id``'s notifications, oldest first, and how many it has in all.
+
+    Raises ``NotFound`` when there is no such booking.
+    """
     booking = bookings.get(session, booking_id)
+    total = session.execute(
+        sa.select(sa.func.count()).select_from(OutboxMessage).where(OutboxMessage.booking_id == booking.id)
+    ).scalar_one()
     rows = session.execute(
         sa.select(OutboxMessage.notification_id, OutboxMessage.event, OutboxMessage.status,
                   OutboxMessage.created_at, OutboxMessage.available_at, OutboxMessage.published_at,
                   OutboxMessage.correlation_id)
         .where(OutboxMessage.booking_id == booking.id)
         .order_by(OutboxMessage.created_at, OutboxMessage.id)
+        .offset((page - 1) * page_size).limit(page_size)
     ).all()
     by_delivery: dict[tuple[str, str], list[NotificationReceipt]] = {}
     if rows:
@@ -81,7 +90,7 @@ def timeline(session: Session, booking_id: str) -> dict:
     for history in by_delivery.values():
         per_notification.setdefault(history[0].notification_id, []).append(_delivery(history))
     now = utcnow()
-    return {
+    story = {
         "booking_id": booking.id,
         "booking_status": booking.status,
         "booking_version": booking.version,
@@ -100,3 +109,4 @@ def timeline(session: Session, booking_id: str) -> dict:
             for row in rows
         ],
     }
+    return story, total

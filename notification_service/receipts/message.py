@@ -17,11 +17,13 @@ import shared
 from notification_service.delivery.timestamps import aware
 from notification_service.providers.http import scrub
 from notification_service.receipts.outbox import ReceiptRow
+from shared.messages import INVISIBLE_CONTROLS
 from shared.receipts import MAX_REASON_LENGTH, mask_email
 from shared.wire import CORRELATION_HEADER, MESSAGE_TYPE_HEADER
 
 _EMAIL_LIKE = re.compile(r"[^\s@<>\"'(),;:\[\]]+@[^\s@<>\"'(),;:\[\]]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# The contract's text rule: a reason with a C1 or bidi control would be refused as a receipt.
+_CONTROL = re.compile(rf"[\x00-\x1f{INVISIBLE_CONTROLS}]")
 
 
 def one_line(text: str | None, limit: int) -> str | None:

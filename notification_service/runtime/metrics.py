@@ -2,6 +2,9 @@
 
 The worker runs the threads pool (one process), so the default registry and
 one ``start_http_server`` are correct; prefork would need multiprocess mode.
+It listens on ``NOTIFICATION_METRICS_ADDR``, loopback unless a deployment opens
+it for its scraper: the counters name queues and providers, nothing anyone
+else on the network needs.
 """
 
 from __future__ import annotations
@@ -12,23 +15,25 @@ from prometheus_client import Counter, Histogram, start_http_server
 
 TASKS = Counter("notification_tasks_total", "Tasks finished, by task name and outcome.", ["task", "outcome"])
 RETRIES = Counter("notification_task_retries_total", "Retries scheduled, by task name.", ["task"])
-DEAD_LETTERS = Counter("notification_dead_letters_total", "Messages rejected into a dead-letter queue.", ["queue", "kind"])
+DEAD_LETTERS = Counter("notification_dead_letters_total", "Messages rejected into a dead-letter queue.",
+                       ["queue", "kind"])
 PROVIDER_LATENCY = Histogram("notification_provider_seconds", "Provider call latency.", ["provider"])
 RECEIPTS_PUBLISHED = Counter("notification_receipts_published_total", "Delivery receipts confirmed by the broker.")
 RECEIPT_PUBLISH_FAILURES = Counter("notification_receipt_publish_failures_total",
                                    "Receipt publish failures, by reason.", ["reason"])
 DB_TRANSACTIONS = Counter("notification_db_transactions_total", "Delivery-log transactions committed or rolled back.")
 
-_started: set[int] = set()
+#: Port -> the address its /metrics server listens on, in this process.
+_started: dict[int, tuple[str, int]] = {}
 _lock = threading.Lock()
 
 
-def start(port: int) -> None:
-    """Serve /metrics on ``port`` once per process; 0 disables it."""
+def start(port: int, addr: str = "127.0.0.1") -> tuple[str, int] | None:
+    """Serve /metrics on ``addr``:``port`` once per process; 0 disables it. Returns where it listens."""
     if not port:
-        return
+        return None
     with _lock:
-        if port in _started:
-            return
-        start_http_server(port)
-        _started.add(port)
+        if port not in _started:
+            server, _thread = start_http_server(port, addr=addr)
+            _started[port] = server.socket.getsockname()[:2]
+        return _started[port]

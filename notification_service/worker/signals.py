@@ -41,7 +41,7 @@ def _declare_topology(sender=None, **_kwargs) -> None:
         topology.declare(connection)
     from notification_service.runtime import metrics
 
-    metrics.start(app.settings.metrics_port)
+    metrics.start(app.settings.metrics_port, str(app.settings.metrics_addr))
 
 
 def _start_receipts(sender=None, **_kwargs) -> None:

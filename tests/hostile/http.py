@@ -3,7 +3,8 @@
 Each case is a ``Case``: a request and the 4xx it must get. Replayed by
 ``tests/booking/test_hostile_http.py`` against the app on SQLite and on PostgreSQL:
 every one must be answered with that status in the one error shape, never a 500,
-and must store nothing. ``{booking_id}`` in a path is an existing booking.
+and must store nothing. ``{booking_id}`` in a path is an existing booking,
+``{fully_rescheduled_id}`` one already rescheduled ``BOOKING_MAX_RESCHEDULES`` times.
 """
 
 from __future__ import annotations
@@ -105,6 +106,22 @@ def cases() -> list[Case]:
         post("name-201-characters", _json(_with(customer__name="n" * 201))),
         post("notes-2001-characters", _json(_with(notes="n" * 2001))),
         post("21-push-tokens", _json(_with(customer__push_tokens=[f"t{i}" for i in range(21)]))),
+        # Every notification goes to every token: 20 tokens made one 72-byte PATCH 2 x 21 deliveries.
+        post("6-push-tokens", _json(_with(customer__push_tokens=[f"t{i}" for i in range(6)]))),
+        post("push-tokens-4097-characters-together", _json(_with(customer__push_tokens=["a" * 2048, "b" * 2049]))),
+        # C1, line separators and bidi controls passed the "no control characters" rule.
+        post("c1-next-line-in-name", _json(_with(customer__name="Grace\x85Bcc: victim@example.org"))),
+        post("c1-csi-in-resource", _json(_with(resource_id="room\x9b31m"))),
+        post("line-separator-in-name", _json(_with(customer__name="Grace\u2028Hopper"))),
+        post("paragraph-separator-in-resource", _json(_with(resource_id="room\u2029"))),
+        post("bidi-override-in-name", _json(_with(customer__name="Grace \u202egro.elpmaxe"))),
+        post("bidi-isolate-in-push-token", _json(_with(customer__push_tokens=["tok\u2066"]))),
+        post("byte-order-mark-in-resource", _json(_with(resource_id="\ufeffroom"))),
+        post("c1-in-email-domain", _json(_with(customer__email="grace@exa\x85mple.org"))),
+        post("bidi-override-in-email-domain", _json(_with(customer__email="grace@\u202eexample.org"))),
+        post("c1-in-notes", _json(_with(notes="first line\n\x85second"))),
+        post("line-separator-in-notes", _json(_with(notes="first line\u2028second"))),
+        post("bidi-isolate-in-notes", _json(_with(notes="total: \u2067100\u2069"))),
         post("timezone-region-folder", _json(_with(customer__timezone="Europe"))),
         post("timezone-subfolder", _json(_with(customer__timezone="America/Argentina"))),
         post("timezone-path", _json(_with(customer__timezone="../../../etc/passwd"))),
@@ -130,6 +147,9 @@ def cases() -> list[Case]:
         patch("reschedule-unknown-field", _json({**move, "resource_id": "elsewhere"})),
         Case("reschedule-unknown-booking", "PATCH", "/v1/bookings/00000000-0000-4000-8000-000000000000", 404,
              _json(move), {"Content-Type": "application/json"}),
+        # One booking moved without end: two more notifications to every address each time.
+        Case("reschedule-over-the-limit", "PATCH", "/v1/bookings/{fully_rescheduled_id}", 409, _json(move),
+             {"Content-Type": "application/json"}),
         Case("cancel-unknown-booking", "POST", "/v1/bookings/00000000-0000-4000-8000-000000000000/cancel", 404),
         # The listing's query.
         get("page-20-digits", "page=99999999999999999999"),
@@ -143,6 +163,13 @@ def cases() -> list[Case]:
         get("resource-crlf", "resource_id=x%0D%0Ay"),
         get("resource-201-characters", "resource_id=" + "r" * 201),
         get("status-unknown", "status=everything"),
+        get("resource-line-separator", "resource_id=x%E2%80%A8y"),
+        get("resource-c1", "resource_id=x%C2%85y"),
+        # The notification story was one unpaginated answer (909 KB after 100 PATCHes).
+        Case("notifications-page-zero", "GET", "/v1/bookings/{booking_id}/notifications?page=0", 422),
+        Case("notifications-page-size-101", "GET", "/v1/bookings/{booking_id}/notifications?page_size=101", 422),
+        Case("notifications-page-20-digits", "GET",
+             "/v1/bookings/{booking_id}/notifications?page=99999999999999999999", 422),
         # Methods and routes.
         Case("made-up-method", "QHWIJGUUDKTU", "/v1/bookings", 405),
         Case("made-up-method-unknown-route", "QHWIJGUUDKTU", "/x", 404),

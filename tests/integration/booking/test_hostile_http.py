@@ -29,13 +29,26 @@ def error_schema(client) -> dict:
     return {"$ref": "#/components/schemas/Error", "components": spec["components"]}
 
 
-def test_every_hostile_request_gets_its_4xx_in_the_error_shape_and_stores_nothing(client, session_factory, error_schema):
+def fully_rescheduled(client, settings) -> str:
+    """A booking of its own resource, rescheduled as often as the settings allow."""
+    created = client.post("/v1/bookings", json={**VALID, "resource_id": "room-hostile-moved"}, headers=AUTH)
+    assert created.status_code == 201, created.json
+    for n in range(settings.max_reschedules):
+        move = {"starts_at": f"2031-04-{n + 1:02d}T09:00:00Z", "ends_at": f"2031-04-{n + 1:02d}T10:00:00Z"}
+        moved = client.patch(f"/v1/bookings/{created.json['id']}", json=move, headers=AUTH)
+        assert moved.status_code == 200, moved.json
+    return created.json["id"]
+
+
+def test_every_hostile_request_gets_its_4xx_in_the_error_shape_and_stores_nothing(client, session_factory, settings,
+                                                                                  error_schema):
     existing = client.post("/v1/bookings", json=VALID, headers=AUTH)
     assert existing.status_code == 201, existing.json
+    ids = {"booking_id": existing.json["id"], "fully_rescheduled_id": fully_rescheduled(client, settings)}
     before = stored(session_factory)
     answers = {}
     for case in CASES:
-        response = client.open(case.path.format(booking_id=existing.json["id"]), method=case.method, data=case.body,
+        response = client.open(case.path.format(**ids), method=case.method, data=case.body,
                                headers={**AUTH, **case.headers, "X-Request-ID": f"hostile-{case.name}"})
         answers[case.name] = response.status_code
         assert response.status_code == case.status, (case.name, response.status_code, response.data[:300])
