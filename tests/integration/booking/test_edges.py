@@ -65,7 +65,9 @@ def test_readyz_stays_200_but_degraded_when_the_broker_is_away(settings, client)
         assert ready.status_code == 200
         assert ready.json["status"] == "degraded" and ready.json["checks"]["broker"] == "unreachable"
         assert ready.json["checks"]["outbox"]["pending_due"] == 1
-        assert client.get("/readyz").json["status"] == "ok"  # the same database, the real broker
+        # The same database and the real broker: reachable. (Its status also says whether a receipts
+        # consumer is attached, which on the shared broker depends on what else runs there.)
+        assert client.get("/readyz").json["checks"]["broker"] == "ok"
     finally:
         app.extensions["booking_engine"].dispose()
 
