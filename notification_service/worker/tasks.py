@@ -135,6 +135,11 @@ def _send(task: NotificationTask, did: str, provider, content, expires_at) -> st
         # never send in parallel; look again when that lease ends.
         log.info("another attempt holds the delivery; deferred", countdown=round(result.retry_in, 1))
         task.defer(result.retry_in)
+    elif result.outcome is delivery.Outcome.WAITING:
+        # An older message of the booking is at its provider on this channel: this newer one goes
+        # after it, so the customer's last message is the newest.
+        log.info("an older message of the booking is being sent; deferred", countdown=round(result.retry_in, 1))
+        task.defer(result.retry_in)
     elif result.outcome is delivery.Outcome.SENT:
         log.info("sent", attempt=result.attempt)
     return result.outcome.value
