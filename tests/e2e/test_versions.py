@@ -11,13 +11,12 @@ confirmation at the provider waits for it.
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -27,28 +26,20 @@ ROUNDS = 50
 
 
 class FlakyPush(FakePush):
-    """The e2e push provider, answering 503 (``Retry-After: 1``) to a seeded third of the calls."""
+    """The e2e push provider, answering 503 (``Retry-After: 1``) to a seeded third of the calls.
 
-    def handler(self):
-        fake, chance = self, random.Random(15)
+    ``FakePush``'s handler reads ``status`` once per call, under its lock: here each read is a draw.
+    """
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server naming
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with fake.lock:
-                    status = 503 if chance.random() < 0.3 else 200
-                    fake.calls.append({"status": status, "headers": dict(self.headers), "json": json.loads(body)})
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                if status == 503:
-                    self.send_header("Retry-After", "1")
-                self.end_headers()
-                self.wfile.write(json.dumps({"name": f"projects/fake/messages/{len(fake.calls)}"}).encode())
+    chance = random.Random(15)
 
-            def log_message(self, *args):
-                return
+    @property
+    def status(self) -> int:
+        return 503 if self.chance.random() < 0.3 else 200
 
-        return Handler
+    @status.setter
+    def status(self, _value: int) -> None:
+        return  # FakePush's constructor sets its default; every answer is drawn instead
 
 
 @pytest.fixture
