@@ -9,15 +9,30 @@ The rules:
 * dispatch creates every delivery of a notification in one transaction and
   hands back only those still ``pending``: a re-run dispatch (broker redelivery,
   relay resend) never republishes a delivery that has an attempt;
-* a notification older than a cancellation processed for its booking is
-  ``stale`` and never sent, at dispatch and again when a send starts;
+* a delivery is ``stale``, and never sent, when it is older than a
+  cancellation processed for its booking, or when a message of a newer version
+  of the same booking that supersedes it was already opened (dispatched) on its
+  channel. "Supersedes" is by kind (``supersession.py``): a confirmation or a
+  reschedule supersedes older confirmations, reschedules and reminders; a
+  reminder supersedes older reminders; a cancellation supersedes everything
+  older. Staleness is checked at dispatch and again when a send starts;
+* a newer message waits while an older one it supersedes is at its provider
+  on the same channel (under a live lease): with the rule above, the last
+  message the customer gets on a channel describes the latest version;
 * a send whose message expired (a reminder after the booking started) is
   recorded ``expired`` and not sent;
 * a send claims an owner-stamped lease (worker identity, attempt number,
   expiry) in one write and records the outcome in one more. A lease is taken
   over only when it has expired or its owner is known dead, never because the
   broker marked a message ``redelivered``: a copy that finds a live lease is
-  deferred until the lease ends;
+  deferred until the lease ends. A stale delivery left ``sending`` by a dead
+  or expired owner is recorded stale at once (with its receipt), not taken over;
+* **no copy is ever deferred past the moment its lease ends**: a copy is
+  deferred (``DEFERRED``, ``WAITING``) only while a live lease stands in its
+  way, its ``retry_in`` is at most that lease's remaining time plus one
+  second, and a look after the lease ended claims the delivery, takes it
+  over, or records it stale or final. A delivery log that answers with an
+  ended lease breaks this, and the send fails loudly instead of deferring;
 * nothing ever moves a delivery out of ``sent``, and an attempt that lost its
   lease cannot overwrite what the newer attempt recorded.
 """
@@ -36,6 +51,8 @@ from notification_service.errors import PermanentError
 
 #: ``last_error`` of deliveries dropped because a newer cancellation was processed.
 STALE_REASON = "older than a processed cancellation"
+#: ``last_error`` of deliveries dropped because a newer version's message superseded them (``supersession.py``).
+SUPERSEDED_REASON = "superseded by a newer version's message"
 #: ``last_error`` of deliveries dropped because their message expired (a reminder after the start).
 EXPIRED_REASON = "expired before it was sent"
 
@@ -58,7 +75,10 @@ class BookingRef:
 
 @dataclass(frozen=True)
 class Opened:
-    """What dispatch found: stale, or the deliveries (channel, address, id) that still need a send."""
+    """What dispatch found: stale, or the deliveries (channel, address, id) that still need a send.
+
+    ``stale``: older than a processed cancellation, or superseded on every channel it still had to send on.
+    """
 
     stale: bool
     pending: list[tuple[str, str, str]]
@@ -68,7 +88,8 @@ class ClaimResult(enum.Enum):
     CLAIMED = "claimed"    # this attempt holds the lease: send
     FINAL = "final"        # sent, stale or expired: never send again
     LEASED = "leased"      # another attempt holds a lease (see lease_owner / lease_expires_at)
-    STALE = "stale"        # older than a processed cancellation: recorded stale now
+    WAITING = "waiting"    # an older message this one supersedes is in flight (its lease_owner / lease_expires_at)
+    STALE = "stale"        # older than a processed cancellation, or superseded: recorded stale now
     MISSING = "missing"    # no such delivery in the log
 
 
@@ -117,6 +138,7 @@ class Outcome(str, enum.Enum):
     STALE = "stale"
     EXPIRED = "expired"
     DEFERRED = "deferred"  # another attempt holds a live lease: look again when it ends
+    WAITING = "waiting"    # an older message of the booking is at its provider: look again soon
 
 
 @dataclass(frozen=True)
@@ -124,7 +146,7 @@ class SendResult:
     outcome: Outcome
     attempt: int = 0
     provider_message_id: str | None = None
-    #: For DEFERRED: seconds until the other attempt's lease ends.
+    #: For DEFERRED and WAITING: when to look again (never past the end of the lease in the way, + 1 s).
     retry_in: float = 0.0
 
 
@@ -132,6 +154,11 @@ class SendResult:
 class SendJob:
     delivery_id: str
     expires_at: datetime | None = None
+
+
+#: A newer message waiting for an older one at its provider looks again after at most this many
+#: seconds: a provider call usually ends long before the lease that bounds it.
+WAITING_POLL_SECONDS = 2.0
 
 
 def open_deliveries(log: DeliveryLog, *, notification_id: str, event: str, booking: BookingRef,
@@ -165,9 +192,8 @@ def send(job: SendJob, content, *, log: DeliveryLog, provider: Provider, owner: 
         return SendResult(Outcome.DONE)
     if claim.result is ClaimResult.STALE:
         return SendResult(Outcome.STALE)
-    if claim.result is ClaimResult.LEASED:
-        remaining = (claim.lease_expires_at - moment).total_seconds() if claim.lease_expires_at else lease_seconds
-        return SendResult(Outcome.DEFERRED, retry_in=max(1.0, remaining + 1.0))
+    if claim.result in (ClaimResult.LEASED, ClaimResult.WAITING):
+        return _deferred(did, claim, moment)
     attempt = claim.attempt
     try:
         provider_message_id = str(provider.send(content))[:500]
@@ -180,3 +206,14 @@ def send(job: SendJob, content, *, log: DeliveryLog, provider: Provider, owner: 
         raise
     log.finish(did, owner.id, attempt, DeliveryStatus.SENT, now(), provider_message_id=provider_message_id)
     return SendResult(Outcome.SENT, attempt=attempt, provider_message_id=provider_message_id)
+
+
+def _deferred(did: str, claim: Claim, moment: datetime) -> SendResult:
+    """Look again when the lease in the way ends (LEASED), or soon (WAITING): never past that lease's end."""
+    if claim.lease_expires_at is None or claim.lease_expires_at < moment:
+        # Deferring on an ended lease is how a copy came back every second for minutes: refuse it.
+        raise RuntimeError(f"delivery {did}: the delivery log answered {claim.result.value} with an ended lease")
+    until_end = (claim.lease_expires_at - moment).total_seconds() + 1.0
+    if claim.result is ClaimResult.WAITING:
+        return SendResult(Outcome.WAITING, retry_in=min(until_end, WAITING_POLL_SECONDS))
+    return SendResult(Outcome.DEFERRED, retry_in=until_end)

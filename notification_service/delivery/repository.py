@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from notification_service.delivery.engine import make_engine
 from notification_service.delivery.machine import (
     STALE_REASON,
+    SUPERSEDED_REASON,
     BookingRef,
     Claim,
     ClaimResult,
@@ -95,7 +96,8 @@ class SqlDeliveryLog:
         common = {"nid": nid, "bid": booking.booking_id, "version": booking.version, "event": event, "now": ts,
                   "cid": correlation_id and str(correlation_id)[:200]}
         with self._transaction() as cur:
-            if self._observe_booking(cur, booking, ts):
+            cancelled, newer_seen = self._observe_booking(cur, booking, ts)
+            if cancelled:
                 cur.execute(self.sql["stale_notification"], {"nid": nid, "now": ts, "reason": STALE_REASON})
                 for did, seq, attempts in cur.fetchall():
                     self._receipt(cur, did, (seq, attempts), "stale", ts, reason=STALE_REASON)
@@ -115,10 +117,20 @@ class SqlDeliveryLog:
             if len(fresh) < len(rows):  # a re-run: which of the older ones are still pending?
                 cur.execute(self.sql["pending_of_notification"], {"nid": nid})
                 fresh.update(r[0] for r in cur.fetchall())
-        return Opened(stale=False, pending=[row for row in rows if row[2] in fresh])
+            superseded: set[str] = set()
+            if newer_seen:  # only then can a newer version's message have been opened
+                cur.execute(self.sql["stale_superseded"], {"nid": nid, "now": ts, "reason": SUPERSEDED_REASON})
+                for did, seq, attempts in cur.fetchall():
+                    self._receipt(cur, did, (seq, attempts), "stale", ts, reason=SUPERSEDED_REASON)
+                    superseded.add(did)
+        pending = [row for row in rows if row[2] in fresh - superseded]
+        return Opened(stale=bool(superseded) and not pending, pending=pending)
 
-    def _observe_booking(self, cur, booking: BookingRef, ts) -> bool:
-        """Record a processed booking version; True when it is older than a processed cancellation."""
+    def _observe_booking(self, cur, booking: BookingRef, ts) -> tuple[bool, bool]:
+        """Record a processed booking version.
+
+        Returns (older than a processed cancellation, older than a version processed before).
+        """
         params = {"bid": booking.booking_id, "version": booking.version, "now": ts,
                   "cancelled": booking.version if booking.cancelled else None}
         cur.execute(self.sql["select_booking"], params)
@@ -126,17 +138,17 @@ class SqlDeliveryLog:
         if state is None:
             cur.execute(self.sql["insert_booking"], params)
             if cur.fetchall():
-                return False
+                return False, False
             cur.execute(self.sql["select_booking"], params)  # a concurrent dispatch inserted it first
             state = cur.fetchone()
         highest, cancelled = state
         if cancelled is not None and booking.version < cancelled:
-            return True
+            return True, True
         if booking.cancelled and booking.version > (cancelled or 0):
             cur.execute(self.sql["update_booking_cancelled"], params)
         elif booking.version > highest:
             cur.execute(self.sql["update_booking"], params)
-        return False
+        return False, booking.version < highest
 
     # -- one send ---------------------------------------------------------------
 
@@ -151,27 +163,41 @@ class SqlDeliveryLog:
     def _lease(self, statement: str, params: dict) -> Claim:
         """Run the leasing ``statement``; CLAIMED with the new attempt, or why the delivery is not ours."""
         with self._transaction() as cur:
+            if not self.sqlite:  # SQLite: BEGIN IMMEDIATE already serialises every writer
+                cur.execute(self.sql["gate_booking"], params)
             cur.execute(self.sql[statement], params)
             row = cur.fetchone()
             if row is not None:
                 return Claim(ClaimResult.CLAIMED, attempt=row[0])
-            return self._why_not(cur, params["did"], params["now"])
+            return self._why_not(cur, params["did"], params["now"], params.get("dead"))
 
-    def _why_not(self, cur, delivery_id: str, ts) -> Claim:
-        """The rare path: classify a failed claim (and record a stale delivery as such)."""
+    def _why_not(self, cur, delivery_id: str, ts, dead_owner: str | None) -> Claim:
+        """The rare path: classify a failed claim, and record a stale delivery as such.
+
+        A stale delivery is recorded stale at once unless a live attempt holds it (a lease that
+        has not ended, of an owner not known dead): a copy never waits for a lease that has
+        ended, nor for one whose owner is gone.
+        """
         cur.execute(self.sql["why_not"], {"did": delivery_id})
         row = cur.fetchone()
         if row is None:
             return Claim(ClaimResult.MISSING)
-        status, attempts, owner, expires, stale = row
+        status, attempts, owner, expires, cancelled, superseded = row
         if status in _FINAL:
             return Claim(ClaimResult.FINAL)
+        if cancelled or superseded:
+            reason = STALE_REASON if cancelled else SUPERSEDED_REASON
+            cur.execute(self.sql["mark_stale"], {"did": delivery_id, "now": ts, "reason": reason, "dead": dead_owner})
+            marked = cur.fetchone()
+            if marked is not None:
+                self._receipt(cur, delivery_id, marked, "stale", ts, reason=reason)
+                return Claim(ClaimResult.STALE)
         if status == DeliveryStatus.SENDING.value:
             return Claim(ClaimResult.LEASED, attempt=attempts, lease_owner=owner, lease_expires_at=aware(expires))
-        if stale:
-            cur.execute(self.sql["mark_stale"], {"did": delivery_id, "now": ts, "reason": STALE_REASON})
-            self._receipt(cur, delivery_id, cur.fetchone(), "stale", ts, reason=STALE_REASON)
-            return Claim(ClaimResult.STALE)
+        cur.execute(self.sql["older_in_flight"], {"did": delivery_id, "now": ts})
+        older = cur.fetchone()
+        if older is not None:
+            return Claim(ClaimResult.WAITING, attempt=attempts, lease_owner=older[0], lease_expires_at=aware(older[1]))
         raise RuntimeError(f"delivery {delivery_id} could not be claimed in state {status!r}")
 
     def finish(self, delivery_id: str, owner: str, attempt: int, status: DeliveryStatus, now: datetime, *,

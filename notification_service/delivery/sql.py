@@ -10,11 +10,34 @@ from __future__ import annotations
 import re
 
 from notification_service.delivery.status import CLAIMABLE
+from notification_service.delivery.supersession import supersedes_sql
 
 _CLAIMABLE_SQL = ", ".join(f"'{s.value}'" for s in CLAIMABLE)
 
-_STALE = ("EXISTS (SELECT 1 FROM booking_states b WHERE b.booking_id = deliveries.booking_id"
-          " AND b.cancelled_version > deliveries.booking_version)")
+#: Older than a cancellation processed for the booking (every channel).
+_CANCELLED = ("EXISTS (SELECT 1 FROM booking_states b WHERE b.booking_id = deliveries.booking_id"
+              " AND b.cancelled_version > deliveries.booking_version)")
+
+#: A message of a newer version that supersedes this one was opened on its channel (``supersession.py``).
+_SUPERSEDED = ("EXISTS (SELECT 1 FROM deliveries newer WHERE newer.booking_id = deliveries.booking_id"
+               " AND newer.channel = deliveries.channel AND newer.booking_version > deliveries.booking_version"
+               f" AND {supersedes_sql('newer.event', 'deliveries.event')})")
+
+_STALE = f"({_CANCELLED} OR {_SUPERSEDED})"
+
+
+def _older_in_flight(outer: str) -> str:
+    """Condition on ``older``: a message ``outer`` supersedes, at its provider under a live lease, same channel.
+
+    The newer one waits for it: the customer's last message must be the newer one.
+    """
+    return (f"older.booking_id = {outer}.booking_id AND older.channel = {outer}.channel"
+            f" AND older.booking_version < {outer}.booking_version AND older.status = 'sending'"
+            f" AND older.lease_expires_at >= :now AND {supersedes_sql(outer + '.event', 'older.event')}")
+
+
+#: A lease that has ended (a NULL end, from before leases had one, counts as ended).
+_ENDED = "(lease_expires_at IS NULL OR lease_expires_at < :now)"
 
 #: The hot path's statements, written once with ``:name`` parameters (see :func:`for_driver`).
 SQL = {
@@ -36,17 +59,37 @@ SQL = {
     "stale_notification": "UPDATE deliveries SET status = 'stale', last_error = :reason, updated_at = :now,"
                           " receipt_seq = receipt_seq + 1 WHERE notification_id = :nid"
                           " AND status IN ('pending', 'failed') RETURNING delivery_id, receipt_seq, attempts",
+    # Supersession at dispatch: this notification's deliveries that a newer version's message already
+    # opened on their channel made stale (run only when the booking has a newer version).
+    "stale_superseded": f"UPDATE deliveries SET status = 'stale', last_error = :reason, updated_at = :now,"
+                        f" receipt_seq = receipt_seq + 1 WHERE notification_id = :nid"
+                        f" AND status IN ('pending', 'failed') AND {_SUPERSEDED}"
+                        f" RETURNING delivery_id, receipt_seq, attempts",
+    # PostgreSQL only: a claim takes its turn with dispatches of the same booking (which hold the
+    # booking's row FOR UPDATE), so a claim never decides on a snapshot taken before a newer
+    # version's dispatch committed while committing after that version's own claim looked.
+    "gate_booking": "SELECT 1 FROM booking_states WHERE booking_id ="
+                    " (SELECT booking_id FROM deliveries WHERE delivery_id = :did) FOR SHARE",
     "claim": f"UPDATE deliveries SET status = 'sending', attempts = attempts + 1, lease_owner = :owner,"
              f" lease_expires_at = :until, updated_at = :now WHERE delivery_id = :did"
-             f" AND (status IN ({_CLAIMABLE_SQL}) OR (status = 'sending' AND lease_expires_at < :now))"
-             f" AND NOT {_STALE} RETURNING attempts",
+             f" AND (status IN ({_CLAIMABLE_SQL}) OR (status = 'sending' AND {_ENDED}))"
+             f" AND NOT {_STALE} AND NOT EXISTS (SELECT 1 FROM deliveries older WHERE {_older_in_flight('deliveries')})"
+             f" RETURNING attempts",
     "take_over": f"UPDATE deliveries SET attempts = attempts + 1, lease_owner = :owner, lease_expires_at = :until,"
                  f" updated_at = :now WHERE delivery_id = :did AND status = 'sending' AND lease_owner = :dead"
                  f" AND NOT {_STALE} RETURNING attempts",
-    "why_not": f"SELECT status, attempts, lease_owner, lease_expires_at, {_STALE} FROM deliveries"
+    "why_not": f"SELECT status, attempts, lease_owner, lease_expires_at, {_CANCELLED}, {_SUPERSEDED} FROM deliveries"
                f" WHERE delivery_id = :did",
-    "mark_stale": "UPDATE deliveries SET status = 'stale', last_error = :reason, updated_at = :now,"
-                  " receipt_seq = receipt_seq + 1 WHERE delivery_id = :did RETURNING receipt_seq, attempts",
+    "older_in_flight": f"SELECT older.lease_owner, older.lease_expires_at FROM deliveries d, deliveries older"
+                       f" WHERE d.delivery_id = :did AND {_older_in_flight('d')}"
+                       f" ORDER BY older.lease_expires_at DESC LIMIT 1",
+    # A stale delivery is recorded stale unless a live attempt holds it: one whose lease has not
+    # ended and whose owner is not known dead (``:dead``, or NULL) may still be at the provider.
+    "mark_stale": f"UPDATE deliveries SET status = 'stale', last_error = :reason, lease_owner = NULL,"
+                  f" lease_expires_at = NULL, updated_at = :now, receipt_seq = receipt_seq + 1"
+                  f" WHERE delivery_id = :did AND (status IN ({_CLAIMABLE_SQL})"
+                  f" OR (status = 'sending' AND ({_ENDED} OR lease_owner = :dead)))"
+                  f" RETURNING receipt_seq, attempts",
     "finish_sent": "UPDATE deliveries SET status = 'sent', sent_at = :now, provider_message_id = :pid,"
                    " lease_owner = NULL, lease_expires_at = NULL, updated_at = :now, receipt_seq = receipt_seq + 1"
                    " WHERE delivery_id = :did AND status <> 'sent' RETURNING receipt_seq, attempts",

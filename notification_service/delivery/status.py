@@ -18,7 +18,8 @@ class DeliveryStatus(str, enum.Enum):
     FAILED = "failed"
     #: Given up (permanent failure or retries exhausted); the message is in a dead-letter queue.
     DEAD = "dead"
-    #: Older than a cancellation processed for the booking: never sent.
+    #: Older than a cancellation processed for the booking, or superseded by a newer version's message
+    #: on its channel (``supersession.py``): never sent.
     STALE = "stale"
     #: Its message expired before it could be sent (a reminder after the booking started).
     EXPIRED = "expired"

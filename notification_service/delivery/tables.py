@@ -31,6 +31,9 @@ deliveries = sa.Table(
     # (RETURNING it) and writes the receipt in the same transaction, so receipts are gapless.
     sa.Column("receipt_seq", sa.Integer, nullable=False, server_default="0"),
     sa.UniqueConstraint("notification_id", "channel", "address", name="uq_delivery_address"),
+    # Supersession and the wait for an older message in flight look up a booking's deliveries
+    # on one channel by version (delivery/supersession.py), on every claim.
+    sa.Index("ix_deliveries_booking_channel_version", "booking_id", "channel", "booking_version"),
 )
 
 booking_states = sa.Table(

@@ -40,7 +40,8 @@ log = structlog.get_logger("notification_service.worker.tasks")
 
 def correlation_id_of(request) -> str | None:
     """The correlation id of the current message: header first, then the payload."""
-    value = getattr(request, CORRELATION_HEADER, None) or (getattr(request, "headers", None) or {}).get(CORRELATION_HEADER)
+    headers = getattr(request, "headers", None) or {}
+    value = getattr(request, CORRELATION_HEADER, None) or headers.get(CORRELATION_HEADER)
     if value:
         return value
     kwargs = getattr(request, "kwargs", None) or {}
@@ -53,7 +54,8 @@ def correlation_id_of(request) -> str | None:
 @signals.task_prerun.connect
 def _bind_context(task_id=None, task=None, **_kwargs) -> None:
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(correlation_id=correlation_id_of(task.request), task_id=task_id, task=task.name)
+    structlog.contextvars.bind_contextvars(correlation_id=correlation_id_of(task.request), task_id=task_id,
+                                           task=task.name)
 
 
 @signals.task_postrun.connect
@@ -109,7 +111,8 @@ def dispatch(self, message=None, **_ignored):
                                             text=email["txt"], html=email["html"])
         else:
             push = parts[channel]
-            task, kwargs = send_push, dict(common, delivery_id=did, token=address, title=push["title"], body=push["body"])
+            task, kwargs = send_push, dict(common, delivery_id=did, token=address, title=push["title"],
+                                           body=push["body"])
         task.apply_async(kwargs=kwargs, task_id=did, priority=priority, headers={CORRELATION_HEADER: cid},
                          argsrepr="()", kwargsrepr=safe_kwargsrepr(kwargs))
     log.info("dispatched", deliveries=len(opened.pending), priority=data["priority"])
@@ -134,6 +137,11 @@ def _send(task: NotificationTask, did: str, provider, content, expires_at) -> st
         # Another attempt holds a live lease (a copy after a broker crash, a re-run dispatch):
         # never send in parallel; look again when that lease ends.
         log.info("another attempt holds the delivery; deferred", countdown=round(result.retry_in, 1))
+        task.defer(result.retry_in)
+    elif result.outcome is delivery.Outcome.WAITING:
+        # An older message of the booking is at its provider on this channel: this newer one goes
+        # after it, so the customer's last message is the newest.
+        log.info("an older message of the booking is being sent; deferred", countdown=round(result.retry_in, 1))
         task.defer(result.retry_in)
     elif result.outcome is delivery.Outcome.SENT:
         log.info("sent", attempt=result.attempt)
@@ -179,9 +187,9 @@ def record_expired(request=None, expired=False, sender=None, **_kwargs) -> None:
         except ValidationError as exc:
             log.warning("expired message broke the contract", task_id=request.id, error=str(exc.messages))
             return
-        opened = delivery.open_deliveries(store, notification_id=str(data["notification_id"]), event=data["event"].value,
-                                          booking=_booking(data), addresses=_addresses(data), now=now,
-                                          correlation_id=data["correlation_id"])
+        opened = delivery.open_deliveries(store, notification_id=str(data["notification_id"]),
+                                          event=data["event"].value, booking=_booking(data),
+                                          addresses=_addresses(data), now=now, correlation_id=data["correlation_id"])
         for _channel, _address, did in opened.pending:
             store.drop(did, DeliveryStatus.EXPIRED, delivery.EXPIRED_REASON, now)
     elif kwargs.get("delivery_id"):

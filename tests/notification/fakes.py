@@ -7,6 +7,7 @@ from datetime import datetime
 
 from notification_service.delivery.machine import (
     STALE_REASON,
+    SUPERSEDED_REASON,
     BookingRef,
     Claim,
     ClaimResult,
@@ -14,6 +15,7 @@ from notification_service.delivery.machine import (
     delivery_id,
 )
 from notification_service.delivery.status import CLAIMABLE, FINAL, DeliveryStatus
+from notification_service.delivery.supersession import supersedes
 from notification_service.errors import PermanentError, TransientError
 
 
@@ -24,6 +26,7 @@ class Row:
     channel: str
     address: str
     booking: BookingRef
+    event: str | None = None
     status: DeliveryStatus = DeliveryStatus.PENDING
     attempts: int = 0
     lease_owner: str | None = None
@@ -40,9 +43,33 @@ class FakeDeliveryLog:
     cancelled: dict[str, int] = field(default_factory=dict)
     writes: int = 0
 
-    def _stale(self, row: Row) -> bool:
+    # -- the rules (sql.py's conditions) ----------------------------------------------
+
+    def _cancelled(self, row: Row) -> bool:
         cancelled = self.cancelled.get(row.booking.booking_id)
         return cancelled is not None and row.booking.version < cancelled
+
+    def _superseded(self, row: Row) -> bool:
+        return any(other.booking.booking_id == row.booking.booking_id and other.channel == row.channel
+                   and other.booking.version > row.booking.version and supersedes(other.event, row.event)
+                   for other in self.rows.values())
+
+    def _stale(self, row: Row) -> bool:
+        return self._cancelled(row) or self._superseded(row)
+
+    @staticmethod
+    def _live(row: Row, now: datetime) -> bool:
+        return (row.status is DeliveryStatus.SENDING and row.lease_expires_at is not None
+                and row.lease_expires_at >= now)
+
+    def _older_in_flight(self, row: Row, now: datetime) -> Row | None:
+        older = [other for other in self.rows.values()
+                 if other.booking.booking_id == row.booking.booking_id and other.channel == row.channel
+                 and other.booking.version < row.booking.version and self._live(other, now)
+                 and supersedes(row.event, other.event)]
+        return max(older, key=lambda other: other.lease_expires_at or now, default=None)
+
+    # -- the port ---------------------------------------------------------------------
 
     def open(self, notification_id, event, booking, addresses, now, correlation_id=None) -> Opened:
         self.writes += 1
@@ -50,30 +77,44 @@ class FakeDeliveryLog:
         stale = cancelled is not None and booking.version < cancelled
         if booking.cancelled and not stale:
             self.cancelled[booking.booking_id] = max(cancelled or 0, booking.version)
-        pending = []
+        pending, superseded = [], False
         for channel, address in addresses:
             did = delivery_id(notification_id, channel, address)
-            row = self.rows.setdefault(did, Row(did, notification_id, channel, address, booking))
+            row = self.rows.setdefault(did, Row(did, notification_id, channel, address, booking, event))
             if stale and row.status in CLAIMABLE:
                 row.status, row.last_error = DeliveryStatus.STALE, STALE_REASON
+            elif row.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED) and self._superseded(row):
+                row.status, row.last_error, superseded = DeliveryStatus.STALE, SUPERSEDED_REASON, True
             if row.status is DeliveryStatus.PENDING:
                 pending.append((channel, address, did))
-        return Opened(stale=stale, pending=[] if stale else pending)
+        if stale:
+            return Opened(stale=True, pending=[])
+        return Opened(stale=superseded and not pending, pending=pending)
 
     def claim(self, did, owner, now, lease_until) -> Claim:
         self.writes += 1
         row = self.rows.get(did)
         if row is None:
             return Claim(ClaimResult.MISSING)
+        takeable = row.status in CLAIMABLE or (row.status is DeliveryStatus.SENDING and not self._live(row, now))
+        if takeable and not self._stale(row) and self._older_in_flight(row, now) is None:
+            return self._take(row, owner, lease_until)
+        return self._why_not(row, now, None)
+
+    def _why_not(self, row: Row, now: datetime, dead_owner: str | None) -> Claim:
         if row.status in FINAL:
             return Claim(ClaimResult.FINAL)
-        live = row.status is DeliveryStatus.SENDING and row.lease_expires_at >= now
-        if live:
-            return Claim(ClaimResult.LEASED, row.attempts, row.lease_owner, row.lease_expires_at)
-        if self._stale(row):
-            row.status = DeliveryStatus.STALE
+        held = self._live(row, now) and row.lease_owner != dead_owner
+        if self._stale(row) and not held:
+            reason = STALE_REASON if self._cancelled(row) else SUPERSEDED_REASON
+            row.status, row.last_error, row.lease_owner, row.lease_expires_at = DeliveryStatus.STALE, reason, None, None
             return Claim(ClaimResult.STALE)
-        return self._take(row, owner, lease_until)
+        if row.status is DeliveryStatus.SENDING:
+            return Claim(ClaimResult.LEASED, row.attempts, row.lease_owner, row.lease_expires_at)
+        older = self._older_in_flight(row, now)
+        if older is not None:
+            return Claim(ClaimResult.WAITING, row.attempts, older.lease_owner, older.lease_expires_at)
+        raise RuntimeError(f"delivery {row.delivery_id} could not be claimed in state {row.status}")
 
     def _take(self, row: Row, owner: str, lease_until: datetime) -> Claim:
         row.status, row.attempts = DeliveryStatus.SENDING, row.attempts + 1
@@ -85,7 +126,7 @@ class FakeDeliveryLog:
         row = self.rows[did]
         if row.status is DeliveryStatus.SENDING and row.lease_owner == dead_owner and not self._stale(row):
             return self._take(row, owner, lease_until)
-        return self.claim(did, owner, now, lease_until)
+        return self._why_not(row, now, dead_owner)
 
     def finish(self, did, owner, attempt, status, now, *, error=None, provider_message_id=None) -> bool:
         self.writes += 1

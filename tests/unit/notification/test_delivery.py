@@ -6,6 +6,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from notification_service.delivery import machine as delivery
 from notification_service.delivery.machine import BookingRef, Outcome, SendJob
@@ -27,7 +29,8 @@ class Clock:
 def opened(log, booking=None, addresses=(("email", "ada@example.org"),), nid=None):
     nid = nid or str(uuid.uuid4())
     result = delivery.open_deliveries(log, notification_id=nid, event="booking.confirmed",
-                                      booking=booking or BookingRef(str(uuid.uuid4()), 1), addresses=list(addresses), now=T0)
+                                      booking=booking or BookingRef(str(uuid.uuid4()), 1), addresses=list(addresses),
+                                      now=T0)
     return nid, result
 
 
@@ -201,3 +204,146 @@ def test_stall_is_ready_work_free_capacity_and_no_progress_twice_in_a_row():
     assert not is_stalled(stuck, Observation(received=11, ready=7, capacity=3))  # it took one: progress
     assert not is_stalled(stuck, Observation(received=10, ready=0, capacity=3))  # nothing waiting
     assert not is_stalled(stuck, Observation(received=10, ready=7, capacity=0))  # busy with what it has
+
+
+# --- newer versions (issue 15, item 5) and stale deliveries left sending (item 10) -------------
+
+
+def open_event(log, booking_id, version, event, addresses=(("email", "ada@example.org"),)):
+    return delivery.open_deliveries(log, notification_id=str(uuid.uuid4()), event=event,
+                                    booking=BookingRef(booking_id, version, event == "booking.cancelled"),
+                                    addresses=list(addresses), now=T0)
+
+
+def test_kinds_a_schedule_message_supersedes_older_schedules_and_reminders_a_reminder_only_reminders():
+    from notification_service.delivery.supersession import supersedes
+
+    assert supersedes("booking.rescheduled", "booking.confirmed")
+    assert supersedes("booking.rescheduled", "booking.rescheduled")
+    assert supersedes("booking.confirmed", "booking.reminder")
+    assert supersedes("booking.reminder", "booking.reminder")
+    assert not supersedes("booking.reminder", "booking.confirmed")
+    assert not supersedes("booking.reminder", "booking.rescheduled")
+    assert supersedes("booking.cancelled", "booking.reminder") and supersedes("booking.cancelled", "booking.confirmed")
+    assert not supersedes(None, "booking.confirmed") and not supersedes("booking.rescheduled", None)
+
+
+def test_a_confirmation_dispatched_after_its_reschedule_is_stale_on_that_channel_only():
+    log = FakeDeliveryLog()
+    booking = str(uuid.uuid4())
+    rescheduled = open_event(log, booking, 2, "booking.rescheduled")  # e-mail only
+    late = open_event(log, booking, 1, "booking.confirmed", [("email", "ada@example.org"), ("push", "tok")])
+    assert not late.stale and [c for c, _a, _d in late.pending] == ["push"]
+    assert open_event(log, booking, 1, "booking.confirmed").stale  # nothing left to send: stale
+    assert send(log, rescheduled.pending[0][2], FakeProvider()).outcome is Outcome.SENT
+
+
+def test_a_confirmation_queued_before_its_reschedule_was_dispatched_is_stale_when_its_send_starts():
+    log = FakeDeliveryLog()
+    booking = str(uuid.uuid4())
+    confirmed = open_event(log, booking, 1, "booking.confirmed")
+    open_event(log, booking, 2, "booking.rescheduled")
+    provider = FakeProvider()
+    did = confirmed.pending[0][2]
+    assert send(log, did, provider).outcome is Outcome.STALE
+    assert provider.calls == [] and log.rows[did].last_error == delivery.SUPERSEDED_REASON
+
+
+def test_a_reminder_of_the_new_version_is_not_superseded_by_its_reschedule_but_the_old_reminder_is():
+    log = FakeDeliveryLog()
+    booking = str(uuid.uuid4())
+    old_reminder = open_event(log, booking, 1, "booking.reminder")
+    new_reminder = open_event(log, booking, 2, "booking.reminder")
+    open_event(log, booking, 2, "booking.rescheduled")
+    assert send(log, new_reminder.pending[0][2], FakeProvider()).outcome is Outcome.SENT
+    assert send(log, old_reminder.pending[0][2], FakeProvider()).outcome is Outcome.STALE
+
+
+def test_a_newer_message_waits_while_the_older_one_is_at_its_provider_and_goes_after_it():
+    log = FakeDeliveryLog()
+    booking = str(uuid.uuid4())
+    confirmed = open_event(log, booking, 1, "booking.confirmed")
+    clock = Clock()
+    waited = []
+
+    def reschedule_meanwhile():
+        rescheduled = open_event(log, booking, 2, "booking.rescheduled")
+        waited.append(send(log, rescheduled.pending[0][2], FakeProvider(), owner="w2", clock=clock))
+        waited.append(rescheduled.pending[0][2])
+
+    first = FakeProvider("p-1")
+    first.during = reschedule_meanwhile
+    assert send(log, confirmed.pending[0][2], first, owner="w1", clock=clock).outcome is Outcome.SENT
+    result, rescheduled_id = waited
+    assert result.outcome is Outcome.WAITING and 1.0 <= result.retry_in <= delivery.WAITING_POLL_SECONDS
+    later = FakeProvider("p-2")
+    assert send(log, rescheduled_id, later, owner="w2", clock=clock).outcome is Outcome.SENT  # after the older one
+    assert len(later.calls) == 1
+
+
+def test_a_stale_delivery_left_sending_by_a_dead_owner_is_recorded_stale_at_once():
+    log = FakeDeliveryLog()
+    booking = str(uuid.uuid4())
+    did = open_event(log, booking, 1, "booking.confirmed").pending[0][2]
+    log.claim(did, "killed", T0, T0 + timedelta(seconds=LEASE))  # its worker was SIGKILLed mid-send
+    open_event(log, booking, 2, "booking.cancelled")
+    provider = FakeProvider()
+    assert send(log, did, provider, owner="w2", dead={"killed"}).outcome is Outcome.STALE
+    assert provider.calls == [] and log.rows[did].status is DeliveryStatus.STALE
+    assert log.rows[did].last_error == delivery.STALE_REASON and log.rows[did].lease_owner is None
+
+
+def test_a_stale_delivery_left_sending_by_an_expired_owner_is_recorded_stale_at_once():
+    log = FakeDeliveryLog()
+    booking = str(uuid.uuid4())
+    did = open_event(log, booking, 1, "booking.confirmed").pending[0][2]
+    log.claim(did, "elsewhere", T0, T0 + timedelta(seconds=LEASE))  # another host: never presumed dead
+    open_event(log, booking, 2, "booking.rescheduled")
+    clock = Clock()
+    assert send(log, did, FakeProvider(), owner="w2", clock=clock).outcome is Outcome.DEFERRED  # live lease
+    clock.now = T0 + timedelta(seconds=LEASE, microseconds=1)
+    assert send(log, did, FakeProvider(), owner="w2", clock=clock).outcome is Outcome.STALE
+
+
+def test_a_delivery_log_answering_with_an_ended_lease_fails_the_send_instead_of_deferring_it():
+    class EndedLease(FakeDeliveryLog):
+        def claim(self, did, owner, now, lease_until):
+            return delivery.Claim(delivery.ClaimResult.LEASED, 1, "elsewhere", now - timedelta(seconds=1))
+
+    with pytest.raises(RuntimeError, match="ended lease"):
+        send(EndedLease(), str(uuid.uuid4()), FakeProvider())
+
+
+#: Who holds the lease in the way, what the delivery is, and when the copy looks (seconds after T0).
+_HOLDERS = ("live", "dead")
+_SITUATIONS = ("fresh", "cancelled", "superseded", "behind-older")
+
+
+@given(holder=st.sampled_from(_HOLDERS), situation=st.sampled_from(_SITUATIONS),
+       looks=st.lists(st.floats(min_value=0, max_value=3 * LEASE), min_size=1, max_size=6))
+@settings(max_examples=200, deadline=None)
+def test_invariant_no_copy_is_ever_deferred_past_the_moment_its_lease_ends(holder, situation, looks):
+    log = FakeDeliveryLog()
+    booking = str(uuid.uuid4())
+    clock = Clock()
+    old = open_event(log, booking, 1, "booking.confirmed").pending[0][2]
+    log.claim(old, "holder", T0, T0 + timedelta(seconds=LEASE))  # an attempt at the provider, or killed there
+    did = old
+    if situation == "cancelled":
+        open_event(log, booking, 2, "booking.cancelled")
+    elif situation == "superseded":
+        open_event(log, booking, 2, "booking.rescheduled")
+    elif situation == "behind-older":  # the copy is the newer message, behind the older one's lease
+        did = open_event(log, booking, 2, "booking.rescheduled").pending[0][2]
+    lease_end = T0 + timedelta(seconds=LEASE)
+    dead = {"holder"} if holder == "dead" else set()
+    for offset in sorted(looks):
+        clock.now = T0 + timedelta(seconds=offset)
+        result = send(log, did, FakeProvider(), owner="copy", clock=clock, dead=dead)
+        if result.outcome in (Outcome.DEFERRED, Outcome.WAITING):
+            assert clock.now <= lease_end, "deferred on a lease that has ended"
+            assert clock.now + timedelta(seconds=result.retry_in) <= lease_end + timedelta(seconds=1)
+        if result.outcome is Outcome.DEFERRED:  # a dead holder's lease is taken over or dropped, not waited for
+            assert holder == "live"
+    if clock.now > lease_end:
+        assert log.rows[did].status in (DeliveryStatus.SENT, DeliveryStatus.STALE)
