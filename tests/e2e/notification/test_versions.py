@@ -18,9 +18,8 @@ import pytest
 import shared
 from notification_service.delivery.log import delivery_log
 from notification_service.delivery.machine import STALE_REASON, SUPERSEDED_REASON, BookingRef, delivery_id
+from tests.notification.harness import Worker, declare_topology, dispatch_message, notification, publish
 from tests.support import wait_for
-
-from .conftest import Worker, declare_topology, dispatch_message, notification, publish
 
 EMAIL = "ada@example.org"
 

@@ -20,7 +20,7 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
-from tests.e2e.conftest import FakePush
+from tests.e2e.mesh.conftest import FakePush
 
 ROUNDS = 50
 
