@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import enum
 
-#: Durable direct exchange the booking service publishes to.
+#: Durable topic exchange the booking service publishes to (topic so that RabbitMQ's topic permissions can
+#: limit the booking user to the dispatch routing key; every binding key is a full queue name).
 EXCHANGE = "notifications"
 #: Dead-letter exchange every work queue dead-letters into (routing key = the queue name).
 DEAD_LETTER_EXCHANGE = "notifications.dlx"
