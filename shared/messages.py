@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow.types import UnknownOption
 
 from .names import Event, Priority
 
@@ -44,12 +45,23 @@ INVISIBLE_CONTROLS = r"\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u206f\ufeff\uff
 SINGLE_LINE_PATTERN = rf"^[^\x00-\x1f{INVISIBLE_CONTROLS}]*$"
 
 
-class _WholeValue(validate.Regexp):
-    """``Regexp`` over the whole value: Python's ``$`` also matches before a final newline."""
+class _WholeValue(validate.Validator):
+    """``Regexp`` over the whole value: Python's ``$`` also matches before a final newline.
+
+    Not a ``validate.Regexp`` subclass: that one takes str or bytes patterns and values, this
+    one only text. apispec reads the ``regex`` attribute into the JSON Schema's ``pattern``.
+    """
+
+    def __init__(self, regex: str, *, error: str) -> None:
+        self.regex: re.Pattern[str] = re.compile(regex)
+        self.error: str = error
+
+    def _repr_args(self) -> str:
+        return f"regex={self.regex!r}"
 
     def __call__(self, value: str) -> str:
         if self.regex.fullmatch(value) is None:
-            raise ValidationError(self._format_error(value))
+            raise ValidationError(self.error.format(input=value, regex=self.regex.pattern))
         return value
 
 
@@ -124,7 +136,7 @@ def check_ends_after_start(data: dict) -> None:
         raise ValidationError("Must be after starts_at.", field_name="ends_at")
 
 
-def _schemas(unknown: str) -> type[Schema]:
+def _schemas(unknown: UnknownOption) -> type[Schema]:
     """Build the v1 schema family with one ``unknown`` policy at every level."""
 
     class Base(Schema):
