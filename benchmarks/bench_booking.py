@@ -135,9 +135,10 @@ def serve(app_ref: str, workers: int, env: dict, cwd: str, n: int, clients: int,
 
 def http_round(args, env_for: dict, tmp: str, offset: int) -> dict:
     results = {}
+    app = "booking_service.api.app:create_app()"
     for label, ref, env in (("bare Flask endpoint", "bare_app:create_app()", env_for["sqlite"]),
-                            ("POST /v1/bookings, SQLite", "booking_service.api.app:create_app()", env_for["sqlite"]),
-                            ("POST /v1/bookings, PostgreSQL", "booking_service.api.app:create_app()", env_for["postgresql"])):
+                            ("POST /v1/bookings, SQLite", app, env_for["sqlite"]),
+                            ("POST /v1/bookings, PostgreSQL", app, env_for["postgresql"])):
         results[label] = serve(ref, args.workers, env, tmp, args.requests, args.clients, offset)
         offset += 2 * 10**6
     return results
@@ -151,11 +152,15 @@ def print_http(title: str, results: dict) -> None:
     for label, r in results.items():
         print(f"| {label} | {r['rps']:.0f} | {r['rps'] / bare['rps']:.2f} | {r['p50']:.1f} | {r['p99']:.1f} | "
               f"{r['p99'] / r['p50']:.1f} | {r['cpu_ms']:.2f} | {r['cpu_ms'] / bare['cpu_ms']:.2f} | {r['errors']} |")
-    print(f"(load average at the end: {results['POST /v1/bookings, PostgreSQL']['load']:.2f} on {os.cpu_count()} cores)")
+    load = results["POST /v1/bookings, PostgreSQL"]["load"]
+    print(f"(load average at the end: {load:.2f} on {os.cpu_count()} cores)")
 
 
 def start_backlog_worker(amqp_url: str, backlog: int, tmp: pathlib.Path, niceness: int):
-    """A notification worker (CLI only, under ``nice -n niceness``) on a throwaway vhost with ``backlog`` dispatch messages waiting."""
+    """A notification worker (CLI only, under ``nice -n niceness``) on a throwaway vhost.
+
+    ``backlog`` dispatch messages are waiting for it.
+    """
     from tests.notification.harness import declare_topology, dispatch_message, notification
 
     url, drop = make_vhost(amqp_url)
@@ -164,13 +169,15 @@ def start_backlog_worker(amqp_url: str, backlog: int, tmp: pathlib.Path, nicenes
     channel = conn.channel()
     for _ in range(backlog):
         m = dispatch_message(notification(tokens=()))
-        channel.basic_publish(shared.EXCHANGE, m.routing_key, m.body, pika.BasicProperties(headers=m.headers, **m.properties))
+        channel.basic_publish(shared.EXCHANGE, m.routing_key, m.body,
+                              pika.BasicProperties(headers=m.headers, **m.properties))
     conn.close()
     env = {**os.environ, "AMQP_URL": url, "NOTIFICATION_DATABASE_URL": f"sqlite:///{tmp / 'notification.db'}",
            "EMAIL_FILE_DIR": str(tmp / "email"), "PUSH_BACKEND": "file", "PUSH_FILE_DIR": str(tmp / "push"),
            "NOTIFICATION_METRICS_PORT": "0", "NOTIFICATION_LOG_FORMAT": "json"}
     subprocess.run([str(BIN / "notification-service"), "migrate"], env=env, check=True, capture_output=True)
-    worker = subprocess.Popen(["nice", "-n", str(niceness), str(BIN / "celery"), "-A", "notification_service.celery_app", "worker",
+    worker = subprocess.Popen(["nice", "-n", str(niceness),
+                               str(BIN / "celery"), "-A", "notification_service.celery_app", "worker",
                                "-Q", ",".join(shared.WORK_QUEUES), "-c", "2", "--without-gossip", "--without-mingle"],
                               env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
@@ -249,7 +256,8 @@ def relay_round(database_url: str, amqp_url: str, rows: int, samples: int, poll:
 
         def published() -> int:
             with engine.connect() as c:
-                return c.execute(sa.select(sa.func.count()).select_from(outbox).where(outbox.c.status == "published")).scalar_one()
+                query = sa.select(sa.func.count()).select_from(outbox).where(outbox.c.status == "published")
+                return c.execute(query).scalar_one()
 
         relay = relay_process(database_url, url, poll)
         commit_bookings(engine, 1, "warm")  # the relay is up once this one is published
@@ -298,7 +306,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--backlog", type=int, default=0, help="also measure while a worker drains this many dispatch messages")
+    parser.add_argument("--backlog", type=int, default=0,
+                        help="also measure while a worker drains this many dispatch messages")
     parser.add_argument("--backlog-nice", type=lambda v: [int(n) for n in v.split(",")], default=[10],
                         help="niceness of that worker, one backlog round per value (default 10, as in the Procfile)")
     parser.add_argument("--relay-rows", type=int, default=2000)
@@ -325,15 +334,16 @@ def main() -> None:
             for url in urls.values():
                 upgrade(url)
             pathlib.Path(tmp, "bare_app.py").write_text(BARE_APP)
-            base = {**os.environ, "BOOKING_API_KEYS": "bench", "BOOKING_LOG_LEVEL": "INFO", "BOOKING_LOG_FORMAT": "json",
-                    "AMQP_URL": amqp_url, "PYTHONPATH": f"{tmp}{os.pathsep}{ROOT}"}
+            base = {**os.environ, "BOOKING_API_KEYS": "bench", "BOOKING_LOG_LEVEL": "INFO",
+                    "BOOKING_LOG_FORMAT": "json", "AMQP_URL": amqp_url, "PYTHONPATH": f"{tmp}{os.pathsep}{ROOT}"}
             base.pop("PROMETHEUS_MULTIPROC_DIR", None)
             env_for = {name: {**base, "BOOKING_DATABASE_URL": url} for name, url in urls.items()}
             header = (f"gunicorn {args.workers} sync workers, {args.clients} client threads, {args.requests} requests "
                       f"each, {os.cpu_count()} cores, request log at INFO (JSON, discarded)")
             if not args.skip_http:
                 print_http(header, http_round(args, env_for, tmp, 0))
-            for round_number, niceness in enumerate(args.backlog_nice if args.backlog and not args.skip_http else (), 1):
+            backlog_rounds = args.backlog_nice if args.backlog and not args.skip_http else ()
+            for round_number, niceness in enumerate(backlog_rounds, 1):
                 url, worker, drop_vhost = start_backlog_worker(amqp_url, args.backlog, pathlib.Path(tmp), niceness)
                 results = http_round(args, env_for, tmp, 10**7 * round_number)  # slots never used before
                 left = queue_depth(url, shared.DISPATCH_QUEUE) + queue_depth(url, shared.EMAIL_QUEUE)
@@ -342,7 +352,8 @@ def main() -> None:
                 drop_vhost()
                 drop_vhost = None
                 print_http(f"{header}; meanwhile a notification worker (`nice -n {niceness} celery … worker -c 2`) "
-                           f"drains a backlog of {args.backlog} dispatch messages ({left} messages still queued at the end)",
+                           f"drains a backlog of {args.backlog} dispatch messages "
+                           f"({left} messages still queued at the end)",
                            results)
             if not args.skip_relay:
                 print(f"\nrelay (booking-service relay, own process, poll {args.poll} s; PostgreSQL wakes on NOTIFY)\n")

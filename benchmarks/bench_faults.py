@@ -31,6 +31,8 @@ it is a benchmark; the "TARGET" lines say whether the issue's target is met.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import math
 import os
@@ -282,8 +284,8 @@ class Mesh:
             out = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
             out.write(f"\n===== bench: start #{self.starts[name]} of {name} at {time.strftime('%H:%M:%S')}\n".encode())
             out.flush()
-            proc = subprocess.Popen(self.commands[name], env=self.env, cwd=self.root, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(self.commands[name], env=self.env, cwd=self.root, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
             out.close()
             self.procs[name] = proc
             return proc.pid
@@ -311,22 +313,16 @@ class Mesh:
                 _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for _name, proc in procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
             _signal_group(proc, signal.SIGKILL)  # the group too: gunicorn's workers, stragglers
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)  # start_new_session: pgid == pid
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,7 +471,8 @@ def run_faults(plan, t0, stop, mesh: Mesh, broker: PrivateBroker, down: float, t
 # Analysis
 # ---------------------------------------------------------------------------------------------
 
-def classify_duplicates(calls: list[Call], worker_kills: list[tuple[float, float]], first_sent: dict[str, float]) -> dict:
+def classify_duplicates(calls: list[Call], worker_kills: list[tuple[float, float]],
+                        first_sent: dict[str, float]) -> dict:
     """Per delivery (Idempotency-Key): extra accepted calls, explained by an earlier hang or not.
 
     An unexplained extra is put down to a worker SIGKILL when an earlier accepted call had started before
@@ -496,7 +493,7 @@ def classify_duplicates(calls: list[Call], worker_kills: list[tuple[float, float
         keys_dup += 1
         accepted.sort(key=lambda c: c.arrived)
         allowance = 0
-        for previous, call in zip(accepted, accepted[1:]):
+        for previous, call in itertools.pairwise(accepted):
             allowance += previous.outcome == "hang"
             extra += 1
             if allowance > 0:
@@ -574,8 +571,8 @@ def read_receipts(url: str) -> dict[tuple[str, str], str]:
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT booking_id, channel, status FROM notification_receipts WHERE event = :e "
-                                        "ORDER BY sequence"), {"e": CONFIRMED}).all()
+            rows = conn.execute(sa.text("SELECT booking_id, channel, status FROM notification_receipts "
+                                        "WHERE event = :e ORDER BY sequence"), {"e": CONFIRMED}).all()
         return {(r[0], r[1]): r[2] for r in rows}
     finally:
         engine.dispose()
@@ -661,7 +658,8 @@ def log_timeline(root: pathlib.Path, wall_t0: float, since: float) -> list[Fault
     return events
 
 
-def record_lags(root: pathlib.Path, wall_t0: float, t0: float, calls: list[Call]) -> tuple[list[float], dict[str, float]]:
+def record_lags(root: pathlib.Path, wall_t0: float, t0: float,
+                calls: list[Call]) -> tuple[list[float], dict[str, float]]:
     """Seconds from the provider's acceptance to the worker's "sent" log line (written after the delivery
     log recorded it): how long a SIGKILL can strike between the two and cause a resend."""
     sent_at: dict[str, float] = {}
@@ -756,7 +754,8 @@ def main() -> None:
                              "worker (default 64)")
     parser.add_argument("--worker-nice", type=int, default=10, help="nice level of the workers (the Procfile: 10)")
     parser.add_argument("--p503", type=float, default=0.30, help="share of provider calls answered 503")
-    parser.add_argument("--phang", type=float, default=0.02, help="share of calls that hang past the timeout, then accepted")
+    parser.add_argument("--phang", type=float, default=0.02,
+                        help="share of calls that hang past the timeout, then accepted")
     parser.add_argument("--http-timeout", type=float, default=10.0,
                         help="NOTIFICATION_HTTP_TIMEOUT (default 10, the shipped default)")
     parser.add_argument("--hang", type=float, default=None,
@@ -765,8 +764,10 @@ def main() -> None:
                         help="NOTIFICATION_RETRY_BASE_SECONDS (default 2, the shipped default)")
     parser.add_argument("--retry-max", type=float, default=900.0,
                         help="NOTIFICATION_RETRY_MAX_SECONDS (default 900, the shipped default)")
-    parser.add_argument("--drain-timeout", type=float, default=300.0, help="seconds to wait after the load for stragglers")
-    parser.add_argument("--settle", type=float, default=10.0, help="seconds to keep watching for late duplicates after draining")
+    parser.add_argument("--drain-timeout", type=float, default=300.0,
+                        help="seconds to wait after the load for stragglers")
+    parser.add_argument("--settle", type=float, default=10.0,
+                        help="seconds to keep watching for late duplicates after draining")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep-logs", action="store_true", help="keep the temporary folder with every process's log")
     args = parser.parse_args()
@@ -922,7 +923,8 @@ def main() -> None:
         ours = {b.booking_id for b in bookings}
         accepted_items = {item: provider.resolved(*item) for item in expected}
         accepted = [item for item, call in accepted_items.items() if call is not None]
-        dead.update(find_dead([item for item in expected if accepted_items[item] is None], booking_url, notification_url))
+        never_accepted = [item for item in expected if accepted_items[item] is None]
+        dead.update(find_dead(never_accepted, booking_url, notification_url))
         lost = [item for item in expected if accepted_items[item] is None and item not in dead]
         dead_unsent = [item for item in expected if accepted_items[item] is None and item in dead]
         dead_although_accepted = [item for item in accepted if states.get(item, ("",))[0] == "dead"]
@@ -955,8 +957,8 @@ def main() -> None:
              f"{max(load.stats.late, default=float('nan')):.2f} s"),
             ("expected deliveries (e-mail + push)", len(expected)),
             ("accepted by the provider", len(accepted)),
-            ("dead-lettered (never accepted)", f"{len(dead_unsent)} ({sum(dead[i][0] == 'dispatch' for i in dead_unsent)} "
-             f"of them at dispatch)"),
+            ("dead-lettered (never accepted)",
+             f"{len(dead_unsent)} ({sum(dead[i][0] == 'dispatch' for i in dead_unsent)} of them at dispatch)"),
             ("dead-lettered although accepted", len(dead_although_accepted)),
             ("LOST", len(lost)),
             ("timelines showing the delivery log's final status (receipts)",

@@ -1,6 +1,7 @@
 """Benchmarks of the notification workers: tables measured in one run, on loopback, bounded in count.
 
-Usage: .venv/bin/python benchmarks/bench_notification.py [--only cost,provider,scaling] [-n 2000] [--database sqlite|postgresql]
+Usage: .venv/bin/python benchmarks/bench_notification.py [--only cost,provider,scaling] [-n 2000]
+                                                         [--database sqlite|postgresql]
 
 1. cost:     bare Celery's two-hop chain (benchmarks/bare_celery.py) and the project's
              dispatch -> e-mail (file sink), side by side, same broker, same pool flags:
@@ -65,8 +66,9 @@ class Run:
     def __init__(self, tmp: pathlib.Path, processes: list[tuple[list[str], dict]]) -> None:
         self.workers = []
         for i, (argv, env) in enumerate(processes):
-            log = open(tmp / f"worker-{i}.log", "wb")
-            self.workers.append(subprocess.Popen(argv, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT))
+            # The worker writes to its own copy of the descriptor: ours can close once it runs.
+            with open(tmp / f"worker-{i}.log", "wb") as log:
+                self.workers.append(subprocess.Popen(argv, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT))
 
     def cpu(self) -> float:
         return sum(cpu_seconds(w.pid) for w in self.workers)
@@ -219,7 +221,8 @@ def project(n: int, *, processes: int = 1, email_env: dict | None = None,
                         for i, port in enumerate(ports)])
 
         def sent() -> float:
-            return sum(metric(p, "notification_tasks_total", {"task": shared.EMAIL_TASK, "outcome": "sent"}) for p in ports)
+            labels = {"task": shared.EMAIL_TASK, "outcome": "sent"}
+            return sum(metric(p, "notification_tasks_total", labels) for p in ports)
 
         def transactions() -> float:
             return sum(metric(p, "notification_db_transactions_total") for p in ports)
@@ -311,16 +314,19 @@ def provider_rate(n: int, delay: float) -> dict:
            "PUSH_FILE_DIR": str(tmp / "push"), "NOTIFICATION_METRICS_PORT": "0", "NOTIFICATION_LOG_FORMAT": "json"}
     subprocess.run([str(BIN / "notification-service"), "migrate"], env=env, check=True, capture_output=True)
     celery = [str(BIN / "celery"), "-A", "notification_service.celery_app", "worker", *WORKER_FLAGS]
-    dispatcher = subprocess.Popen(celery + ["-P", "threads", "-c", "8", "-Q", shared.DISPATCH_QUEUE, "-n", "d@%h"],
-                                  env=env, cwd=tmp, stdout=open(tmp / "dispatch.log", "wb"), stderr=subprocess.STDOUT)
+    # Each worker writes to its own copy of its log's descriptor: ours closes once it runs.
+    with open(tmp / "dispatch.log", "wb") as log:
+        dispatcher = subprocess.Popen(celery + ["-P", "threads", "-c", "8", "-Q", shared.DISPATCH_QUEUE, "-n", "d@%h"],
+                                      env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
     sender = None
     try:
         publish_all(url, shared.EXCHANGE, [dispatch_message(notification(tokens=())) for _ in range(n)])
         wait_until(lambda: queue_depth(url, shared.EMAIL_QUEUE) >= n, f"{n} send tasks queued")
         dispatcher.terminate()
         dispatcher.wait(30)
-        sender = subprocess.Popen(celery + [*POOL, "-Q", f"{shared.EMAIL_QUEUE},{shared.PUSH_QUEUE}", "-n", "s@%h"],
-                                  env=env, cwd=tmp, stdout=open(tmp / "send.log", "wb"), stderr=subprocess.STDOUT)
+        with open(tmp / "send.log", "wb") as log:
+            sender = subprocess.Popen(celery + [*POOL, "-Q", f"{shared.EMAIL_QUEUE},{shared.PUSH_QUEUE}", "-n", "s@%h"],
+                                      env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: provider.accepted >= 1, "first send", 120)
         cpu0, t0, done0 = cpu_seconds(sender.pid), time.perf_counter(), provider.accepted
         wait_until(lambda: provider.accepted >= n, f"{n} sends")
@@ -359,7 +365,8 @@ def table_cost(n: int) -> None:
 
 def table_provider(n: int) -> None:
     r = provider_rate(n, 0.25)
-    print(f"\n2. Slow provider: {n} e-mails to a loopback HTTP API answering in 250 ms, one send worker `{' '.join(POOL)}`")
+    print(f"\n2. Slow provider: {n} e-mails to a loopback HTTP API answering in 250 ms, "
+          f"one send worker `{' '.join(POOL)}`")
     print("| sends/s | CPU ms per send | peak RSS MB |")
     print("| ---: | ---: | ---: |")
     print(f"| {r['rate']:.0f} | {r['cpu_ms']:.2f} | {r['rss']:.0f} |")
@@ -377,7 +384,8 @@ def table_scaling(n: int) -> None:
     for name, r in ((f"1 process, {n}", one), (f"2 processes, {n}", two), ("1 process, 1k backlog", small),
                     ("1 process, 10k backlog", large)):
         print(f"| {name} | {r['rate']:.0f} | {r['cpu_ms']:.2f} | {r['rss']:.0f} |")
-    print(f"2 processes / 1: {two['rate'] / one['rate']:.2f}x; 10k / 1k CPU per message {large['cpu_ms'] / small['cpu_ms']:.2f}x, "
+    print(f"2 processes / 1: {two['rate'] / one['rate']:.2f}x; "
+          f"10k / 1k CPU per message {large['cpu_ms'] / small['cpu_ms']:.2f}x, "
           f"RSS {large['rss'] / small['rss']:.2f}x (target flat within 1.2x)")
 
 

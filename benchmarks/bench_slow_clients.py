@@ -77,7 +77,8 @@ def run(worker_class: str, args, tmp: pathlib.Path) -> dict:
            "BOOKING_BIND": f"127.0.0.1:{port}", "BOOKING_WORKERS": str(args.workers), "BOOKING_LOG_FORMAT": "json",
            "BOOKING_LOG_LEVEL": "WARNING"}
     subprocess.run([sys.executable, "-m", "booking_service", "migrate"], env=env, check=True, capture_output=True)
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "python:booking_service.runtime.gunicorn_conf",
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn",
+                             "--config", "python:booking_service.runtime.gunicorn_conf",
                              "-k", worker_class, "booking_service.api.app:create_app()"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"

@@ -38,7 +38,8 @@ def body(i: int) -> bytes:
     start = datetime(2035, 1, 1, tzinfo=UTC) + timedelta(hours=2 * i)
     return json.dumps({"resource_id": f"bench-{i % 50}", "starts_at": start.isoformat(),
                        "ends_at": (start + timedelta(hours=1)).isoformat(),
-                       "customer": {"name": "Bench", "email": "bench@example.org", "timezone": "Europe/Paris"}}).encode()
+                       "customer": {"name": "Bench", "email": "bench@example.org",
+                                    "timezone": "Europe/Paris"}}).encode()
 
 
 def bare_app() -> Flask:

@@ -9,6 +9,7 @@ on another host is never presumed dead: its lease must run out.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 
@@ -40,12 +41,12 @@ class ProcessOwner:
         return _start_ticks(pid_number) != start
 
 
-_owner: ProcessOwner | None = None
+# Keyed by pid and holding one entry: a forked child asks with its own pid and gets its own owner.
+@functools.lru_cache(maxsize=1)
+def _owner_of(pid: int) -> ProcessOwner:
+    return ProcessOwner(pid=pid)
 
 
 def process_owner() -> ProcessOwner:
     """This process's owner identity (after a fork, the child's own)."""
-    global _owner
-    if _owner is None or _owner.pid != os.getpid():
-        _owner = ProcessOwner()
-    return _owner
+    return _owner_of(os.getpid())
