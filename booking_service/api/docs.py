@@ -17,7 +17,8 @@ Machine-readable: <a href="/openapi.json">/openapi.json</a>.</p>
 {% for path, ops in spec.paths.items() %}{% for method, op in ops.items() if method != "parameters" %}
 <h2><span class="m">{{ method.upper() }}</span> <code>{{ path }}</code></h2>
 <p>{{ op.summary or "" }} {{ op.description or "" }}</p>
-{% if op.parameters %}<p>Parameters: {% for p in op.parameters %}<code>{{ p.name }}</code> ({{ p["in"] }}) {% endfor %}</p>{% endif %}
+{% if op.parameters %}<p>Parameters: {% for p in op.parameters %}<code>{{ p.name }}</code> ({{ p["in"] }}) \
+{% endfor %}</p>{% endif %}
 <p>Responses: {% for code, r in op.responses.items() %}<code>{{ code }}</code> {{ r.description }}; {% endfor %}</p>
 {% endfor %}{% endfor %}
 <h2>Schemas</h2>

@@ -87,7 +87,8 @@ def decode(raw: bytes) -> Any:
     except RecursionError:
         raise InvalidJSON(f"Request body nests deeper than {MAX_DEPTH} levels.") from None
     except json.JSONDecodeError as exc:
-        raise InvalidJSON(f"Request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from None
+        raise InvalidJSON(
+            f"Request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from None
     # Cheap bound first: fewer brackets than the limit cannot nest deeper than it.
     if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(value):
         raise InvalidJSON(f"Request body nests deeper than {MAX_DEPTH} levels.")

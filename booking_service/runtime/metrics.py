@@ -77,9 +77,12 @@ class OutboxCollector:
 
         with self.session_factory() as session:
             figures = backlog(session)
-        yield GaugeMetricFamily("booking_outbox_backlog", "Outbox rows due and not yet published", value=figures["pending_due"])
         yield GaugeMetricFamily(
-            "booking_outbox_oldest_age_seconds", "Age of the oldest due unpublished row", value=figures["oldest_due_age_seconds"]
+            "booking_outbox_backlog", "Outbox rows due and not yet published", value=figures["pending_due"]
+        )
+        yield GaugeMetricFamily(
+            "booking_outbox_oldest_age_seconds", "Age of the oldest due unpublished row",
+            value=figures["oldest_due_age_seconds"],
         )
 
 

@@ -63,7 +63,8 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def _resolve(env: jinja2.Environment, locale: str | None, event: str, channel: str, part: str) -> tuple[jinja2.Template, str]:
+def _resolve(env: jinja2.Environment, locale: str | None, event: str, channel: str,
+             part: str) -> tuple[jinja2.Template, str]:
     for candidate in locale_chain(locale):
         try:
             return env.get_template(f"{candidate}/{event}.{channel}.{part}"), candidate
