@@ -44,7 +44,8 @@ class FakePush:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with fake.lock:
                     status = fake.status
-                    fake.calls.append({"status": status, "headers": dict(self.headers), "json": json.loads(body or b"{}")})
+                    fake.calls.append({"status": status, "headers": dict(self.headers),
+                                       "json": json.loads(body or b"{}")})
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 if status == 503:
@@ -76,14 +77,15 @@ class Mesh:
         subprocess.run(argv, env=self.env, check=True, cwd=self.root, timeout=120)
 
     def start(self, name: str, *argv: str) -> None:
-        log = open(self.root / f"{name}.log", "wb")
-        self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
+        # The process writes to its own copy of the descriptor: ours can close once it runs.
+        with open(self.root / f"{name}.log", "wb") as log:
+            self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
 
     def stop(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for name, proc in self.procs.items():
+        for proc in self.procs.values():
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -91,7 +93,8 @@ class Mesh:
                 proc.wait()
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(self.root.glob("*.log")))
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+                         for p in sorted(self.root.glob("*.log")))
 
     # What the sinks received -------------------------------------------------
     def emails(self) -> list[email.message.EmailMessage]:

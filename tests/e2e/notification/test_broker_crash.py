@@ -9,6 +9,7 @@ and the worker must be consuming again a few seconds after the broker is back.
 
 from __future__ import annotations
 
+import itertools
 import re
 import uuid
 
@@ -18,7 +19,6 @@ import shared
 from notification_service.delivery.machine import delivery_id
 from notification_service.delivery.repository import SqlDeliveryLog
 from tests.notification.harness import FakePush, Worker, declare_topology, dispatch_message, notification
-from tests.private_broker import private_broker  # noqa: F401  (fixture)
 from tests.support import wait_for
 
 
@@ -65,7 +65,7 @@ def test_broker_sigkill_mid_run_sends_every_delivery_once_and_never_in_parallel(
             key = delivery_id(payload["notification_id"], "push", token)
             assert {c["headers"]["Idempotency-Key"] for c in calls} == {key}
             # never two copies at the provider at once ...
-            for earlier, later in zip(calls, calls[1:]):
+            for earlier, later in itertools.pairwise(calls):
                 assert "end" in earlier and earlier["end"] <= later["time"], f"parallel sends of {key}"
             # ... and one accepted call in all (a lost ack brings the message back, the log says sent)
             assert [c.get("status") for c in calls].count(200) == 1, f"{key} accepted {len(calls)} times"

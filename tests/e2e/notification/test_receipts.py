@@ -38,7 +38,8 @@ def test_a_worker_publishes_sent_retrying_and_dead_receipts_without_addresses(re
             drain(connection, queue, seen)
             found: dict = {}
             for _p, m in seen:
-                found.setdefault((m["notification_id"], m["channel"]), []).append((m["sequence"], m["status"], m["attempt"]))
+                found.setdefault((m["notification_id"], m["channel"]), []).append(
+                    (m["sequence"], m["status"], m["attempt"]))
             done = {(first["notification_id"], "push"): 2, (first["notification_id"], "email"): 1,
                     (second["notification_id"], "push"): 1, (second["notification_id"], "email"): 1}
             return found if all(len(found.get(k, [])) >= n for k, n in done.items()) else None
@@ -50,7 +51,8 @@ def test_a_worker_publishes_sent_retrying_and_dead_receipts_without_addresses(re
     assert found[(first["notification_id"], "email")] == [(1, "sent", 1)]
     assert found[(second["notification_id"], "push")] == [(1, "dead", 1)]
     dead = [m for _p, m in seen if m["status"] == "dead"][0]
-    assert dead["reason"].startswith("permanent: push_http provider answered 400") and dead["recipient"] == "tok-…" + broken[-2:]
+    assert (dead["reason"].startswith("permanent: push_http provider answered 400")
+            and dead["recipient"] == "tok-…" + broken[-2:])
     assert {m["correlation_id"] for _p, m in seen} == {first["correlation_id"], second["correlation_id"]}
     everything = json.dumps([m for _p, m in seen]) + receipt_worker.log_text()
     for secret in (EMAIL, flaky, broken):

@@ -98,7 +98,8 @@ def test_400_goes_to_push_dlq_with_reason(worker, fake_push):
     payload = notification(tokens=("tok-400",))
     publish(worker.url, dispatch_message(payload))
     push_id = delivery_id(payload["notification_id"], "push", "tok-400")
-    entry = wait_for(lambda: [m for m in worker.dlq(shared.PUSH_QUEUE) if m["message_id"] == push_id], what="dead letter")[0]
+    entry = wait_for(lambda: [m for m in worker.dlq(shared.PUSH_QUEUE) if m["message_id"] == push_id],
+                     what="dead letter")[0]
     assert entry["origin_queue"] == shared.PUSH_QUEUE
     assert "400" in entry["reason"] and entry["task"] == shared.PUSH_TASK
     assert entry["priority"] == shared.Priority.HIGH.value
@@ -232,7 +233,7 @@ POISON_IDS = {"not-json": "p-notjson", "no-content-type": "p-noct", "no-id": "p-
 
 
 def test_every_poison_kind_is_dead_lettered_and_the_worker_keeps_serving(worker, fake_push):
-    for kind, raw in _poison_cases().items():
+    for raw in _poison_cases().values():
         publish(worker.url, **raw)
     wait_for(lambda: {m["message_id"] for m in worker.dlq(shared.DISPATCH_QUEUE)} >= set(POISON_IDS.values()),
              timeout=60, what="all poison in the DLQ")
