@@ -52,6 +52,7 @@ directory on its command line.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import random
 import shutil
@@ -127,10 +128,8 @@ def _private_port(taken: set[int]) -> int:
     Falls back to :func:`tests.support.free_port`.
     """
     low = 32768
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
     rng = random.SystemRandom()
     if low > 12000:
         for _ in range(200):
@@ -243,7 +242,8 @@ class PrivateBroker:
         )
         (self.base_dir / "advanced.config").write_text("[].\n")
         (self.base_dir / "enabled_plugins").write_text("[].\n")
-        (self.base_dir / "rabbitmq-env.conf").write_text("# intentionally empty: do not read /etc/rabbitmq/rabbitmq-env.conf\n")
+        (self.base_dir / "rabbitmq-env.conf").write_text(
+            "# intentionally empty: do not read /etc/rabbitmq/rabbitmq-env.conf\n")
         self._proc: subprocess.Popen | None = None
         self._console = None
         self._lock = threading.RLock()
@@ -374,15 +374,11 @@ class PrivateBroker:
             if proc is not None:
                 table = _proc_table()
                 doomed = _descendants(proc.pid, table)
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: pgid == pid
-                except (ProcessLookupError, PermissionError):
-                    pass
                 for pid in [proc.pid, *doomed]:  # erl_child_setup & co. run in sessions of their own
-                    try:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
                 try:
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
@@ -396,10 +392,8 @@ class PrivateBroker:
                 if not left:
                     break
                 for pid in left:
-                    try:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
                 if time.monotonic() > deadline:
                     raise PrivateBrokerError(f"processes of {self.node_name} survive SIGKILL: {left}")
                 time.sleep(0.05)
@@ -503,10 +497,9 @@ _LIVE: set[PrivateBroker] = set()
 @atexit.register
 def _stop_leftovers() -> None:
     for broker in list(_LIVE):
-        try:
+        # Best effort at interpreter exit: one broker that fails to stop must not keep the others running.
+        with contextlib.suppress(Exception):
             broker.stop()
-        except Exception:  # noqa: BLE001, S110 - best effort at interpreter exit
-            pass
 
 
 @pytest.fixture

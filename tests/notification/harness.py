@@ -212,14 +212,16 @@ class Worker:
         return run
 
     def start(self) -> Worker:
-        self.log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [str(CELERY), "-A", "notification_service.celery_app", "worker", "-P", "threads",
-             "-c", str(self.concurrency), "-Q", ",".join(shared.WORK_QUEUES), "--without-gossip",
-             "--without-mingle", "--events", "-n", f"test-{uuid.uuid4().hex[:6]}@%h",
-             "-l", "INFO"],  # --events as in the Procfile, compose and the image
-            env=self.env, cwd=self.tmp, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        # The worker writes to its own copy of the descriptor: ours closes once it runs, and a
+        # restart appends to the same file.
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(CELERY), "-A", "notification_service.celery_app", "worker", "-P", "threads",
+                 "-c", str(self.concurrency), "-Q", ",".join(shared.WORK_QUEUES), "--without-gossip",
+                 "--without-mingle", "--events", "-n", f"test-{uuid.uuid4().hex[:6]}@%h",
+                 "-l", "INFO"],  # --events as in the Procfile, compose and the image
+                env=self.env, cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         wait_for(self.consuming, timeout=60, interval=0.2, what="worker consuming")
         return self
 
@@ -243,8 +245,6 @@ class Worker:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
-        if getattr(self, "log", None):
-            self.log.close()
 
     # -- observations ------------------------------------------------------------
 

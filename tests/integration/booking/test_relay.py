@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import pathlib
@@ -137,19 +138,15 @@ class CuttableProxy:
             pass  # the other direction closed the pair; nothing left to forward
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):  # already closed by the other pipe thread
                     s.close()
-                except OSError:
-                    pass  # already closed by the other pipe thread
 
     def cut(self):
         self.up.clear()
         with self.lock:
             for s in self.sockets:
-                try:
+                with contextlib.suppress(OSError):  # already gone
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # already gone
             self.sockets.clear()
 
     def restore(self):
@@ -301,7 +298,8 @@ def test_two_relays_on_postgresql_publish_each_row_once(client, session_factory,
     url, channel, queue = bound_queue
     for i in range(40):
         start = datetime(2032, 1, 1, tzinfo=UTC) + timedelta(hours=i)
-        assert client.post("/v1/bookings", json=booking_body(resource="room-r", start=start), headers=AUTH).status_code == 201
+        assert client.post("/v1/bookings", json=booking_body(resource="room-r", start=start),
+                           headers=AUTH).status_code == 201
     proxy = CuttableProxy(*_target(url))
     proxy.restore()
     relay_a = Relay(session_factory, proxied_url(url, proxy), poll_seconds=0.01, batch_size=2)
