@@ -76,7 +76,8 @@ def bound_queue(vhost_url):
     connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
     channel = connection.channel()
     channel.exchange_declare(shared.EXCHANGE, "direct", durable=True)
-    queue = channel.queue_declare("test.dispatch", durable=True, arguments={"x-max-priority": shared.MAX_PRIORITY}).method.queue
+    queue = channel.queue_declare("test.dispatch", durable=True,
+                                  arguments={"x-max-priority": shared.MAX_PRIORITY}).method.queue
     channel.queue_bind(queue, shared.EXCHANGE, shared.DISPATCH_QUEUE)
     yield vhost_url, channel, queue
     connection.close()

@@ -40,7 +40,8 @@ def test_metrics_aggregate_all_gunicorn_workers(settings, tmp_path):
         held.close()
         for _ in range(6):
             text = requests.get(base + "/metrics", timeout=60).text
-            match = re.search(r'booking_http_requests_total\{method="GET",route="/v1/bookings",status="200"\} (\S+)', text)
+            match = re.search(r'booking_http_requests_total\{method="GET",route="/v1/bookings",status="200"\} (\S+)',
+                              text)
             assert match and float(match.group(1)) == 31.0
         pids = {p.name for p in (tmp_path / "prom").iterdir()}
         assert len({name.rsplit("_", 1)[-1] for name in pids}) >= 2, "several worker processes wrote metrics"

@@ -58,7 +58,8 @@ def test_fifty_half_sent_requests_never_hold_the_api(settings):
                     conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
                 else:
                     conn.sendall(b"POST /v1/bookings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + API_KEY.encode()
-                                 + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"re")
+                                 + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                 + b"5\r\n{\"re")
                 slow.append(conn)
             # A sync worker held by a slow client answers nobody until gunicorn's timeout
             # (120 s here): these 5 s client timeouts would fail, not wait.

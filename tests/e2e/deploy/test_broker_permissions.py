@@ -10,7 +10,8 @@ from tests.deploy import processes, repo
 from tests.integration.deploy.test_broker_permissions import _env, _example_payload, channel, publish
 
 
-def test_notification_user_runs_a_worker_that_delivers_what_the_booking_user_published(least_privilege, tmp_path, management):
+def test_notification_user_runs_a_worker_that_delivers_what_the_booking_user_published(least_privilege, tmp_path,
+                                                                                       management):
     env = _env(least_privilege, tmp_path)
     subprocess.run([str(repo.BIN / "notification-service"), "migrate"], env=env, check=True,
                    capture_output=True, timeout=120)

@@ -112,7 +112,8 @@ def test_list_filters_and_paginates(client):
     page = client.get("/v1/bookings?resource_id=room-list&page=1&page_size=2", headers=AUTH)
     assert [b["starts_at"][:10] for b in page.json] == ["2031-04-01", "2031-04-02"]
     assert '"total": 3' in page.headers["X-Pagination"]
-    ranged = client.get("/v1/bookings?resource_id=room-list&from=2031-04-02T00:00:00Z&to=2031-04-03T00:00:00Z", headers=AUTH)
+    ranged = client.get("/v1/bookings?resource_id=room-list&from=2031-04-02T00:00:00Z&to=2031-04-03T00:00:00Z",
+                        headers=AUTH)
     assert [b["starts_at"][:10] for b in ranged.json] == ["2031-04-02"]
     assert client.get("/v1/bookings?status=cancelled", headers=AUTH).json == []
     assert client.get("/v1/bookings/00000000-0000-4000-8000-000000000000", headers=AUTH).status_code == 404
@@ -129,7 +130,8 @@ def test_reminder_is_due_lead_before_start_and_expires_at_start(client, session_
     reminder = next(r for r in _rows(session_factory, booking["id"]) if r.event == "booking.reminder")
     assert reminder.available_at.isoformat() == "2031-03-01T08:00:00+00:00"  # lead is 1 h in these tests
     assert reminder.expires_at.isoformat() == "2031-03-01T09:00:00+00:00"
-    assert reminder.priority < next(r for r in _rows(session_factory, booking["id"]) if r.event == "booking.confirmed").priority
+    assert reminder.priority < next(
+        r for r in _rows(session_factory, booking["id"]) if r.event == "booking.confirmed").priority
 
 
 def test_cancel_withdraws_the_reminder_and_sends_a_cancellation(client, session_factory):

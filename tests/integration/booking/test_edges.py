@@ -77,7 +77,8 @@ def test_no_reminder_when_its_moment_has_already_passed(client, session_factory)
     start = datetime.now(UTC) + timedelta(minutes=30)
     booking = client.post("/v1/bookings", json=booking_body(start=start), headers=AUTH).json
     with session_factory() as s:
-        events = s.execute(sa.select(OutboxMessage.event).where(OutboxMessage.booking_id == booking["id"])).scalars().all()
+        events = s.execute(
+            sa.select(OutboxMessage.event).where(OutboxMessage.booking_id == booking["id"])).scalars().all()
     assert events == ["booking.confirmed"]
 
 

@@ -16,9 +16,11 @@ def _refuse(engine: sa.Engine, table: str, column: str, value: str) -> None:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             # A CHECK violation's DETAIL quotes the whole row: "Failing row contains (..., e-mail, ...)".
-            conn.execute(sa.text(f"ALTER TABLE {table} ADD CONSTRAINT refuse_{column} CHECK ({column} <> '{value}') NOT VALID"))
+            conn.execute(sa.text(f"ALTER TABLE {table} ADD CONSTRAINT refuse_{column} "
+                                 f"CHECK ({column} <> '{value}') NOT VALID"))
         else:
-            conn.execute(sa.text(f"CREATE TRIGGER refuse_{column} BEFORE INSERT ON {table} WHEN NEW.{column} = '{value}' "
+            conn.execute(sa.text(f"CREATE TRIGGER refuse_{column} BEFORE INSERT ON {table} "
+                                 f"WHEN NEW.{column} = '{value}' "
                                  "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"))
 
 

@@ -108,7 +108,8 @@ def test_a_claimed_receipt_is_leased_so_a_second_publisher_gets_nothing(database
 
 def joined_row(**overrides):
     row = dict(id=1, delivery_id=str(uuid.uuid4()), sequence=3, status="dead", attempt=2,
-               reason=f"permanent: push provider answered 400: unknown token {TOKEN} (owner {EMAIL}, cc bob@example.com)",
+               reason=f"permanent: push provider answered 400: unknown token {TOKEN} "
+                      f"(owner {EMAIL}, cc bob@example.com)",
                provider_message_id=None, occurred_at="2030-05-01 12:00:00.000000", notification_id=str(uuid.uuid4()),
                channel="push", address=TOKEN, booking_id=str(uuid.uuid4()), booking_version=2,
                event="booking.confirmed", correlation_id="req-7")

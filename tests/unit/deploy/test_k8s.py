@@ -204,7 +204,10 @@ def test_each_worker_scales_on_its_own_queue():
 
 
 def test_keda_reads_queue_lengths_as_the_monitoring_user_from_a_secret_no_worker_loads():
-    """The scaler's credential can read queue lengths and nothing else (tests/integration/deploy/test_broker_permissions.py)."""
+    """The scaler's credential can read queue lengths and nothing else.
+
+    (tests/integration/deploy/test_broker_permissions.py checks it on a broker.)
+    """
     from tests.deploy import compose_env
 
     auths = {a["metadata"]["name"]: a for a in of_kind("notification", "TriggerAuthentication")}

@@ -256,8 +256,8 @@ def test_smtp_unreachable_is_transient():
 
 
 def _example(name: str) -> dict:
-    return shared.load_notification_requested(
-        json.loads((pathlib.Path(shared.__file__).parent / "examples" / f"notification.requested.v1.valid.{name}.json").read_text()))
+    path = pathlib.Path(shared.__file__).parent / "examples" / f"notification.requested.v1.valid.{name}.json"
+    return shared.load_notification_requested(json.loads(path.read_text()))
 
 
 @pytest.mark.parametrize("event", ["confirmed", "cancelled", "rescheduled", "reminder"])
