@@ -50,7 +50,8 @@ def readyz():
         checks["database"] = "ok"
     except Exception as exc:  # any driver error means "not ready"; reported, not hidden
         checks["database"] = f"error: {type(exc).__name__}"
-    checks["broker"] = "ok" if _broker_reachable(settings.amqp_url, settings.ready_broker_timeout_seconds) else "unreachable"
+    broker_up = _broker_reachable(settings.amqp_url, settings.ready_broker_timeout_seconds)
+    checks["broker"] = "ok" if broker_up else "unreachable"
     receipts_ok = True
     if checks["broker"] == "ok":
         # The receipts consumer's lag and presence. Reported, and "degraded" when nothing consumes the

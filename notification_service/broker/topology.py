@@ -99,7 +99,9 @@ def declare(connection) -> None:
             # The broker closed that channel; an exchange of the old (direct) type is replaced.
             channel = connection.channel()
             _replace_exchange(channel)
-        for entity in (dead_letter_exchange, receipts_exchange, *work_queues, *dead_letter_queues):
+        entities: tuple[Exchange | Queue, ...] = (
+            dead_letter_exchange, receipts_exchange, *work_queues, *dead_letter_queues)
+        for entity in entities:
             entity.bind(channel).declare()
     finally:
         channel.close()
@@ -179,7 +181,8 @@ def _queue_definition(queue: Queue) -> dict[str, Any]:
         "vhost": "/",
         "durable": True,
         "auto_delete": False,
-        "arguments": dict(queue.queue_arguments or {}),
+        # kombu sets queue_arguments from Queue.attrs at run time; as_dict is its typed reader.
+        "arguments": dict(queue.as_dict()["queue_arguments"] or {}),
     }
 
 
