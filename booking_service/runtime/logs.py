@@ -16,6 +16,21 @@ from booking_service.settings import LogFormat, LogLevel
 RENDERERS = {"json": structlog.processors.JSONRenderer, "console": structlog.dev.ConsoleRenderer}
 
 
+class _Stderr:
+    """``sys.stderr`` as it is when a line is written, not as it was when logging was configured.
+
+    structlog's configuration is process-wide: a stream captured at configure time outlives
+    whoever swapped ``sys.stderr`` (a test's capture), and every later line, from any thread,
+    then failed with "I/O operation on closed file".
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(log_format: LogFormat = "console", level: LogLevel = "INFO") -> None:
     # Refused rather than defaulted: a misspelt "jsn" used to give console lines that the
     # log pipeline could not parse, and nobody noticed (Settings checks the variables first).
@@ -33,6 +48,6 @@ def configure(log_format: LogFormat = "console", level: LogLevel = "INFO") -> No
             RENDERERS[log_format](),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(number),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_Stderr()),  # type: ignore[arg-type]  # a TextIO in all it uses
         cache_logger_on_first_use=False,
     )
