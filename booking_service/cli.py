@@ -5,6 +5,9 @@ environment, then ``./.env``). Whatever stops a command is one line on stderr
 and a non-zero exit, because the reader is an operator looking at a crash-looping
 container, not a developer: a bad variable exits 2 (like a bad command line),
 any other failure exits 1. ``BOOKING_LOG_LEVEL=DEBUG`` adds the traceback.
+
+Over 200 lines on purpose: each subcommand is a few lines, but every option carries its help text
+and every failure its one-line message.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ input is a 422 naming the field, never a database or encoding error (a 500):
 lengths within the columns, single-line text where the value can reach an
 e-mail header, no NUL anywhere (PostgreSQL refuses it), datetimes inside a
 range every backend and every reminder computation can hold.
+
+Over 200 lines on purpose: every HTTP schema of the API, so the rules /openapi.json documents read
+in one place (the resources import them).
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ back into the DLQ and reported, and the replay goes on with the next. The copy
 carries no ``x-`` header the broker reserves: RabbitMQ reads ``x-death`` when
 it dead-letters, and a consumer that rejects the copy again must not hand it
 one a publisher could have forged. Nothing printed holds an address.
+
+Over 200 lines on purpose: list, replay and purge of one queue share the fetch-and-leave-unacked
+loop, the reason lookup and the masking; split, each would carry a copy.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ arrival (the ``x-death`` RabbitMQ wrote, and any other reserved ``x-`` header),
 so it arrives for work like a fresh one. What is printed never holds an
 address or a push token: ``show`` masks them in the body, and a stored reason
 is masked too (reasons written before addresses were kept out of them).
+
+Over 200 lines on purpose: list, show, replay and purge share the fetch-and-leave-unacked loop,
+the header stripping and the masking; split, each would carry a copy.
 """
 
 from __future__ import annotations

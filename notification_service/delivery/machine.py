@@ -35,6 +35,8 @@ The rules:
   ended lease breaks this, and the send fails loudly instead of deferring;
 * nothing ever moves a delivery out of ``sent``, and an attempt that lost its
   lease cannot overwrite what the newer attempt recorded.
+
+Over 200 lines on purpose: the state machine's rules and its two ports read together, in one place.
 """
 
 from __future__ import annotations
