@@ -51,6 +51,12 @@ def end_wait() -> None:
 class NotConfirmed(Exception):
     """Raised when the broker nacked rows of a window, or did not answer them in time: reconnect."""
 
+    def __init__(self, nacked: int, unanswered: int, sent: int) -> None:
+        super().__init__(f"{nacked} nacked and {unanswered} unconfirmed of {sent}")
+        self.nacked = nacked
+        #: Rows without any answer: the node may hang, so the connection is dropped without a handshake.
+        self.unanswered = unanswered
+
 
 @dataclass
 class Outcome:
@@ -70,8 +76,8 @@ class Outcome:
         if self.error is not None:
             return self.error
         if self.released:
-            return NotConfirmed(f"{len(self.nacked)} nacked and {len(self.released) - len(self.nacked)} unconfirmed "
-                                f"of {len(self.published) + len(self.refused) + len(self.released)}")
+            return NotConfirmed(len(self.nacked), len(self.released) - len(self.nacked),
+                                len(self.published) + len(self.refused) + len(self.released))
         return None
 
 

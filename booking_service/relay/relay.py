@@ -92,9 +92,12 @@ class Relay:
         self.publisher = ConfirmChannel.open(self.connection)
         log.info("relay_connected")
 
-    def _disconnect(self) -> None:
+    def _disconnect(self, abort: bool = False) -> None:
+        """Close the connection; ``abort`` drops it without the closing handshake (a node that hangs)."""
         connection, self.connection, self.publisher = self.connection, None, None
-        if connection is not None and connection.is_open:
+        if abort and connection is not None:
+            amqp.abort(connection, "confirms missing: connection dropped")
+        elif connection is not None and connection.is_open:
             try:
                 connection.close()
             except pika.exceptions.AMQPError as exc:
@@ -178,7 +181,7 @@ class Relay:
                 self.stats.failed += 1
                 if not isinstance(exc, NotConfirmed):  # nacks and missing confirms were counted per row
                     metrics.publish_failures().labels("broker_unavailable").inc()
-                self._disconnect()
+                self._disconnect(abort=isinstance(exc, NotConfirmed) and exc.unanswered > 0)
                 delay = reconnect_delay(failures, self.max_backoff)
                 log.warning("relay_broker_unavailable", error=repr(exc), retry_in=round(delay, 2))
                 self.stopping.wait(delay)

@@ -23,6 +23,7 @@ within 5 s of a node's death, 15 s of a node hanging):
 from __future__ import annotations
 
 import pika
+import pika.exceptions
 
 from shared.amqp_url import pika_urls
 
@@ -47,3 +48,20 @@ def parameters(amqp_url: str) -> list[pika.URLParameters]:
         params.stack_timeout = CONNECT_TIMEOUT_SECONDS
         found.append(params)
     return found
+
+
+def abort(connection: pika.BlockingConnection, reason: str) -> None:
+    """Drop ``connection`` at once, without the closing handshake, which a hung node would never answer.
+
+    pika has no public abort: this is what its own heartbeat checker does to a silent
+    connection (``Connection._terminate_stream``); the I/O loop then runs once to let the
+    socket go, and reports the reason as the error it raises.
+    """
+    if connection.is_closed:
+        return
+    connection._impl._terminate_stream(pika.exceptions.AMQPConnectionError(reason))
+    try:
+        connection.process_data_events(time_limit=0)
+    except pika.exceptions.AMQPError:
+        if not connection.is_closed:  # anything but the reason given above, raised back once it is gone
+            raise

@@ -38,6 +38,12 @@ K = TypeVar("K", bound=Hashable)
 class NotConfirmed(NotificationError):
     """Raised when the broker nacked messages of a window or left them unanswered: publish them on a new connection."""
 
+    def __init__(self, nacked: int, unanswered: int) -> None:
+        super().__init__(f"{nacked} nacked and {unanswered} unconfirmed")
+        self.nacked = nacked
+        #: Messages without any answer: the node may hang, so the connection is dropped without a handshake.
+        self.unanswered = unanswered
+
 
 @dataclass
 class Answers(Generic[K]):
@@ -52,7 +58,7 @@ class Answers(Generic[K]):
         """Why the channel must not publish the next window (nacks, missing confirms), or None."""
         if not (self.nacked or self.unanswered):
             return None
-        return NotConfirmed(f"{len(self.nacked)} nacked and {len(self.unanswered)} unconfirmed")
+        return NotConfirmed(len(self.nacked), len(self.unanswered))
 
 
 class ConfirmWindow(Generic[K]):

@@ -36,6 +36,7 @@ from marshmallow import ValidationError
 
 import shared
 from notification_service.broker.confirm_window import ConfirmWindow, NotConfirmed
+from notification_service.broker.connection import abort as drop
 from notification_service.broker.connection import connect
 from notification_service.delivery.repository import SqlDeliveryLog
 from notification_service.receipts.message import build_receipt, to_message
@@ -106,7 +107,8 @@ class ReceiptPublisher:
                 self._failed("broker_unavailable", repr(exc))
                 self._disconnect()
             except NotConfirmed as exc:
-                self._disconnect()  # a new connection, maybe to another node, before the next batch
+                # A new connection, maybe to another node, before the next batch.
+                self._disconnect(abort=exc.unanswered > 0)
                 self._failed("not_confirmed", str(exc))
             except self._database_errors as exc:
                 self._failed("database_unavailable", f"{type(exc).__name__}: {exc}")
@@ -131,9 +133,12 @@ class ReceiptPublisher:
         self.window = ConfirmWindow(self.connection, channel)
         log.info("receipt_publisher_connected")
 
-    def _disconnect(self) -> None:
+    def _disconnect(self, abort: bool = False) -> None:
+        """Close the connection; ``abort`` drops it without the closing handshake (a node that hangs)."""
         connection, self.connection, self.window = self.connection, None, None
-        if connection is not None and connection.is_open:
+        if abort and connection is not None:
+            drop(connection, "confirms missing: connection dropped")
+        elif connection is not None and connection.is_open:
             try:
                 connection.close()
             except pika.exceptions.AMQPError as exc:
