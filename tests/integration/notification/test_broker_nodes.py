@@ -162,5 +162,3 @@ def test_topology_declare_moves_past_a_dead_node_in_amqp_url(cli_env, vhost_url,
         assert channel.queue_declare(shared.dead_letter_queue(shared.DISPATCH_QUEUE), passive=True)
     finally:
         connection.close()
-
-
