@@ -8,8 +8,8 @@ within 5 s of a node's death, 15 s of a node hanging):
 * a hung node (SIGSTOPped, or a partition) sends nothing and answers nothing.
   pika closes a connection after one heartbeat check interval without a byte
   received, and checks every ``heartbeat + 5`` s; the broker sends a heartbeat
-  every ``heartbeat / 2`` s. With 3 s a hung node is left 8 to ~15 s after it
-  stopped (two check intervals less one broker heartbeat, at worst). The price
+  every ``heartbeat / 2`` s. With 3 s a hung node is left 8 to 16 s after it
+  stopped (two check intervals at worst; measured: 16 s). The price
   is that the client must serve the connection (``process_data_events``) at
   least every ~3 s, or the broker closes it: both processes serve it between
   every database transaction, and a closed connection only costs a reconnect

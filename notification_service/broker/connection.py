@@ -4,9 +4,10 @@ Timeouts are chosen for a cluster's failover. A node that died refuses the
 connection at once and pika tries the next parameter set (one per node,
 random order). A hung node sends nothing: pika closes a connection after one
 heartbeat check interval (``heartbeat + 5`` s) without a byte received, and
-the broker sends a heartbeat every ``heartbeat / 2`` s, so with 3 s a hung node
-is left 8 to ~15 s after it stopped. The price: the client must serve the
-connection at least every ~3 s or the broker closes it; the receipts
+the broker sends a heartbeat every ``heartbeat / 2`` s, so with 3 s a hung
+node is left 8 to 16 s after it stopped (two check intervals at worst). The
+price: the client must serve the connection at least every ~3 s or the broker
+closes it; the receipts
 publisher serves it between its database transactions, and a closed
 connection costs a reconnect (its unconfirmed receipts go out again under the
 same message id). A node that accepts TCP but never completes the handshake
