@@ -54,7 +54,7 @@ class NotConfirmed(Exception):
     def __init__(self, nacked: int, unanswered: int, sent: int) -> None:
         super().__init__(f"{nacked} nacked and {unanswered} unconfirmed of {sent}")
         self.nacked = nacked
-        #: Rows without any answer: the node may hang, so the connection is dropped without a handshake.
+        #: Rows without any answer (the node may hang).
         self.unanswered = unanswered
 
 

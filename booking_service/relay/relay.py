@@ -181,7 +181,9 @@ class Relay:
                 self.stats.failed += 1
                 if not isinstance(exc, NotConfirmed):  # nacks and missing confirms were counted per row
                     metrics.publish_failures().labels("broker_unavailable").inc()
-                self._disconnect(abort=isinstance(exc, NotConfirmed) and exc.unanswered > 0)
+                # A channel that nacks or stays silent is dropped, not closed: the closing handshake waits
+                # for a hung node's answer, and a blocked connection's (resource alarm) for the block to end.
+                self._disconnect(abort=isinstance(exc, NotConfirmed))
                 delay = reconnect_delay(failures, self.max_backoff)
                 log.warning("relay_broker_unavailable", error=repr(exc), retry_in=round(delay, 2))
                 self.stopping.wait(delay)

@@ -41,7 +41,7 @@ class NotConfirmed(NotificationError):
     def __init__(self, nacked: int, unanswered: int) -> None:
         super().__init__(f"{nacked} nacked and {unanswered} unconfirmed")
         self.nacked = nacked
-        #: Messages without any answer: the node may hang, so the connection is dropped without a handshake.
+        #: Messages without any answer (the node may hang).
         self.unanswered = unanswered
 
 

@@ -107,8 +107,9 @@ class ReceiptPublisher:
                 self._failed("broker_unavailable", repr(exc))
                 self._disconnect()
             except NotConfirmed as exc:
-                # A new connection, maybe to another node, before the next batch.
-                self._disconnect(abort=exc.unanswered > 0)
+                # A new connection, maybe to another node, before the next batch. The old one is dropped, not
+                # closed: the closing handshake waits for a hung node, or for a blocked connection's block to end.
+                self._disconnect(abort=True)
                 self._failed("not_confirmed", str(exc))
             except self._database_errors as exc:
                 self._failed("database_unavailable", f"{type(exc).__name__}: {exc}")
