@@ -51,7 +51,13 @@ def test_the_relay_publishes_every_row_within_seconds_when_its_node_is_killed(pr
         node.kill()
         killed = time.monotonic()
         book(client, ROWS_EACH)
-        wait_for(lambda: published(session_factory) == 2 * ROWS_EACH, 30, "every row after the kill")
+        try:
+            wait_for(lambda: published(session_factory) == 2 * ROWS_EACH, 30, "every row after the kill")
+        except AssertionError:
+            with session_factory() as s:
+                states = s.execute(sa.select(OutboxMessage.status, OutboxMessage.locked_until.is_not(None),
+                                             OutboxMessage.attempts, OutboxMessage.last_error)).all()
+            raise AssertionError(f"rows (status, leased, attempts, error): {sorted(map(tuple, states))}") from None
         took = time.monotonic() - killed
     finally:
         relay.stop()
