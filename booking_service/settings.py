@@ -130,6 +130,11 @@ class Settings(BaseSettings):
         1.0, gt=0, validation_alias="BOOKING_RELAY_MAX_BACKOFF_SECONDS",
         description="Relay: ceiling of the reconnect backoff. Low on purpose: after a long outage the relay "
                     "probes this often, so it is back within seconds of the broker.")
+    relay_confirm_timeout_seconds: float = Field(
+        5.0, gt=0, le=60, validation_alias="BOOKING_RELAY_CONFIRM_TIMEOUT_SECONDS",
+        description="Relay: how long it waits for the broker to confirm a batch. Rows nacked or unconfirmed by "
+                    "then count as not sent: the relay reconnects (to any node of a cluster) and sends them again "
+                    "with the same task id. At most 60 (half the 120 s claim lease).")
     relay_metrics_port: int = Field(
         0, ge=0, lt=65536, validation_alias="BOOKING_RELAY_METRICS_PORT",
         description="Relay: port of its own /metrics (0 = off), for a relay that does not share "

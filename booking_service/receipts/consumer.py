@@ -20,6 +20,13 @@ consumes with a prefetch window and manual acks, and has one rule:
   back to the queue) and the consumer tries again after a capped backoff, as it
   does while the broker is away.
 
+On a cluster (several nodes in ``AMQP_URL``) a node that dies closes the
+connection and the consumer reconnects to another at once; a node that hangs
+closes nothing, and pika's heartbeat check (3 s heartbeats,
+``runtime/amqp.py``) gives the connection up 8 to ~16 s later. The unacked
+receipts go back to the queue either way, and a copy applied twice changes
+nothing.
+
 It never touches a booking: bookings and receipts are separate rows and
 separate transactions, and on SQLite a receipt's transaction is two indexed
 reads and one INSERT. It declares nothing: the queue is the notification

@@ -3,8 +3,14 @@
 Every message of the batch is written to the socket with ``mandatory=True``,
 then the confirms are collected (the broker acks several at once with
 ``multiple``): one round trip per batch, not per row. A row counts as published
-only once the broker confirmed it; a returned (unroutable) or nacked row is
-refused, and a row without an answer is released to be tried again.
+only once the broker confirmed it; a returned (unroutable) row is refused
+(retried later with backoff: no queue is bound). A nacked row, or one without
+an answer within the bound, is released to be tried again at once, and the
+outcome says the channel is not to be trusted (``NotConfirmed``): on a cluster
+a channel whose queue leader died can nack every publish for minutes, or the
+node it is on hangs and never answers, while a new connection is acked at
+once. The relay reconnects, to any node, and publishes the rows again under
+the same task id (the workers' dedupe key).
 
 pika's ``BlockingChannel`` waits for each confirm inside ``basic_publish``, so
 the window publishes through the channel's asynchronous implementation
@@ -32,8 +38,8 @@ from booking_service.relay.outbox_lease import Claimed
 
 #: Why a confirmed but returned row was not delivered.
 UNROUTABLE = "unroutable: no queue bound for notifications.dispatch"
-#: Why a nacked row was not delivered.
-NACKED = "nacked by the broker"
+#: Why a nacked row was not delivered (it is released, and goes out again on a new connection).
+NACKED = "nacked by the broker; sent again on a new connection"
 #: Longest single wait for confirms, so a closed channel is noticed soon.
 _CONFIRM_SLICE_SECONDS = 1.0
 
@@ -42,14 +48,37 @@ def end_wait() -> None:
     """A callback whose only effect is to end a ``process_data_events`` wait."""
 
 
+class NotConfirmed(Exception):
+    """Raised when the broker nacked rows of a window, or did not answer them in time: reconnect."""
+
+    def __init__(self, nacked: int, unanswered: int, sent: int) -> None:
+        super().__init__(f"{nacked} nacked and {unanswered} unconfirmed of {sent}")
+        self.nacked = nacked
+        #: Rows without any answer (the node may hang).
+        self.unanswered = unanswered
+
+
 @dataclass
 class Outcome:
-    """What the broker said about one window, and the error that cut it short (the caller re-raises it)."""
+    """What the broker said about one window, and the error that cut it short (the caller re-raises it).
+
+    ``released`` holds the nacked rows (also in ``nacked``) and the unanswered ones: both are sent again.
+    """
 
     published: list[OutboxRow]
     refused: list[tuple[OutboxRow, str]]
     released: list[OutboxRow]
     error: pika.exceptions.AMQPError | OSError | None = None
+    nacked: list[OutboxRow] = field(default_factory=list)
+
+    def failure(self) -> Exception | None:
+        """Why this channel must not publish the next batch (the error, nacks, missing confirms), or None."""
+        if self.error is not None:
+            return self.error
+        if self.released:
+            return NotConfirmed(len(self.nacked), len(self.released) - len(self.nacked),
+                                len(self.published) + len(self.refused) + len(self.released))
+        return None
 
 
 @dataclass
@@ -73,10 +102,9 @@ class _Window:
         # so a returned row is always among the acked ones by now.
         published = [r for r in self.acked if r.notification_id not in self.returned]
         refused = [(r, UNROUTABLE) for r in self.acked if r.notification_id in self.returned]
-        refused += [(r, NACKED) for r in self.nacked]
-        answered = {r.id for r in self.acked} | {r.id for r in self.nacked}
-        released = [r for r in sent if r.id not in answered]
-        return Outcome(published, refused, released, error)
+        acked = {r.id for r in self.acked}
+        released = [r for r in sent if r.id not in acked]  # nacked or never answered
+        return Outcome(published, refused, released, error, nacked=list(self.nacked))
 
 
 class ConfirmChannel:
@@ -109,6 +137,8 @@ class ConfirmChannel:
 
         A broker or socket error does not escape: it is returned in the outcome
         with the answers that came before it, so the caller records those first.
+        The wait also serves heartbeats, but does not rely on them: a node that
+        hangs is noticed at ``wait_seconds``, long before a heartbeat check.
         """
         window = self._window = _Window()
         error: pika.exceptions.AMQPError | OSError | None = None

@@ -29,9 +29,10 @@ log = structlog.get_logger(__name__)
 OUTBOX = OutboxMessage.__table__
 #: How long a claimed row belongs to the relay that claimed it. A relay that
 #: dies mid-batch leaves its rows to the others (or to itself after a restart)
-#: once this passes; a live one gives unconfirmed rows back after half of it.
+#: once this passes; a live one gives unconfirmed rows back long before
+#: (``BOOKING_RELAY_CONFIRM_TIMEOUT_SECONDS``, which must stay below it).
 CLAIM_LEASE = timedelta(seconds=120)
-#: First wait before an unroutable or nacked row is tried again; doubles per attempt.
+#: First wait before an unroutable row is tried again; doubles per attempt.
 RETRY_BASE = timedelta(seconds=30)
 #: Longest wait between two attempts of one row.
 RETRY_CEILING = timedelta(hours=1)
@@ -105,17 +106,25 @@ class OutboxLease:
             return _settle_unsendable(conn, rows, now)
 
     def record(self, published: Sequence[OutboxRow], refused: Sequence[tuple[OutboxRow, str]],
-               released: Sequence[OutboxRow]) -> None:
-        """Write what the broker said about a batch, one statement per outcome, and drop the leases."""
+               released: Sequence[OutboxRow], nacked: Sequence[OutboxRow] = (), nack_error: str = "") -> None:
+        """Write what the broker said about a batch, one statement per outcome, and drop the leases.
+
+        ``released`` rows are due again at once; those among them in ``nacked`` keep ``nack_error``
+        as their last error, so an operator sees why a row went out more than once.
+        """
         now = utcnow()
+        nacked_ids = {r.id for r in nacked}
         with self.engine.begin() as conn:
             if published:
                 # Recorded even if the row was superseded meanwhile: it did go out.
                 conn.execute(sa.update(OUTBOX).where(OUTBOX.c.id.in_([r.id for r in published])).values(
                     status="published", published_at=now, last_error=None, locked_until=None))
-            if released:
-                conn.execute(sa.update(OUTBOX).where(OUTBOX.c.id.in_([r.id for r in released]),
+            if unanswered := [r.id for r in released if r.id not in nacked_ids]:
+                conn.execute(sa.update(OUTBOX).where(OUTBOX.c.id.in_(unanswered),
                                                      OUTBOX.c.status == "pending").values(locked_until=None))
+            if nacked_ids:
+                conn.execute(sa.update(OUTBOX).where(OUTBOX.c.id.in_(nacked_ids), OUTBOX.c.status == "pending")
+                             .values(locked_until=None, last_error=nack_error))
             if refused:
                 conn.execute(
                     sa.update(OUTBOX).where(OUTBOX.c.id == sa.bindparam("b_id"), OUTBOX.c.status == "pending")

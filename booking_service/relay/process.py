@@ -16,7 +16,8 @@ def run_forever(settings) -> None:
 
     engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
     relay = Relay(make_session_factory(engine), settings.amqp_url, poll_seconds=settings.relay_poll_seconds,
-                  batch_size=settings.relay_batch_size, max_backoff=settings.relay_max_backoff_seconds)
+                  batch_size=settings.relay_batch_size, max_backoff=settings.relay_max_backoff_seconds,
+                  confirm_timeout=settings.relay_confirm_timeout_seconds)
     if settings.relay_metrics_port:
         from prometheus_client import start_http_server
 

@@ -9,6 +9,14 @@ SQLite the poll is the wake-up, so it is short, 0.02 s), a commit NOTIFYs
 While the broker is away the relay probes it with a capped backoff (at most
 ``BOOKING_RELAY_MAX_BACKOFF_SECONDS``, 1 s, small jitter), so it publishes
 within seconds of the broker answering again, however long the outage was.
+
+On a cluster (several nodes in ``AMQP_URL``) a window that the broker nacked,
+or did not confirm within ``BOOKING_RELAY_CONFIRM_TIMEOUT_SECONDS``, counts as
+not sent: the relay closes the connection and reconnects (pika tries the nodes
+in a random order) before the next batch, and the rows go out again with the
+same task id. A channel whose queue leader died may nack every publish for
+minutes while a new connection is acked at once, and a hung node never
+answers at all; waiting there would stop the outbox.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import structlog
 from pika.adapters.blocking_connection import BlockingChannel
 from sqlalchemy.orm import sessionmaker
 
-from booking_service.relay.confirm_window import UNROUTABLE, ConfirmChannel, Outcome, end_wait
+from booking_service.relay.confirm_window import NACKED, UNROUTABLE, ConfirmChannel, NotConfirmed, Outcome, end_wait
 from booking_service.relay.outbox_lease import CLAIM_LEASE, OutboxLease
 from booking_service.relay.process import run_forever
 from booking_service.relay.wakeup import NotifyListener
@@ -38,6 +46,9 @@ log = structlog.get_logger(__name__)
 
 #: Longest single wait inside ``process_data_events`` while idle (SIGTERM latency).
 IDLE_SLICE_SECONDS = 0.5
+#: Default bound on a window's confirms (``BOOKING_RELAY_CONFIRM_TIMEOUT_SECONDS``): a healthy broker
+#: confirms a batch in milliseconds, and a quorum queue elects a new leader 0.1-0.6 s after a node dies.
+CONFIRM_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass
@@ -50,13 +61,18 @@ class Relay:
     """One relay: a loop on one thread with one broker connection; several may run against one database."""
 
     def __init__(self, session_factory: sessionmaker, amqp_url: str, *, poll_seconds: float = 0.02,
-                 batch_size: int = 100, max_backoff: float = 1.0, listen: bool = True):
+                 batch_size: int = 100, max_backoff: float = 1.0, listen: bool = True,
+                 confirm_timeout: float = CONFIRM_TIMEOUT_SECONDS):
+        if not 0 < confirm_timeout < CLAIM_LEASE.total_seconds():
+            # Past the lease another relay may claim the rows while this one still waits for them.
+            raise ValueError(f"confirm_timeout must be between 0 and {CLAIM_LEASE.total_seconds():.0f} s")
         self.engine: sa.Engine = session_factory.kw["bind"]
         self.lease = OutboxLease(self.engine, batch_size)
         self.amqp_url = amqp_url
         self.poll_seconds = poll_seconds
         self.batch_size = batch_size
         self.max_backoff = max_backoff
+        self.confirm_timeout = confirm_timeout
         self.stopping = threading.Event()
         #: Set by the PostgreSQL listener when a commit added outbox rows.
         self.wakeup = threading.Event()
@@ -76,9 +92,12 @@ class Relay:
         self.publisher = ConfirmChannel.open(self.connection)
         log.info("relay_connected")
 
-    def _disconnect(self) -> None:
+    def _disconnect(self, abort: bool = False) -> None:
+        """Close the connection; ``abort`` drops it without the closing handshake (a node that hangs)."""
         connection, self.connection, self.publisher = self.connection, None, None
-        if connection is not None and connection.is_open:
+        if abort and connection is not None:
+            amqp.abort(connection, "confirms missing: connection dropped")
+        elif connection is not None and connection.is_open:
             try:
                 connection.close()
             except pika.exceptions.AMQPError as exc:
@@ -108,10 +127,11 @@ class Relay:
     def publish_due(self) -> int:
         """Publish one batch of due rows; returns how many were confirmed.
 
-        Raises pika connection errors; rows confirmed before the error are
-        recorded as published, the rest are released to be tried again (a row
-        whose confirm was lost with the connection may go out twice: same task
-        id, which the workers' delivery log deduplicates).
+        Raises pika connection errors, and ``NotConfirmed`` when the broker
+        nacked rows or left them unconfirmed past the bound; rows confirmed
+        before are recorded as published, the rest are released to be tried
+        again at once (a row whose confirm was lost may go out twice: same
+        task id, which the workers' delivery log deduplicates).
         """
         publisher = self.publisher
         if publisher is None:  # checked before claiming: a lease taken now would only wait out its time
@@ -119,12 +139,11 @@ class Relay:
         claimed = self.lease.claim()
         if not claimed:
             return 0
-        # A slow broker: give the unconfirmed rest back while the lease still holds.
-        outcome = publisher.publish(claimed, wait_seconds=CLAIM_LEASE.total_seconds() / 2)
-        self.lease.record(outcome.published, outcome.refused, outcome.released)
+        outcome = publisher.publish(claimed, wait_seconds=self.confirm_timeout)
+        self.lease.record(outcome.published, outcome.refused, outcome.released, outcome.nacked, NACKED)
         self._account(outcome)
-        if outcome.error is not None:
-            raise outcome.error
+        if (failure := outcome.failure()) is not None:
+            raise failure
         return len(outcome.published)
 
     def _account(self, outcome: Outcome) -> None:
@@ -132,10 +151,14 @@ class Relay:
             metrics.published().labels(row.event).inc()
             log.info("outbox_published", notification_id=row.notification_id, booking_event=row.event,
                      correlation_id=row.correlation_id)
-        for row, error in outcome.refused:
-            unroutable = error == UNROUTABLE
-            metrics.publish_failures().labels("unroutable" if unroutable else "nack").inc()
-            log.error("outbox_unroutable" if unroutable else "outbox_nacked", notification_id=row.notification_id)
+        for row, _error in outcome.refused:
+            metrics.publish_failures().labels("unroutable").inc()
+            log.error("outbox_unroutable", notification_id=row.notification_id, reason=UNROUTABLE)
+        for row in outcome.nacked:
+            metrics.publish_failures().labels("nack").inc()
+            log.warning("outbox_nacked", notification_id=row.notification_id)
+        if unanswered := len(outcome.released) - len(outcome.nacked):
+            metrics.publish_failures().labels("unconfirmed").inc(unanswered)
         self.stats.published += len(outcome.published)
 
     def run(self) -> None:
@@ -153,11 +176,14 @@ class Relay:
                 failures = 0
                 if count < self.batch_size:
                     self._wait_for_work(self.poll_seconds)
-            except (pika.exceptions.AMQPError, OSError) as exc:
+            except (pika.exceptions.AMQPError, OSError, NotConfirmed) as exc:
                 failures += 1
                 self.stats.failed += 1
-                metrics.publish_failures().labels("broker_unavailable").inc()
-                self._disconnect()
+                if not isinstance(exc, NotConfirmed):  # nacks and missing confirms were counted per row
+                    metrics.publish_failures().labels("broker_unavailable").inc()
+                # A channel that nacks or stays silent is dropped, not closed: the closing handshake waits
+                # for a hung node's answer, and a blocked connection's (resource alarm) for the block to end.
+                self._disconnect(abort=isinstance(exc, NotConfirmed))
                 delay = reconnect_delay(failures, self.max_backoff)
                 log.warning("relay_broker_unavailable", error=repr(exc), retry_in=round(delay, 2))
                 self.stopping.wait(delay)

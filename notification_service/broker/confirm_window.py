@@ -11,6 +11,12 @@ not thread-safe).
 Messages are published ``mandatory``: one the broker cannot route comes back
 as ``basic.return`` *before* its ``basic.ack``, and is reported as returned,
 not confirmed.
+
+A nack, or a message still unanswered at the deadline, means the channel is
+not to be trusted (:meth:`ConfirmWindow.failure`): on a cluster a channel
+whose queue leader died can nack every publish for minutes while a new
+connection is acked at once, and a hung node never answers. The caller
+reconnects (any node) and publishes those messages again under the same id.
 """
 
 from __future__ import annotations
@@ -24,7 +30,19 @@ import pika
 import pika.exceptions
 import pika.spec
 
+from notification_service.errors import NotificationError
+
 K = TypeVar("K", bound=Hashable)
+
+
+class NotConfirmed(NotificationError):
+    """Raised when the broker nacked messages of a window or left them unanswered: publish them on a new connection."""
+
+    def __init__(self, nacked: int, unanswered: int) -> None:
+        super().__init__(f"{nacked} nacked and {unanswered} unconfirmed")
+        self.nacked = nacked
+        #: Messages without any answer (the node may hang).
+        self.unanswered = unanswered
 
 
 @dataclass
@@ -34,7 +52,13 @@ class Answers(Generic[K]):
     confirmed: list[K] = field(default_factory=list)  # acked and routed: in a queue
     returned: list[K] = field(default_factory=list)   # acked, but no queue was bound (unroutable)
     nacked: list[K] = field(default_factory=list)     # refused by the broker
-    # A message in none of the three was never answered (the connection went, or the deadline passed).
+    unanswered: list[K] = field(default_factory=list)  # no answer: the connection went, or the deadline passed
+
+    def failure(self) -> NotConfirmed | None:
+        """Why the channel must not publish the next window (nacks, missing confirms), or None."""
+        if not (self.nacked or self.unanswered):
+            return None
+        return NotConfirmed(len(self.nacked), len(self.unanswered))
 
 
 class ConfirmWindow(Generic[K]):
@@ -87,7 +111,8 @@ class ConfirmWindow(Generic[K]):
     def answers(self) -> Answers[K]:
         """What the broker answered so far in this window (also after an error)."""
         return Answers(confirmed=[k for k in self._acked if k not in self._returned],
-                       returned=[k for k in self._acked if k in self._returned], nacked=list(self._nacked))
+                       returned=[k for k in self._acked if k in self._returned], nacked=list(self._nacked),
+                       unanswered=list(self._unanswered.values()))
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method

@@ -20,8 +20,10 @@ from notification_service.delivery.tables import receipts
 
 #: How long a claimed row belongs to the publisher that claimed it.
 CLAIM_LEASE = timedelta(seconds=60)
-#: A row the broker returned (no queue bound) or nacked waits this long before it is tried again.
+#: A row the broker returned (no queue bound) waits this long before it is tried again.
 REFUSED_DELAY = timedelta(seconds=30)
+#: Kept on a nacked row, which is due again at once (the publisher sends it on a new connection).
+NACKED_ERROR = "nacked by the broker; sent again on a new connection"
 
 #: The outbox statements (``:name`` parameters, adapted to the driver like the delivery log's).
 _CLAIM = ("UPDATE receipts SET locked_until = :until, lease_owner = :owner WHERE id IN (SELECT id FROM receipts"
@@ -63,8 +65,9 @@ class BatchOutcome:
     """What became of a claimed batch; :meth:`ReceiptOutbox.record` writes it in one transaction."""
 
     published: list[int] = field(default_factory=list)
-    refused: list[int] = field(default_factory=list)
-    released: list[int] = field(default_factory=list)
+    refused: list[int] = field(default_factory=list)  # unroutable: held back for REFUSED_DELAY
+    released: list[int] = field(default_factory=list)  # unanswered: due again at once
+    nacked: list[int] = field(default_factory=list)  # due again at once, with NACKED_ERROR
     closed: list[tuple[int, str]] = field(default_factory=list)  # broke the contract: (row id, error)
 
 
@@ -99,7 +102,7 @@ class ReceiptOutbox:
         now = now or utcnow()
         ts = self.store.time(now)
         held_until = self.store.time(now + REFUSED_DELAY)
-        refused_error = "refused by the broker (unroutable or nacked)"
+        refused_error = "refused by the broker (unroutable)"
         with self.store.writes.transaction() as cur:
             if outcome.published:
                 cur.executemany(self.sql["published"], [{"now": ts, "id": i} for i in outcome.published])
@@ -109,6 +112,9 @@ class ReceiptOutbox:
             if outcome.released:
                 cur.executemany(self.sql["release"], [{"until": None, "error": None, "id": i}
                                                       for i in outcome.released])
+            if outcome.nacked:
+                cur.executemany(self.sql["release"], [{"until": None, "error": NACKED_ERROR, "id": i}
+                                                      for i in outcome.nacked])
             if outcome.closed:
                 cur.executemany(self.sql["closed"], [{"now": ts, "error": error[:2000], "id": i}
                                                      for i, error in outcome.closed])

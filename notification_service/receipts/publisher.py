@@ -11,8 +11,11 @@ receipt can be lost: a row stays unpublished until the broker confirmed it.
 of rows with a lease (``outbox.py``, on the delivery log's connection and
 write lock), publishes the batch as one window of confirms
 (``broker/confirm_window.py``), and records in one transaction which rows the
-broker confirmed (published), returned or nacked (held back), or never
-answered (given back). A commit that wrote receipts in this process wakes it
+broker confirmed (published), returned (held back: no queue bound), or
+nacked or left unanswered within ``CONFIRM_TIMEOUT_SECONDS`` (given back, and
+the connection is made again, to any node of a cluster, before the next
+batch: a channel whose queue leader died can nack for minutes while a new
+connection is acked at once, and a hung node never answers). A commit that wrote receipts in this process wakes it
 (after ``LINGER_SECONDS``, so a busy worker publishes many receipts per
 round); rows written by other processes, or left by a dead publisher's lease,
 are found by a poll. While the broker is away it probes with a capped backoff
@@ -32,11 +35,12 @@ import structlog
 from marshmallow import ValidationError
 
 import shared
-from notification_service.broker.confirm_window import ConfirmWindow
+from notification_service.broker.confirm_window import ConfirmWindow, NotConfirmed
+from notification_service.broker.connection import abort as drop
 from notification_service.broker.connection import connect
 from notification_service.delivery.repository import SqlDeliveryLog
 from notification_service.receipts.message import build_receipt, to_message
-from notification_service.receipts.outbox import CLAIM_LEASE, BatchOutcome, ReceiptOutbox
+from notification_service.receipts.outbox import BatchOutcome, ReceiptOutbox
 from notification_service.runtime import metrics
 from notification_service.runtime.backoff import reconnect_delay
 
@@ -46,13 +50,17 @@ log = structlog.get_logger("notification_service.receipts.publisher")
 IDLE_SLICE_SECONDS = 0.2
 #: After a commit wakes the publisher, how long it lets more receipts gather before it claims a batch.
 LINGER_SECONDS = 0.1
+#: How long a window waits for its confirms before the rest count as not sent (far below the claim lease):
+#: a healthy broker confirms in milliseconds, and a quorum queue has a new leader 0.1-0.6 s after a node dies.
+CONFIRM_TIMEOUT_SECONDS = 5.0
 
 
 class ReceiptPublisher:
     """Publishes the receipts outbox until :meth:`stop`; one thread, one connection (pika is not thread-safe)."""
 
     def __init__(self, store: SqlDeliveryLog, amqp_url: str, owner: str, *, poll_seconds: float = 1.0,
-                 batch_size: int = 100, max_backoff: float = 3.0) -> None:
+                 batch_size: int = 100, max_backoff: float = 3.0,
+                 confirm_timeout: float = CONFIRM_TIMEOUT_SECONDS) -> None:
         self.store = store  # the process's delivery log: its write lock, and its wake-up event
         self.outbox = ReceiptOutbox(store)
         self.amqp_url = amqp_url
@@ -60,6 +68,7 @@ class ReceiptPublisher:
         self.poll_seconds = poll_seconds
         self.batch_size = batch_size
         self.max_backoff = max_backoff
+        self.confirm_timeout = confirm_timeout
         self.stopping = threading.Event()
         self.connection: pika.BlockingConnection | None = None
         self.window: ConfirmWindow[int] | None = None
@@ -97,6 +106,11 @@ class ReceiptPublisher:
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self._failed("broker_unavailable", repr(exc))
                 self._disconnect()
+            except NotConfirmed as exc:
+                # A new connection, maybe to another node, before the next batch. The old one is dropped, not
+                # closed: the closing handshake waits for a hung node, or for a blocked connection's block to end.
+                self._disconnect(abort=True)
+                self._failed("not_confirmed", str(exc))
             except self._database_errors as exc:
                 self._failed("database_unavailable", f"{type(exc).__name__}: {exc}")
             except Exception as exc:  # noqa: BLE001 - the thread must outlive any one batch; logged and counted
@@ -120,9 +134,12 @@ class ReceiptPublisher:
         self.window = ConfirmWindow(self.connection, channel)
         log.info("receipt_publisher_connected")
 
-    def _disconnect(self) -> None:
+    def _disconnect(self, abort: bool = False) -> None:
+        """Close the connection; ``abort`` drops it without the closing handshake (a node that hangs)."""
         connection, self.connection, self.window = self.connection, None, None
-        if connection is not None and connection.is_open:
+        if abort and connection is not None:
+            drop(connection, "confirms missing: connection dropped")
+        elif connection is not None and connection.is_open:
             try:
                 connection.close()
             except pika.exceptions.AMQPError as exc:
@@ -146,8 +163,9 @@ class ReceiptPublisher:
     def publish_batch(self) -> int:
         """Claim, publish and record one batch; returns how many rows the broker confirmed.
 
-        Raises pika errors after recording what was confirmed and giving the rest back (a row whose
-        confirm was lost with the connection goes out again: the consumer deduplicates).
+        Raises pika errors, or ``NotConfirmed`` for nacks and confirms missing at the deadline, after
+        recording what was confirmed and giving the rest back (a row whose confirm was lost goes out
+        again: the consumer deduplicates).
         """
         window = self.window
         if window is None or not window.is_open:
@@ -169,18 +187,24 @@ class ReceiptPublisher:
                     continue
                 window.publish(row.id, shared.RECEIPTS_EXCHANGE, receipt.routing_key, receipt.body,
                                receipt.properties)
-            window.wait(CLAIM_LEASE.total_seconds() / 2)  # a slow broker: give the rest back in time
+            window.wait(self.confirm_timeout)
         finally:
             answers = window.answers()
             outcome.published = answers.confirmed
-            outcome.refused = sorted(answers.returned) + answers.nacked
-            settled = set(outcome.published) | set(outcome.refused) | {row_id for row_id, _e in outcome.closed}
+            outcome.refused = sorted(answers.returned)
+            outcome.nacked = answers.nacked
+            settled = set(outcome.published) | set(outcome.refused) | set(outcome.nacked)
+            settled |= {row_id for row_id, _e in outcome.closed}
             outcome.released = [row.id for row in rows if row.id not in settled]
             self.outbox.record(outcome)
             if outcome.refused:
                 metrics.RECEIPT_PUBLISH_FAILURES.labels("refused").inc(len(outcome.refused))
-                log.warning("receipts_refused", count=len(outcome.refused), unroutable=len(answers.returned))
+                log.warning("receipts_refused", count=len(outcome.refused))
+            if outcome.nacked:
+                metrics.RECEIPT_PUBLISH_FAILURES.labels("nacked").inc(len(outcome.nacked))
             self.published_count += len(outcome.published)
             metrics.RECEIPTS_PUBLISHED.inc(len(outcome.published))
         log.debug("receipts_published", count=len(outcome.published))
+        if (failure := answers.failure()) is not None:
+            raise failure
         return len(outcome.published)
