@@ -1,4 +1,4 @@
-"""Broker names, task names and priority levels: the wire vocabulary both services share.
+"""Broker names, task names, priority levels and lanes: the wire vocabulary both services share.
 
 Everything here is a plain constant; nothing opens a connection.
 """
@@ -13,11 +13,13 @@ EXCHANGE = "notifications"
 #: Dead-letter exchange every work queue dead-letters into (routing key = the queue name).
 DEAD_LETTER_EXCHANGE = "notifications.dlx"
 
-#: Work queues, one per stage and channel. Their routing key on ``EXCHANGE`` is the queue name.
+#: Stages of the work, one per task and channel. A stage's name is not a queue any more: it is
+#: split into one lane queue per priority class (``lane_queue``). ``DISPATCH_QUEUE`` is also the
+#: routing key a booking service of the previous version publishes with (``LEGACY_BINDINGS``).
 DISPATCH_QUEUE = "notifications.dispatch"
 EMAIL_QUEUE = "notifications.email"
 PUSH_QUEUE = "notifications.push"
-WORK_QUEUES = (DISPATCH_QUEUE, EMAIL_QUEUE, PUSH_QUEUE)
+STAGES = (DISPATCH_QUEUE, EMAIL_QUEUE, PUSH_QUEUE)
 
 #: Suffix of the dead-letter queue that belongs to each work queue.
 DLQ_SUFFIX = ".dlq"
@@ -32,11 +34,8 @@ def dead_letter_queue(queue: str) -> str:
 DISPATCH_TASK = "notifications.dispatch"
 EMAIL_TASK = "notifications.email.send"
 PUSH_TASK = "notifications.push.send"
-TASK_QUEUES = {DISPATCH_TASK: DISPATCH_QUEUE, EMAIL_TASK: EMAIL_QUEUE, PUSH_TASK: PUSH_QUEUE}
-
-#: ``x-max-priority`` of every work queue. Small on purpose: RabbitMQ keeps one
-#: sub-queue per level, so 10 levels cost memory and CPU for nothing.
-MAX_PRIORITY = 9
+#: The stage each task runs in; its lane comes from the message's priority (``lane_for``).
+TASK_STAGES = {DISPATCH_TASK: DISPATCH_QUEUE, EMAIL_TASK: EMAIL_QUEUE, PUSH_TASK: PUSH_QUEUE}
 
 
 class Priority(enum.IntEnum):
@@ -65,6 +64,46 @@ class Event(str, enum.Enum):
     CANCELLED = "booking.cancelled"
     RESCHEDULED = "booking.rescheduled"
     REMINDER = "booking.reminder"
+
+
+class Lane(str, enum.Enum):
+    """A priority class: each stage has one queue per lane, each with consumers of its own.
+
+    Quorum queues have no priorities (``x-max-priority`` is refused on RabbitMQ 3.x), so a
+    confirmation never waits behind a reminder backlog only because it has a queue of its own.
+    """
+
+    #: Confirmed, cancelled, rescheduled: Priority HIGH and NORMAL.
+    HIGH = "high"
+    #: Reminders: Priority LOW.
+    LOW = "low"
+
+
+def lane_for(priority: int | None) -> Lane:
+    """The lane of a message with AMQP ``priority`` (none given: NORMAL, so ``high``)."""
+    if priority is not None and priority <= Priority.LOW:
+        return Lane.LOW
+    return Lane.HIGH
+
+
+def lane_queue(stage: str, lane: Lane) -> str:
+    """The work queue of ``stage`` in ``lane``, e.g. ``notifications.email.low``; also its routing key."""
+    return f"{stage}.{Lane(lane).value}"
+
+
+#: Every work queue: each stage in each lane. Routing key on ``EXCHANGE`` = the queue name.
+WORK_QUEUES = tuple(lane_queue(stage, lane) for stage in STAGES for lane in Lane)
+
+#: Routing keys of the previous contract version still bound on ``EXCHANGE``, and the queue each
+#: reaches: a booking service one version behind publishes every dispatch with the stage name.
+LEGACY_BINDINGS = {DISPATCH_QUEUE: lane_queue(DISPATCH_QUEUE, Lane.HIGH)}
+
+
+def queue_for_routing_key(routing_key: str | None) -> str | None:
+    """The work queue a message published to ``EXCHANGE`` with ``routing_key`` lands in, or None."""
+    if routing_key in WORK_QUEUES:
+        return routing_key
+    return LEGACY_BINDINGS.get(routing_key or "")
 
 
 #: The priority an event is sent with unless the producer says otherwise.

@@ -23,7 +23,8 @@ def build_message(row: OutboxRow) -> shared.TaskMessage:
     return shared.task_message(
         task=shared.DISPATCH_TASK,
         task_id=row.notification_id,
-        routing_key=shared.DISPATCH_QUEUE,
+        # The dispatch lane of its priority: a confirmation never queues behind a reminder backlog.
+        routing_key=shared.lane_queue(shared.DISPATCH_QUEUE, shared.lane_for(row.priority)),
         kwargs={"message": row.payload},
         priority=row.priority,
         expires=row.expires_at,

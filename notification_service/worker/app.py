@@ -33,12 +33,29 @@ def broker_tls(amqp_url: str) -> dict | bool:
     return {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": parts.hostname}
 
 
+#: How long a publish of the workers' own (a fan-out, a retry) keeps trying through a broker
+#: failover before it fails: kombu reconnects (to the next node of AMQP_URL) between tries,
+#: ~25 s in all. Celery's default gives up after ~1 s, less than a leader election.
+PUBLISH_RETRY_POLICY = {"max_retries": 10, "interval_start": 0, "interval_step": 1, "interval_max": 3}
+
+
+def route_to_lane(name, args, kwargs, options, task=None, **_kw) -> dict | None:
+    """Celery router: a notification task goes to its stage's queue in the lane of its priority.
+
+    An explicit ``queue=`` (a retry names the lane it came from) still wins: Celery merges the
+    caller's options over a route.
+    """
+    stage = shared.TASK_STAGES.get(name)
+    if stage is None:
+        return None
+    return {"queue": shared.lane_queue(stage, shared.lane_for(options.get("priority")))}
+
+
 def celery_config(settings: Settings) -> dict:
     return {
         "broker_url": settings.amqp_url,
         "broker_use_ssl": broker_tls(settings.amqp_url),
-        # Ack after the task ran: a killed worker's message is redelivered, and
-        # with prefetch 1 the broker can still reorder by priority.
+        # Ack after the task ran: a killed worker's message is redelivered.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # A task that fails for good is rejected without requeue: RabbitMQ dead-letters it.
@@ -53,6 +70,7 @@ def celery_config(settings: Settings) -> dict:
         "result_backend": None,
         # Messages the workers publish themselves (fan-out, retries) wait for the broker's confirm.
         "broker_transport_options": {"confirm_publish": True},
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "broker_connection_retry_on_startup": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # After a reconnect Celery would lower the prefetch count and restore it from
@@ -67,16 +85,19 @@ def celery_config(settings: Settings) -> dict:
         "broker_heartbeat": 30,
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
+        # Quorum queues (topology.py): Celery then turns global QoS off (prefetch is per consumer,
+        # so each lane a worker consumes has its own prefetch) and sends countdown retries through
+        # its native delayed delivery: the delay waits in the broker (celery_delayed_* queues), not
+        # in a worker's memory, which needs the topic exchange.
         "task_queues": topology.work_queues,
-        "task_default_queue": shared.DISPATCH_QUEUE,
+        "task_default_queue_type": "quorum",
+        "broker_native_delayed_delivery_queue_type": "quorum",
+        "task_default_queue": shared.lane_queue(shared.DISPATCH_QUEUE, shared.Lane.HIGH),
         "task_default_exchange": shared.EXCHANGE,
-        "task_default_exchange_type": "direct",
-        "task_default_routing_key": shared.DISPATCH_QUEUE,
-        "task_routes": {
-            task: {"queue": queue, "exchange": shared.EXCHANGE, "routing_key": queue}
-            for task, queue in shared.TASK_QUEUES.items()
-        },
-        "task_queue_max_priority": shared.MAX_PRIORITY,
+        "task_default_exchange_type": "topic",
+        "task_default_routing_key": shared.lane_queue(shared.DISPATCH_QUEUE, shared.Lane.HIGH),
+        "task_routes": (route_to_lane,),
+        # The AMQP priority stays on every message (the lane is chosen from it); no queue reorders by it.
         "task_default_priority": int(shared.Priority.NORMAL),
         "task_create_missing_queues": False,
         # Task events are for Flower: turn them on with `worker --events` (the Procfile,
