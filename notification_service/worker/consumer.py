@@ -120,9 +120,11 @@ class SafeConsumer(Consumer):
                   correlation_id=str(headers.get(CORRELATION_HEADER) or "")[:200] or None)
         metrics.DEAD_LETTERS.labels(queue or "", "poison").inc()
         if envelope.reserved_headers(headers):
-            # Bindings are exact, so the routing key names the queue; a DLQ, even the wrong one,
+            # Bindings are exact, so the routing key names the queue (a legacy key, its lane); a DLQ,
+            # even the wrong one,
             # beats a crashed queue.
-            self.dead_letter_stripped(message, queue if queue in shared.WORK_QUEUES else shared.DISPATCH_QUEUE)
+            lane = shared.queue_for_routing_key(queue) or shared.lane_queue(shared.DISPATCH_QUEUE, shared.Lane.HIGH)
+            self.dead_letter_stripped(message, lane)
         else:
             message.reject(requeue=False)
 

@@ -12,6 +12,18 @@ Celery does most of it (DESIGN.md "Worker semantics"):
   exhausted) is *rejected* without requeue because ``task_acks_on_failure`` is
   off, so RabbitMQ dead-letters it into ``<queue>.dlq``.
 
+Retries wait in the broker, not in a worker: on quorum queues Celery publishes a
+countdown retry through its native delayed delivery (``celery_delayed_*``), so a
+worker killed during the countdown loses nothing. Every retry or deferral names
+the lane queue its message came from (Celery would otherwise send it back by the
+delivery's routing key, which after a delayed hop is the delay-prefixed one, or
+to the default queue). Native delayed delivery counts whole seconds (below one
+second it refuses the publish), so a delay is rounded up.
+
+A retry whose publish fails (a broker failover outlasting the publish retry
+policy, a nack) is *requeued*, not dead-lettered as Celery would
+(``Reject(requeue=False)``): the failure is the broker's, not the message's.
+
 What Celery cannot do is here: a provider's ``Retry-After`` replaces the
 backoff; arguments that do not fit the task are a contract violation at once
 (retrying cannot make them fit); every message a worker publishes (a retry, a
@@ -23,8 +35,14 @@ before RabbitMQ moves it.
 
 from __future__ import annotations
 
+import math
+import re
+import time
+
 import structlog
 from celery import Task
+from celery.exceptions import Reject
+from kombu.transport.native_delayed_delivery import MAX_NUMBER_OF_BITS_TO_USE
 
 import shared
 from notification_service.delivery.log import delivery_log
@@ -38,8 +56,33 @@ log = structlog.get_logger("notification_service.worker.failure_policy")
 SAFE_KWARGS = ("delivery_id", "notification_id", "booking_id", "booking_version", "event")
 
 
+#: The prefix native delayed delivery puts before a routing key (one bit of the delay per level).
+_DELAY_PREFIX = re.compile(rf"^(?:[01]\.){{{MAX_NUMBER_OF_BITS_TO_USE}}}")
+
+#: Pause before a message whose retry could not be published goes back to its queue: a broker
+#: that refuses publishes for minutes (a channel nacked after a failover) then costs one
+#: redelivery per pause, well inside the queue's x-delivery-limit, instead of a tight loop.
+PUBLISH_FAILURE_PAUSE_SECONDS = 5.0
+
+
 def safe_kwargsrepr(kwargs: dict) -> str:
     return repr({key: kwargs[key] for key in SAFE_KWARGS if key in kwargs})
+
+
+def broker_delay(countdown: float | None) -> float | None:
+    """A delay native delayed delivery can carry: whole seconds, at least one (None, 0: at once)."""
+    if countdown is None or countdown <= 0:
+        return countdown
+    return float(math.ceil(countdown))
+
+
+def lane_queue_of(task_name: str, delivery_info: dict | None) -> str:
+    """The lane queue a message was delivered from: by its routing key (a delayed hop's prefix
+    removed, a legacy key resolved), else the task's stage in the lane of the message's priority."""
+    info = delivery_info or {}
+    key = _DELAY_PREFIX.sub("", str(info.get("routing_key") or ""), count=1)
+    stage = shared.TASK_STAGES.get(task_name, shared.DISPATCH_QUEUE)
+    return shared.queue_for_routing_key(key) or shared.lane_queue(stage, shared.lane_for(info.get("priority")))
 
 
 def retry_annotations(settings: Settings) -> dict:
@@ -75,8 +118,10 @@ class NotificationTask(Task):
         return self.run(*args, **kwargs)
 
     def republish_options(self) -> dict:
+        """Options of every message this task republishes: ids-only reprs, back to its own lane."""
         kwargs = self.request.kwargs or {}
-        return {"argsrepr": "()", "kwargsrepr": safe_kwargsrepr(kwargs)}
+        return {"argsrepr": "()", "kwargsrepr": safe_kwargsrepr(kwargs),
+                "queue": lane_queue_of(self.name, self.request.delivery_info)}
 
     def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, max_retries=None,
               **options):
@@ -84,13 +129,24 @@ class NotificationTask(Task):
         if retry_after is not None:
             countdown = max(0.0, min(float(self.retry_backoff_max), retry_after))
         options = {**self.republish_options(), **options}
-        return super().retry(args=args, kwargs=kwargs, exc=exc, throw=throw, eta=eta, countdown=countdown,
-                             max_retries=max_retries, **options)
+        try:
+            return super().retry(args=args, kwargs=kwargs, exc=exc, throw=throw, eta=eta,
+                                 countdown=broker_delay(countdown), max_retries=max_retries, **options)
+        except Reject as rejected:
+            # Celery raises Reject only when publishing the retry failed, and without requeue,
+            # i.e. it would dead-letter a message that did nothing wrong.
+            if rejected.requeue:
+                raise
+            log.error("retry could not be published; requeued", error=repr(rejected.reason)[:300],
+                      queue=options["queue"], pause=PUBLISH_FAILURE_PAUSE_SECONDS)
+            metrics.TASKS.labels(self.name, "requeued").inc()
+            time.sleep(PUBLISH_FAILURE_PAUSE_SECONDS)
+            raise Reject(rejected.reason, requeue=True) from None
 
     def defer(self, countdown: float) -> None:
         """Look at this message again in ``countdown`` seconds without spending a retry."""
-        signature = self.signature_from_request(countdown=countdown, retries=self.request.retries or 0,
-                                                **self.republish_options())
+        signature = self.signature_from_request(countdown=broker_delay(countdown),
+                                                retries=self.request.retries or 0, **self.republish_options())
         signature.apply_async()
 
     # -- outcomes ---------------------------------------------------------------
@@ -114,7 +170,7 @@ class NotificationTask(Task):
             reason = f"retries exhausted after {retries + 1} attempts: {exc}"
         else:
             reason = f"unexpected error after {retries + 1} attempts: {exc!r}"
-        queue = (self.request.delivery_info or {}).get("routing_key") or shared.TASK_QUEUES.get(self.name)
+        queue = lane_queue_of(self.name, self.request.delivery_info)
         did = (kwargs or {}).get("delivery_id") if isinstance(kwargs, dict) else None
         try:
             delivery_log(self.settings.database_url).give_up(
