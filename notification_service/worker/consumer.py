@@ -120,9 +120,8 @@ class SafeConsumer(Consumer):
                   correlation_id=str(headers.get(CORRELATION_HEADER) or "")[:200] or None)
         metrics.DEAD_LETTERS.labels(queue or "", "poison").inc()
         if envelope.reserved_headers(headers):
-            # Bindings are exact, so the routing key names the queue (a legacy key, its lane); a DLQ,
-            # even the wrong one,
-            # beats a crashed queue.
+            # Bindings are exact, so the routing key names the queue (a legacy key, its lane);
+            # a DLQ, even the wrong one, beats a crashed queue.
             lane = shared.queue_for_routing_key(queue) or shared.lane_queue(shared.DISPATCH_QUEUE, shared.Lane.HIGH)
             self.dead_letter_stripped(message, lane)
         else:
