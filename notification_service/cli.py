@@ -253,6 +253,14 @@ def cmd_topology(args, settings: Settings) -> int:
             path.write_text(text, encoding="utf-8")
             print(path)
         return 0
+    _declare(settings)
+    if args.topology_command == "migrate":
+        return _migrate(settings)
+    print("declared")
+    return 0
+
+
+def _declare(settings: Settings) -> None:
     from kombu import Connection
 
     from notification_service.broker.topology import declare
@@ -264,7 +272,19 @@ def cmd_topology(args, settings: Settings) -> int:
                "interval_max": 2, "connect_retries_timeout": CONNECT_TIMEOUT_SECONDS}
     with Connection(settings.amqp_url, connect_timeout=5, transport_options=bounded) as connection:
         declare(connection)
-    print("declared")
+
+
+def _migrate(settings: Settings) -> int:
+    from notification_service.broker import migration
+
+    try:
+        report = migration.migrate(settings.amqp_url)
+    except migration.MigrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _print_json({"moved": report.moved, "deleted": report.deleted})
+    print(f"migrated: {sum(report.moved.values())} message(s) moved, {len(report.deleted)} queue(s) deleted",
+          file=sys.stderr)
     return 0
 
 
@@ -307,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     topo = sub.add_parser("topology", help="broker topology",
                           description="The exchanges and queues of the notification service.")
-    tsub = topo.add_subparsers(dest="topology_command", required=True, metavar="{export,declare}")
+    tsub = topo.add_subparsers(dest="topology_command", required=True, metavar="{export,declare,migrate}")
     exp = tsub.add_parser("export", help="write RabbitMQ definitions.json ('-' for stdout)",
                           description="Write the topology as RabbitMQ definitions (what the broker imports).")
     exp.add_argument("path", nargs="?", default=str(DEFINITIONS_PATH),
@@ -315,6 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     tsub.add_parser("declare", help="declare exchanges and queues on AMQP_URL",
                     description="Declare every exchange and queue on AMQP_URL (idempotent; the workers do it "
                                 "at start too).")
+    tsub.add_parser("migrate", help="move a classic priority-queue installation to the quorum lanes",
+                    description="Declare the topology, then move every message of the classic queues of the "
+                                "previous version (notifications.dispatch|email|push and their .dlq) to the "
+                                "lane of its priority, with publisher confirms, and delete each old queue once "
+                                "empty; classic booking.receipts queues are replaced by quorum ones through a "
+                                "holding queue. Stop the previous version's workers first (a queue with "
+                                "consumers is refused). Idempotent: run it again after an interruption. Needs a "
+                                "user that may configure every queue (the broker's administrator). stdout: "
+                                "JSON of what was moved and deleted.")
     return parser
 
 

@@ -93,6 +93,12 @@ dead_letter_queues: tuple[Queue, ...] = tuple(
 legacy_bindings: tuple[tuple[str, str], ...] = tuple(sorted(shared.LEGACY_BINDINGS.items()))
 
 
+def queue_arguments(queue: Queue) -> dict[str, Any]:
+    """The arguments ``queue`` is declared with (a copy)."""
+    # kombu sets queue_arguments from Queue.attrs at run time; as_dict is its typed reader.
+    return dict(queue.as_dict()["queue_arguments"] or {})
+
+
 def queues_for(stage: str) -> tuple[Queue, ...]:
     """The lane queues of ``stage``, high lane first (what a worker of that stage consumes)."""
     return tuple(q for q in work_queues if q.name in {shared.lane_queue(stage, lane) for lane in shared.Lane})
@@ -219,8 +225,7 @@ def _queue_definition(queue: Queue) -> dict[str, Any]:
         "vhost": "/",
         "durable": True,
         "auto_delete": False,
-        # kombu sets queue_arguments from Queue.attrs at run time; as_dict is its typed reader.
-        "arguments": dict(queue.as_dict()["queue_arguments"] or {}),
+        "arguments": queue_arguments(queue),
     }
 
 
