@@ -64,6 +64,10 @@ class _Broker:
         self.connection = connection
         self.channel = self._open()
 
+    def reopen(self) -> None:
+        self.channel.close()
+        self.channel = self._open()
+
     def _open(self):
         channel = self.connection.channel()
         channel.confirm_delivery()
@@ -121,8 +125,15 @@ class _Broker:
             self.channel.basic_ack(method.delivery_tag)
             report.count(source, target)
 
-    def delete_if_empty(self, queue: str, report: Report) -> None:
-        self.channel.queue_delete(queue, if_empty=True)
+    def delete_if_empty(self, queue: str, report: Report, *, quorum: bool = False) -> None:
+        """Delete ``queue`` when it holds nothing. A classic queue is deleted with ``if_empty`` (a message
+        arriving meanwhile refuses it); quorum queues refuse ``if_empty`` (540 on 3.10), so the
+        holding queue, unbound before it is emptied, is counted first."""
+        if quorum:
+            left = self.channel.queue_declare(queue, passive=True).method.message_count
+            if left:
+                raise MigrationError(f"{queue} still holds {left} message(s): run the migration again")
+        self.channel.queue_delete(queue, if_empty=not quorum)
         report.deleted.append(queue)
 
 
@@ -153,11 +164,14 @@ def _replace_in_place(broker: _Broker, queue: Queue, report: Report) -> None:
         broker.channel.queue_unbind(queue.name, queue.exchange.name, queue.routing_key)
         broker.move(queue.name, lambda _properties: holding, report)
         broker.delete_if_empty(queue.name, report)
+        # A channel that consumed from the classic queue crashes (541, RabbitMQ 3.10.8) when it
+        # then uses the quorum queue of the same name: the rest goes on a channel of its own.
+        broker.reopen()
     if broker.idle(holding):
         broker.declare(queue)
         broker.channel.queue_unbind(holding, queue.exchange.name, queue.routing_key)
         broker.move(holding, lambda _properties: queue.name, report)
-        broker.delete_if_empty(holding, report)
+        broker.delete_if_empty(holding, report, quorum=True)
 
 
 def migrate(amqp_url: str) -> Report:
