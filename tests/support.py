@@ -7,6 +7,8 @@ import time
 
 import pika
 
+import shared
+
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition", interval: float = 0.1):
     """Poll ``predicate`` until it returns something truthy and return it; fail with ``what`` after ``timeout``."""
@@ -34,3 +36,9 @@ def queue_depth(url: str, queue: str) -> int:
         return connection.channel().queue_declare(queue, passive=True).method.message_count
     finally:
         connection.close()
+
+
+#: The high lane of each stage: where a confirmation (Priority HIGH or NORMAL) is queued.
+DISPATCH_HIGH = shared.lane_queue(shared.DISPATCH_QUEUE, shared.Lane.HIGH)
+EMAIL_HIGH = shared.lane_queue(shared.EMAIL_QUEUE, shared.Lane.HIGH)
+PUSH_HIGH = shared.lane_queue(shared.PUSH_QUEUE, shared.Lane.HIGH)

@@ -75,10 +75,10 @@ def bound_queue(vhost_url):
     """In a fresh vhost: the exchange as the workers declare it, and a test queue on the dispatch key."""
     connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
     channel = connection.channel()
-    channel.exchange_declare(shared.EXCHANGE, "direct", durable=True)
-    queue = channel.queue_declare("test.dispatch", durable=True,
-                                  arguments={"x-max-priority": shared.MAX_PRIORITY}).method.queue
-    channel.queue_bind(queue, shared.EXCHANGE, shared.DISPATCH_QUEUE)
+    channel.exchange_declare(shared.EXCHANGE, "topic", durable=True)
+    queue = channel.queue_declare("test.dispatch", durable=True).method.queue
+    for lane in shared.Lane:  # the relay publishes to the dispatch lane of each row's priority
+        channel.queue_bind(queue, shared.EXCHANGE, shared.lane_queue(shared.DISPATCH_QUEUE, lane))
     yield vhost_url, channel, queue
     connection.close()
 

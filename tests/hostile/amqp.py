@@ -14,6 +14,7 @@ import json
 
 import shared
 from tests.notification.harness import dispatch_message, notification
+from tests.support import DISPATCH_HIGH, EMAIL_HIGH
 
 
 def _dispatch_headers(message_id: str) -> dict:
@@ -83,11 +84,11 @@ def cases() -> list[tuple[str, dict, str | None, bytes, str]]:
         # Issue 15 item 2: forged dead-letter headers on a well-formed e-mail task.
         ("h-x-death-count-abc",
          _email_task("h-x-death-count-abc",
-                     **{"x-death": [{"queue": shared.EMAIL_QUEUE, "reason": "rejected", "count": "abc"}]}),
+                     **{"x-death": [{"queue": EMAIL_HIGH, "reason": "rejected", "count": "abc"}]}),
          "application/json", _email_body("h-x-death-count-abc"), "'x-death'"),
         ("h-x-death-not-tables", _email_task("h-x-death-not-tables", **{"x-death": [1, "x"]}),
          "application/json", _email_body("h-x-death-not-tables"), "'x-death'"),
-        ("h-x-first-death-queue", _email_task("h-x-first-death-queue", **{"x-first-death-queue": shared.DISPATCH_QUEUE,
+        ("h-x-first-death-queue", _email_task("h-x-first-death-queue", **{"x-first-death-queue": DISPATCH_HIGH,
                                                                          "x-last-death-reason": "expired"}),
          "application/json", _email_body("h-x-first-death-queue"), "'x-first-death-queue'"),
         ("h-unknown-x-header", dict(_dispatch_headers("h-unknown-x-header"), **{"x-priority-override": 9}),

@@ -19,7 +19,7 @@ import pika
 import pytest
 
 import shared
-from tests.support import queue_depth, wait_for  # noqa: F401 - queue_depth is imported from here by the tests
+from tests.support import DISPATCH_HIGH, queue_depth, wait_for  # noqa: F401 - queue_depth is imported from here by the tests
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CELERY = pathlib.Path(sys.executable).parent / "celery"
@@ -127,7 +127,7 @@ def declare_topology(url: str) -> None:
 
 
 def publish(url: str, message: shared.TaskMessage | None = None, *, body: bytes | None = None,
-            properties: pika.BasicProperties | None = None, routing_key: str = shared.DISPATCH_QUEUE) -> None:
+            properties: pika.BasicProperties | None = None, routing_key: str = DISPATCH_HIGH) -> None:
     """Publish like the booking relay does: pika, confirms, mandatory."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
@@ -162,9 +162,14 @@ def notification(*, event: str = "booking.confirmed", priority: str | None = Non
     })
 
 
+def dispatch_lane(payload: dict) -> str:
+    """The dispatch lane queue of a payload's priority (what the booking relay publishes to)."""
+    return shared.lane_queue(shared.DISPATCH_QUEUE, shared.lane_for(shared.Priority.from_name(payload["priority"])))
+
+
 def dispatch_message(payload: dict, expires: datetime | None = None) -> shared.TaskMessage:
     return shared.task_message(
-        task=shared.DISPATCH_TASK, task_id=payload["notification_id"], routing_key=shared.DISPATCH_QUEUE,
+        task=shared.DISPATCH_TASK, task_id=payload["notification_id"], routing_key=dispatch_lane(payload),
         kwargs={"message": payload}, priority=shared.Priority.from_name(payload["priority"]).value,
         kwargsrepr="{'message': '<notification.requested>'}", correlation_id=payload["correlation_id"],
         message_type=shared.NOTIFICATION_REQUESTED, expires=expires,

@@ -8,6 +8,7 @@ import uuid
 import shared
 from tests.deploy import processes, repo
 from tests.integration.deploy.test_broker_permissions import _env, _example_payload, channel, publish
+from tests.support import DISPATCH_HIGH
 
 
 def test_notification_user_runs_a_worker_that_delivers_what_the_booking_user_published(least_privilege, tmp_path,
@@ -27,7 +28,7 @@ def test_notification_user_runs_a_worker_that_delivers_what_the_booking_user_pub
     try:
         payload = _example_payload()
         message = shared.task_message(
-            task=shared.DISPATCH_TASK, task_id=payload["notification_id"], routing_key=shared.DISPATCH_QUEUE,
+            task=shared.DISPATCH_TASK, task_id=payload["notification_id"], routing_key=DISPATCH_HIGH,
             kwargs={"message": payload}, priority=shared.Priority.HIGH.value,
             correlation_id=payload["correlation_id"],
         )

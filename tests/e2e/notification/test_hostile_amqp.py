@@ -11,7 +11,7 @@ import shared
 from notification_service.delivery.repository import SqlDeliveryLog
 from tests.hostile.amqp import NON_ASCII_ADDRESSES, cases
 from tests.notification.harness import Worker, declare_topology, dispatch_message, notification, publish
-from tests.support import wait_for
+from tests.support import DISPATCH_HIGH, EMAIL_HIGH, wait_for
 
 
 def _listed(worker, ids: set[str], queue: str | None = None) -> dict[str, dict] | None:
@@ -31,7 +31,7 @@ def worker(module_vhost, tmp_path_factory):
 def test_every_hostile_message_is_dead_lettered_at_once_with_its_reason_and_the_worker_keeps_serving(worker):
     corpus = cases()
     for name, headers, content_type, body, _reason in corpus:
-        queue = shared.TASK_QUEUES[headers["task"]]
+        queue = shared.lane_queue(shared.TASK_STAGES[headers["task"]], shared.Lane.HIGH)
         publish(worker.url, body=body, routing_key=queue, properties=pika.BasicProperties(
             headers=headers, content_type=content_type, content_encoding="utf-8", delivery_mode=2, message_id=name))
     ids = {headers["id"][:200] for _name, headers, *_ in corpus}
@@ -59,7 +59,7 @@ def test_dlq_tools_show_hostile_messages_and_never_replay_poison(worker):
     replay = worker.cli(["dlq", "replay", "h-brackets"], check=False)
     assert replay.returncode == 1 and "poison" in replay.stderr
     assert "h-brackets" in {d["message_id"] for d in worker.dlq()}  # still there, not back on the work queue
-    bulk = worker.cli(["dlq", "replay", "--queue", shared.DISPATCH_QUEUE], check=False)
+    bulk = worker.cli(["dlq", "replay", "--queue", DISPATCH_HIGH], check=False)
     assert bulk.returncode == 1  # something was skipped (the poison), and said so
     everything = json.loads(bulk.stdout)
     assert {"h-brackets", "h-deep-message", "h-oversized", "h-not-utf8"} <= set(everything["skipped_poison"])
@@ -79,12 +79,12 @@ def _sent(worker, payload: dict) -> None:
 def test_forged_dead_letter_headers_are_stripped_so_the_queue_lives_and_a_replay_arrives_clean(worker):
     """Issue 15 item 2: rejecting these as they were crashed notifications.email (RabbitMQ 3.10.8)."""
     forged = ("h-x-death-count-abc", "h-x-death-not-tables", "h-x-first-death-queue")
-    listed = wait_for(lambda: _listed(worker, set(forged), shared.EMAIL_QUEUE), timeout=120,
+    listed = wait_for(lambda: _listed(worker, set(forged), EMAIL_HIGH), timeout=120,
                       what="forged headers dead-lettered")
     for name in forged:
-        assert listed[name]["origin_queue"] == shared.EMAIL_QUEUE and listed[name]["broker_reason"] == "rejected"
+        assert listed[name]["origin_queue"] == EMAIL_HIGH and listed[name]["broker_reason"] == "rejected"
     (shown,) = json.loads(worker.cli(["dlq", "show", "h-x-first-death-queue"]).stdout)
-    assert shown["headers"]["x-first-death-queue"] == shared.EMAIL_QUEUE
+    assert shown["headers"]["x-first-death-queue"] == EMAIL_HIGH
     assert "x-last-death-reason" not in shown["headers"]
     # The e-mail queue still serves (a crashed one would not).
     payload = notification(tokens=())
@@ -94,7 +94,7 @@ def test_forged_dead_letter_headers_are_stripped_so_the_queue_lives_and_a_replay
     # RabbitMQ dead-letters it itself: rejecting a clean message is safe.
     replay = json.loads(worker.cli(["dlq", "replay", "h-x-death-count-abc"]).stdout)
     assert replay["replayed"] == ["h-x-death-count-abc"]
-    wait_for(lambda: "not in the delivery log" in ({d["message_id"]: d for d in worker.dlq(shared.EMAIL_QUEUE)}
+    wait_for(lambda: "not in the delivery log" in ({d["message_id"]: d for d in worker.dlq(EMAIL_HIGH)}
                                                    .get("h-x-death-count-abc", {}).get("reason") or ""),
              timeout=60, what="the replayed copy dead-lettered again, by RabbitMQ")
     assert worker.process.poll() is None
@@ -103,7 +103,7 @@ def test_forged_dead_letter_headers_are_stripped_so_the_queue_lives_and_a_replay
 def test_no_undeliverable_address_reaches_a_log_line_a_reason_or_the_dlq_cli(worker):
     """Issue 15 item 4: the address was in the retrying and dead-letter lines, the reason and ``dlq list``."""
     names = ("h-non-ascii-local-part", "h-non-ascii-address")
-    wait_for(lambda: set(names) <= {d["message_id"] for d in worker.dlq(shared.DISPATCH_QUEUE)}, timeout=120,
+    wait_for(lambda: set(names) <= {d["message_id"] for d in worker.dlq(DISPATCH_HIGH)}, timeout=120,
              what="the undeliverable addresses dead-lettered")
     printed = [worker.cli(["dlq", "list"]).stdout, worker.log_text(),
                *(worker.cli(["dlq", "show", name]).stdout for name in names)]

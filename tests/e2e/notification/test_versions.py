@@ -19,7 +19,7 @@ import shared
 from notification_service.delivery.log import delivery_log
 from notification_service.delivery.machine import STALE_REASON, SUPERSEDED_REASON, BookingRef, delivery_id
 from tests.notification.harness import Worker, declare_topology, dispatch_message, notification, publish
-from tests.support import wait_for
+from tests.support import EMAIL_HIGH, wait_for
 
 EMAIL = "ada@example.org"
 
@@ -36,7 +36,7 @@ def send_email_message(nid: str, did: str, booking: str, version: int) -> shared
     kwargs = {"delivery_id": did, "notification_id": nid, "to": EMAIL, "subject": "Booking confirmed",
               "text": "confirmed", "html": "<p>confirmed</p>", "booking_id": booking, "booking_version": version,
               "event": "booking.confirmed"}
-    return shared.task_message(task=shared.EMAIL_TASK, task_id=did, routing_key=shared.EMAIL_QUEUE, kwargs=kwargs,
+    return shared.task_message(task=shared.EMAIL_TASK, task_id=did, routing_key=EMAIL_HIGH, kwargs=kwargs,
                                priority=int(shared.Priority.HIGH), kwargsrepr="{}")
 
 

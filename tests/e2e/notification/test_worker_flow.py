@@ -13,7 +13,7 @@ import pytest
 import shared
 from notification_service.delivery.machine import delivery_id
 from tests.notification.harness import Worker, declare_topology, dispatch_message, notification, publish, queue_depth
-from tests.support import wait_for
+from tests.support import DISPATCH_HIGH, EMAIL_HIGH, PUSH_HIGH, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +98,9 @@ def test_400_goes_to_push_dlq_with_reason(worker, fake_push):
     payload = notification(tokens=("tok-400",))
     publish(worker.url, dispatch_message(payload))
     push_id = delivery_id(payload["notification_id"], "push", "tok-400")
-    entry = wait_for(lambda: [m for m in worker.dlq(shared.PUSH_QUEUE) if m["message_id"] == push_id],
+    entry = wait_for(lambda: [m for m in worker.dlq(PUSH_HIGH) if m["message_id"] == push_id],
                      what="dead letter")[0]
-    assert entry["origin_queue"] == shared.PUSH_QUEUE
+    assert entry["origin_queue"] == PUSH_HIGH
     assert "400" in entry["reason"] and entry["task"] == shared.PUSH_TASK
     assert entry["priority"] == shared.Priority.HIGH.value
     assert len(fake_push.for_token("tok-400")) == 1
@@ -128,8 +128,8 @@ def test_exhausted_retries_dead_letter_and_replay_delivers_once(worker, fake_pus
     assert not [m for m in worker.dlq() if m["message_id"] == push_id]
     # a second replay of an already-sent delivery (e.g. duplicate) sends nothing more
     publish(worker.url, dispatch_message(payload))
-    wait_for(lambda: queue_depth(worker.url, shared.DISPATCH_QUEUE) == 0, what="dispatch drained")
-    wait_for(lambda: queue_depth(worker.url, shared.PUSH_QUEUE) == 0, what="push drained")
+    wait_for(lambda: queue_depth(worker.url, DISPATCH_HIGH) == 0, what="dispatch drained")
+    wait_for(lambda: queue_depth(worker.url, PUSH_HIGH) == 0, what="push drained")
     assert len(fake_push.for_token("tok-500")) == 5
     assert len(worker.email_for(payload["notification_id"])) == 1
 
@@ -177,7 +177,7 @@ def test_dispatch_resent_while_a_send_is_in_flight_sends_once(worker, fake_push)
     publish(worker.url, dispatch_message(payload))
     wait_for(lambda: worker.task_count(shared.DISPATCH_TASK, "dispatched") == dispatched + 2,
              what="resent dispatch done")
-    wait_for(lambda: queue_depth(worker.url, shared.PUSH_QUEUE) == 0, what="push queue drained")
+    wait_for(lambda: queue_depth(worker.url, PUSH_HIGH) == 0, what="push queue drained")
     # three threads are idle: a duplicate push task would have reached the provider by now
     assert len(fake_push.for_token(token)) == 1
     gate.set()  # the held attempt ends without an answer (transient) and retries
@@ -187,18 +187,18 @@ def test_dispatch_resent_while_a_send_is_in_flight_sends_once(worker, fake_push)
 
 
 def test_task_with_arguments_that_do_not_fit_is_dead_lettered_at_once(worker):
-    bad = shared.task_message(task=shared.EMAIL_TASK, task_id="p-badargs", routing_key=shared.EMAIL_QUEUE,
+    bad = shared.task_message(task=shared.EMAIL_TASK, task_id="p-badargs", routing_key=EMAIL_HIGH,
                               kwargs={"unexpected": 1}, priority=5)
     publish(worker.url, bad)
-    entry = wait_for(lambda: [m for m in worker.dlq(shared.EMAIL_QUEUE) if m["message_id"] == "p-badargs"],
+    entry = wait_for(lambda: [m for m in worker.dlq(EMAIL_HIGH) if m["message_id"] == "p-badargs"],
                      what="dead letter")[0]
     assert "bad task arguments" in entry["reason"] and entry["death_count"] == 1
     # replay by queue puts it back on notifications.email; it fails the same way and returns
-    assert json.loads(worker.cli(["dlq", "replay", "--queue", shared.EMAIL_QUEUE]).stdout)["replayed"] == ["p-badargs"]
-    wait_for(lambda: [m for m in worker.dlq(shared.EMAIL_QUEUE) if m["message_id"] == "p-badargs"],
+    assert json.loads(worker.cli(["dlq", "replay", "--queue", EMAIL_HIGH]).stdout)["replayed"] == ["p-badargs"]
+    wait_for(lambda: [m for m in worker.dlq(EMAIL_HIGH) if m["message_id"] == "p-badargs"],
              what="dead letter again")
     assert worker.cli(["dlq", "replay"], check=False).returncode == 2  # replaying everything needs --all
-    worker.cli(["dlq", "purge", "--queue", shared.EMAIL_QUEUE, "--yes"])
+    worker.cli(["dlq", "purge", "--queue", EMAIL_HIGH, "--yes"])
 
 
 def _raw(headers=None, body=b"[]", content_type="application/json", **extra):
@@ -235,12 +235,12 @@ POISON_IDS = {"not-json": "p-notjson", "no-content-type": "p-noct", "no-id": "p-
 def test_every_poison_kind_is_dead_lettered_and_the_worker_keeps_serving(worker, fake_push):
     for raw in _poison_cases().values():
         publish(worker.url, **raw)
-    wait_for(lambda: {m["message_id"] for m in worker.dlq(shared.DISPATCH_QUEUE)} >= set(POISON_IDS.values()),
+    wait_for(lambda: {m["message_id"] for m in worker.dlq(DISPATCH_HIGH)} >= set(POISON_IDS.values()),
              timeout=60, what="all poison in the DLQ")
-    listed = {m["message_id"]: m for m in worker.dlq(shared.DISPATCH_QUEUE)}
+    listed = {m["message_id"]: m for m in worker.dlq(DISPATCH_HIGH)}
     for kind, mid in POISON_IDS.items():
         assert listed[mid]["reason"], kind
-        assert listed[mid]["origin_queue"] == shared.DISPATCH_QUEUE
+        assert listed[mid]["origin_queue"] == DISPATCH_HIGH
     assert "not JSON" in listed["p-notjson"]["reason"]
     assert "content_type" in listed["p-noct"]["reason"]
     assert "'id'" in listed["p-noid"]["reason"]
@@ -254,9 +254,9 @@ def test_every_poison_kind_is_dead_lettered_and_the_worker_keeps_serving(worker,
     wait_for(lambda: worker.email_for(payload["notification_id"]), what="e-mail after poison")
     wait_for(lambda: fake_push.for_token("tok-after-poison"), what="push after poison")
     # purge empties the DLQ only with --yes
-    assert worker.cli(["dlq", "purge", "--queue", shared.DISPATCH_QUEUE], check=False).returncode == 2
-    worker.cli(["dlq", "purge", "--queue", shared.DISPATCH_QUEUE, "--yes"])
-    assert queue_depth(worker.url, shared.dead_letter_queue(shared.DISPATCH_QUEUE)) == 0
+    assert worker.cli(["dlq", "purge", "--queue", DISPATCH_HIGH], check=False).returncode == 2
+    worker.cli(["dlq", "purge", "--queue", DISPATCH_HIGH, "--yes"])
+    assert queue_depth(worker.url, shared.dead_letter_queue(DISPATCH_HIGH)) == 0
 
 
 def test_expired_reminder_is_acked_and_recorded_not_dead_lettered(worker, fake_push):
@@ -329,7 +329,7 @@ def test_metrics_count_tasks_retries_dead_letters_and_latency(worker):
     text = requests.get(worker.metrics_url, timeout=5).text
     assert 'notification_tasks_total{outcome="sent",task="notifications.email.send"}' in text
     assert 'notification_task_retries_total{task="notifications.push.send"}' in text
-    assert 'notification_dead_letters_total{kind="poison",queue="notifications.dispatch"}' in text
+    assert 'notification_dead_letters_total{kind="poison",queue="notifications.dispatch.high"}' in text
     assert 'notification_provider_seconds_count{provider="push_http"}' in text
     assert 'notification_provider_seconds_count{provider="email_file"}' in text
 

@@ -46,7 +46,8 @@ def test_booking_over_http_produces_exactly_one_celery_v2_message(client, sessio
 
     messages = drain(channel, queue)
     assert len(messages) == 1
-    _method, props, body = messages[0]
+    method, props, body = messages[0]
+    assert method.routing_key == "notifications.dispatch.high"  # the lane of its priority
     headers = props.headers
     with session_factory() as s:
         row = s.execute(sa.select(OutboxMessage).where(OutboxMessage.event == "booking.confirmed")).scalar_one()
@@ -79,9 +80,14 @@ def test_reminder_carries_expires_and_low_priority(client, session_factory, boun
                   .values(available_at=datetime.now(UTC) - timedelta(seconds=1)))
     assert relay.publish_due() == 1
     relay._disconnect()
-    by_event = {json.loads(b)[1]["message"]["event"]: p for _m, p, b in drain(channel, queue)}
+    drained = drain(channel, queue)
+    by_event = {json.loads(b)[1]["message"]["event"]: p for _m, p, b in drained}
+    lanes = {json.loads(b)[1]["message"]["event"]: m.routing_key for m, _p, b in drained}
     reminder = by_event["booking.reminder"]
     assert reminder.priority == shared.Priority.LOW < by_event["booking.confirmed"].priority
+    # A confirmation never waits behind reminders: each goes to the dispatch lane of its priority.
+    assert lanes == {"booking.reminder": "notifications.dispatch.low",
+                     "booking.confirmed": "notifications.dispatch.high"}
     assert datetime.fromisoformat(reminder.headers["expires"]) == start
 
 

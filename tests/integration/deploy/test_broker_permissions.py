@@ -25,6 +25,7 @@ import requests
 
 import shared
 from tests.deploy import processes, repo
+from tests.support import DISPATCH_HIGH, EMAIL_HIGH, PUSH_HIGH
 
 ACCESS_REFUSED = 403
 
@@ -52,7 +53,7 @@ def refused(action) -> bool:
 def dispatch_message(notification_id: str | None = None) -> shared.TaskMessage:
     notification_id = notification_id or str(uuid.uuid4())
     return shared.task_message(
-        task=shared.DISPATCH_TASK, task_id=notification_id, routing_key=shared.DISPATCH_QUEUE,
+        task=shared.DISPATCH_TASK, task_id=notification_id, routing_key=DISPATCH_HIGH,
         kwargs={"message": {"notification_id": notification_id}}, priority=shared.Priority.HIGH.value,
         kwargsrepr="{'message': '<notification.requested>'}",
     )
@@ -86,7 +87,7 @@ def test_booking_user_publishes_a_routed_confirmed_message_to_notifications(leas
         ch.exchange_declare(shared.EXCHANGE, passive=True)
         publish(ch, message)  # raises UnroutableError / NackError if not confirmed and routed
     with channel(least_privilege.admin_url) as admin:
-        method, properties, _ = get_one(admin, shared.DISPATCH_QUEUE)
+        method, properties, _ = get_one(admin, DISPATCH_HIGH)
         admin.basic_ack(method.delivery_tag)
     assert properties.headers["id"] == message.headers["id"]
     assert properties.priority == shared.Priority.HIGH.value
@@ -110,20 +111,20 @@ FORBIDDEN_TO_BOOKING = {
     "declare-queue": lambda ch, d: ch.queue_declare(f"booking-own-{uuid.uuid4().hex[:6]}"),
     "declare-exchange": lambda ch, d: ch.exchange_declare(f"booking-own-{uuid.uuid4().hex[:6]}"),
     "redeclare-work-queue": lambda ch, d: ch.queue_declare(
-        shared.DISPATCH_QUEUE, durable=True, arguments=_queue_arguments(d, shared.DISPATCH_QUEUE)),
-    "consume-work-queue": lambda ch, d: ch.basic_consume(shared.DISPATCH_QUEUE, lambda *a: None),
-    "read-dead-letters": lambda ch, d: ch.basic_get(shared.dead_letter_queue(shared.EMAIL_QUEUE)),
-    "purge-work-queue": lambda ch, d: ch.queue_purge(shared.EMAIL_QUEUE),
-    "publish-to-dead-letter-exchange": lambda ch, d: _confirmed(ch, shared.DEAD_LETTER_EXCHANGE, shared.EMAIL_QUEUE),
+        DISPATCH_HIGH, durable=True, arguments=_queue_arguments(d, DISPATCH_HIGH)),
+    "consume-work-queue": lambda ch, d: ch.basic_consume(DISPATCH_HIGH, lambda *a: None),
+    "read-dead-letters": lambda ch, d: ch.basic_get(shared.dead_letter_queue(EMAIL_HIGH)),
+    "purge-work-queue": lambda ch, d: ch.queue_purge(EMAIL_HIGH),
+    "publish-to-dead-letter-exchange": lambda ch, d: _confirmed(ch, shared.DEAD_LETTER_EXCHANGE, EMAIL_HIGH),
     "publish-to-amq.direct": lambda ch, d: _confirmed(ch, "amq.direct", "anything"),
-    "publish-via-default-exchange": lambda ch, d: _confirmed(ch, "", shared.EMAIL_QUEUE),
+    "publish-via-default-exchange": lambda ch, d: _confirmed(ch, "", EMAIL_HIGH),
     # Issue 15 item 8: booking reads its own dead letters and replays them to notifications.receipts
     # (test_booking_user_lists_replays_and_purges_its_receipt_dead_letters); nobody else's.
     "purge-receipt-dead-letters-of-another-name": lambda ch, d: ch.queue_purge(
-        shared.dead_letter_queue(shared.PUSH_QUEUE)),
+        shared.dead_letter_queue(PUSH_HIGH)),
     # Issue 15 item 2: a send task published straight to a send queue skips dispatch's validation.
-    "publish-a-send-task-to-the-email-queue": lambda ch, d: _confirmed(ch, shared.EXCHANGE, shared.EMAIL_QUEUE),
-    "publish-a-send-task-to-the-push-queue": lambda ch, d: _confirmed(ch, shared.EXCHANGE, shared.PUSH_QUEUE),
+    "publish-a-send-task-to-the-email-queue": lambda ch, d: _confirmed(ch, shared.EXCHANGE, EMAIL_HIGH),
+    "publish-a-send-task-to-the-push-queue": lambda ch, d: _confirmed(ch, shared.EXCHANGE, PUSH_HIGH),
     "publish-to-another-routing-key": lambda ch, d: _confirmed(ch, shared.EXCHANGE, "notifications.dispatch.x"),
 }
 
@@ -147,21 +148,21 @@ def test_notification_user_consumes_publishes_onward_and_dead_letters(least_priv
     with channel(least_privilege.url("booking")) as ch:
         publish(ch, dispatch_message())
     with channel(least_privilege.url("notification")) as ch:
-        method, _, _ = get_one(ch, shared.DISPATCH_QUEUE)
+        method, _, _ = get_one(ch, DISPATCH_HIGH)
         # What dispatch does: publish the channel task onward, with confirms.
-        onward = shared.task_message(task=shared.EMAIL_TASK, task_id=str(uuid.uuid4()), routing_key=shared.EMAIL_QUEUE)
+        onward = shared.task_message(task=shared.EMAIL_TASK, task_id=str(uuid.uuid4()), routing_key=EMAIL_HIGH)
         publish(ch, onward)
         ch.basic_ack(method.delivery_tag)
         # What a permanent failure does: reject without requeue -> RabbitMQ dead-letters it.
-        method, _, _ = get_one(ch, shared.EMAIL_QUEUE)
+        method, _, _ = get_one(ch, EMAIL_HIGH)
         ch.basic_reject(method.delivery_tag, requeue=False)
-        dlq = shared.dead_letter_queue(shared.EMAIL_QUEUE)
+        dlq = shared.dead_letter_queue(EMAIL_HIGH)
         method, properties, _ = get_one(ch, dlq)
         assert properties.headers["id"] == onward.headers["id"]
         assert properties.headers["x-death"][0]["reason"] == "rejected"
         # What `notification-service dlq replay` does: publish it back, then drop it from the DLQ.
         replay = shared.task_message(task=shared.EMAIL_TASK, task_id=onward.headers["id"],
-                                     routing_key=shared.EMAIL_QUEUE)
+                                     routing_key=EMAIL_HIGH)
         publish(ch, replay)
         ch.basic_ack(method.delivery_tag)
         assert ch.queue_declare(dlq, passive=True).method.message_count == 0
@@ -175,7 +176,7 @@ def test_notification_user_is_refused_outside_its_names(least_privilege):
 def test_booking_topic_permission_names_the_dispatch_routing_key_only(definitions):
     (topic,) = [t for t in definitions["topic_permissions"] if t["user"] == "booking" and t["vhost"] == "/"]
     assert topic["exchange"] == shared.EXCHANGE
-    assert topic["write"] == "^notifications\\.dispatch$" and shared.DISPATCH_QUEUE == "notifications.dispatch"
+    assert topic["write"] == "^notifications\\.dispatch(\\.(high|low))?$"
     # RabbitMQ checks topic permissions on topic exchanges only (a direct one lets every key through).
     (exchange,) = [e for e in definitions["exchanges"] if e["name"] == shared.EXCHANGE and e["vhost"] == "/"]
     assert exchange["type"] == "topic"
@@ -191,9 +192,9 @@ FORBIDDEN_TO_NOTIFICATION = {
         "x-dead-letter-exchange": shared.DEAD_LETTER_EXCHANGE,
         "x-dead-letter-routing-key": shared.dead_letter_queue(shared.BOOKING_RECEIPTS_QUEUE)}),
     "bind-booking-receipts-to-notifications": lambda ch: ch.queue_bind(
-        shared.BOOKING_RECEIPTS_QUEUE, shared.EXCHANGE, routing_key=shared.DISPATCH_QUEUE),
+        shared.BOOKING_RECEIPTS_QUEUE, shared.EXCHANGE, routing_key=DISPATCH_HIGH),
     "bind-booking-receipts-dlq-to-notifications": lambda ch: ch.queue_bind(
-        shared.dead_letter_queue(shared.BOOKING_RECEIPTS_QUEUE), shared.EXCHANGE, routing_key=shared.EMAIL_QUEUE),
+        shared.dead_letter_queue(shared.BOOKING_RECEIPTS_QUEUE), shared.EXCHANGE, routing_key=EMAIL_HIGH),
     "unbind-booking-receipts": lambda ch: ch.queue_unbind(
         shared.BOOKING_RECEIPTS_QUEUE, shared.RECEIPTS_EXCHANGE, routing_key="#"),
 }
@@ -342,15 +343,15 @@ def test_monitoring_user_reads_each_scaled_queues_length_through_the_management_
 #: What the scaler's login must not do over AMQP. Each works for a privileged user (checked below).
 FORBIDDEN_TO_MONITORING_AMQP = {
     "publish-to-notifications": lambda ch: publish(ch, dispatch_message()),
-    "publish-via-default-exchange": lambda ch: _confirmed(ch, "", shared.DISPATCH_QUEUE),
-    "get-from-work-queue": lambda ch: ch.basic_get(shared.DISPATCH_QUEUE),
-    "consume-work-queue": lambda ch: ch.basic_consume(shared.DISPATCH_QUEUE, lambda *a: None),
-    "read-dead-letters": lambda ch: ch.basic_get(shared.dead_letter_queue(shared.EMAIL_QUEUE)),
-    "purge-work-queue": lambda ch: ch.queue_purge(shared.EMAIL_QUEUE),
+    "publish-via-default-exchange": lambda ch: _confirmed(ch, "", DISPATCH_HIGH),
+    "get-from-work-queue": lambda ch: ch.basic_get(DISPATCH_HIGH),
+    "consume-work-queue": lambda ch: ch.basic_consume(DISPATCH_HIGH, lambda *a: None),
+    "read-dead-letters": lambda ch: ch.basic_get(shared.dead_letter_queue(EMAIL_HIGH)),
+    "purge-work-queue": lambda ch: ch.queue_purge(EMAIL_HIGH),
     "declare-queue": lambda ch: ch.queue_declare(f"monitoring-own-{uuid.uuid4().hex[:6]}"),
     "declare-exchange": lambda ch: ch.exchange_declare(f"monitoring-own-{uuid.uuid4().hex[:6]}"),
-    "bind-queue": lambda ch: ch.queue_bind(shared.EMAIL_QUEUE, shared.EXCHANGE, routing_key="anything"),
-    "delete-queue": lambda ch: ch.queue_delete(shared.dead_letter_queue(shared.PUSH_QUEUE)),
+    "bind-queue": lambda ch: ch.queue_bind(EMAIL_HIGH, shared.EXCHANGE, routing_key="anything"),
+    "delete-queue": lambda ch: ch.queue_delete(shared.dead_letter_queue(PUSH_HIGH)),
 }
 
 
@@ -368,12 +369,12 @@ def test_each_amqp_action_refused_to_monitoring_works_for_a_privileged_user(leas
 
 def _http_forbidden(management, vhost: str) -> dict:
     v = urllib.parse.quote(vhost, safe="")
-    body = {"properties": {}, "routing_key": shared.DISPATCH_QUEUE, "payload": "{}", "payload_encoding": "string"}
+    body = {"properties": {}, "routing_key": DISPATCH_HIGH, "payload": "{}", "payload_encoding": "string"}
     return {
-        "get-messages": ("POST", _queue_url(management, vhost, shared.DISPATCH_QUEUE, "/get"),
+        "get-messages": ("POST", _queue_url(management, vhost, DISPATCH_HIGH, "/get"),
                          {"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}),
         "publish": ("POST", f"{management.base}/exchanges/{v}/{shared.EXCHANGE}/publish", body),
-        "purge": ("DELETE", _queue_url(management, vhost, shared.EMAIL_QUEUE, "/contents"), None),
+        "purge": ("DELETE", _queue_url(management, vhost, EMAIL_HIGH, "/contents"), None),
         "declare-queue": ("PUT", _queue_url(management, vhost, f"monitoring-own-{uuid.uuid4().hex[:6]}"),
                           {"durable": False, "auto_delete": True}),
         "export-definitions": ("GET", f"{management.base}/definitions", None),

@@ -19,7 +19,7 @@ import pytest
 import shared
 from notification_service import cli
 from tests.notification.harness import declare_topology
-from tests.support import queue_depth
+from tests.support import DISPATCH_HIGH, EMAIL_HIGH, PUSH_HIGH, queue_depth
 
 
 def _vhost(url: str) -> str:
@@ -28,8 +28,8 @@ def _vhost(url: str) -> str:
 
 def _plant(url: str, queue: str, task_id: str, *, body: bytes | None = None, death_queue: str | None = None) -> None:
     """Put a dead letter into ``queue``'s DLQ the way RabbitMQ leaves one (x-death names ``death_queue``)."""
-    task = {shared.DISPATCH_QUEUE: shared.DISPATCH_TASK, shared.EMAIL_QUEUE: shared.EMAIL_TASK,
-            shared.PUSH_QUEUE: shared.PUSH_TASK}[queue]
+    task = {DISPATCH_HIGH: shared.DISPATCH_TASK, EMAIL_HIGH: shared.EMAIL_TASK,
+            PUSH_HIGH: shared.PUSH_TASK}[queue]
     message = shared.task_message(task=task, task_id=task_id, routing_key=queue, kwargs={}, priority=5)
     death = death_queue or queue
     headers = {**message.headers, "x-death": [{"count": 1, "reason": "rejected", "queue": death,
@@ -73,20 +73,20 @@ def _replay(monkeypatch, capsys, url: str, *args: str) -> tuple[int, dict, str]:
 def troubled(vhost_url, management):
     """Every kind of trouble planted among good dead letters; the work queues it needs broken, broken."""
     declare_topology(vhost_url)
-    _plant(vhost_url, shared.EMAIL_QUEUE, "e-not-json", body=b"{not json ada@example.org")
-    _plant(vhost_url, shared.EMAIL_QUEUE, "e-missing-queue", death_queue="notifications.nowhere")
-    _plant(vhost_url, shared.EMAIL_QUEUE, "e-good")
+    _plant(vhost_url, EMAIL_HIGH, "e-not-json", body=b"{not json ada@example.org")
+    _plant(vhost_url, EMAIL_HIGH, "e-missing-queue", death_queue="notifications.nowhere")
+    _plant(vhost_url, EMAIL_HIGH, "e-good")
     # notifications.push is gone: a replay to it is returned unroutable (mandatory).
-    _plant(vhost_url, shared.PUSH_QUEUE, "p-unroutable")
-    _plant(vhost_url, shared.PUSH_QUEUE, "p-unroutable-too")
+    _plant(vhost_url, PUSH_HIGH, "p-unroutable")
+    _plant(vhost_url, PUSH_HIGH, "p-unroutable-too")
     connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
-    connection.channel().queue_delete(shared.PUSH_QUEUE)
+    connection.channel().queue_delete(PUSH_HIGH)
     connection.close()
     # notifications.dispatch refuses every publish: the broker nacks the replay.
     management.put(f"{management.base}/policies/{_vhost(vhost_url)}/full-dispatch", timeout=10, json={
-        "pattern": f"^{shared.DISPATCH_QUEUE}$", "apply-to": "queues",
+        "pattern": f"^{DISPATCH_HIGH}$", "apply-to": "queues",
         "definition": {"max-length": 0, "overflow": "reject-publish"}}).raise_for_status()
-    _plant(vhost_url, shared.DISPATCH_QUEUE, "d-nacked")
+    _plant(vhost_url, DISPATCH_HIGH, "d-nacked")
     return vhost_url
 
 
@@ -106,10 +106,10 @@ def test_bulk_replay_skips_and_reports_what_it_cannot_route_and_replays_the_rest
     assert err.strip().splitlines()[-1] == "replayed 2, skipped 4"
     assert "ada@example.org" not in err + json.dumps(printed)
     # skipped ones stay where they were; the replayed ones went to the DLQ's own queue, without x-death
-    assert queue_depth(troubled, shared.dead_letter_queue(shared.EMAIL_QUEUE)) == 1
-    assert queue_depth(troubled, shared.dead_letter_queue(shared.PUSH_QUEUE)) == 2
-    assert queue_depth(troubled, shared.dead_letter_queue(shared.DISPATCH_QUEUE)) == 1
-    arrived = _get(troubled, shared.EMAIL_QUEUE)
+    assert queue_depth(troubled, shared.dead_letter_queue(EMAIL_HIGH)) == 1
+    assert queue_depth(troubled, shared.dead_letter_queue(PUSH_HIGH)) == 2
+    assert queue_depth(troubled, shared.dead_letter_queue(DISPATCH_HIGH)) == 1
+    arrived = _get(troubled, EMAIL_HIGH)
     assert sorted(mid for mid, _ in arrived) == ["e-good", "e-missing-queue"]
     assert all(not any(name.startswith("x-death") or name.startswith("x-first") for name in headers)
                for _, headers in arrived)
@@ -117,9 +117,9 @@ def test_bulk_replay_skips_and_reports_what_it_cannot_route_and_replays_the_rest
 
 def test_a_later_replay_does_not_stop_where_the_last_one_skipped(troubled, monkeypatch, capsys):
     _replay(monkeypatch, capsys, troubled, "--all")
-    _plant(troubled, shared.EMAIL_QUEUE, "e-later")
+    _plant(troubled, EMAIL_HIGH, "e-later")
 
-    code, printed, err = _replay(monkeypatch, capsys, troubled, "--queue", shared.EMAIL_QUEUE)
+    code, printed, err = _replay(monkeypatch, capsys, troubled, "--queue", EMAIL_HIGH)
 
     assert code == 1
     assert printed["replayed"] == ["e-later"] and set(printed["skipped_poison"]) == {"e-not-json"}
@@ -128,9 +128,9 @@ def test_a_later_replay_does_not_stop_where_the_last_one_skipped(troubled, monke
 
 def test_replay_with_nothing_skipped_exits_0(vhost_url, monkeypatch, capsys):
     declare_topology(vhost_url)
-    _plant(vhost_url, shared.EMAIL_QUEUE, "e-only")
+    _plant(vhost_url, EMAIL_HIGH, "e-only")
 
-    code, printed, err = _replay(monkeypatch, capsys, vhost_url, "--queue", shared.EMAIL_QUEUE)
+    code, printed, err = _replay(monkeypatch, capsys, vhost_url, "--queue", EMAIL_HIGH)
 
     assert (code, printed["replayed"], printed["skipped_refused"]) == (0, ["e-only"], {})
     assert err.strip().splitlines()[-1] == "replayed 1, skipped 0"
@@ -140,8 +140,8 @@ def test_a_channel_the_broker_closes_leaves_every_dead_letter_in_place_and_is_re
                                                                                         capsys):
     declare_topology(vhost_url)
     for task_id in ("e-1", "e-2"):
-        _plant(vhost_url, shared.EMAIL_QUEUE, task_id)
-    _plant(vhost_url, shared.PUSH_QUEUE, "p-1")
+        _plant(vhost_url, EMAIL_HIGH, task_id)
+    _plant(vhost_url, PUSH_HIGH, "p-1")
     connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
     connection.channel().exchange_delete(shared.EXCHANGE)  # every publish now closes the channel (404)
     connection.close()
@@ -151,5 +151,5 @@ def test_a_channel_the_broker_closes_leaves_every_dead_letter_in_place_and_is_re
     assert code == 1 and printed["replayed"] == []
     assert set(printed["skipped_refused"]) == {"e-1", "e-2", "p-1"}
     assert "404" in printed["skipped_refused"]["e-1"] and "not tried" in printed["skipped_refused"]["e-2"]
-    assert queue_depth(vhost_url, shared.dead_letter_queue(shared.EMAIL_QUEUE)) == 2
-    assert queue_depth(vhost_url, shared.dead_letter_queue(shared.PUSH_QUEUE)) == 1
+    assert queue_depth(vhost_url, shared.dead_letter_queue(EMAIL_HIGH)) == 2
+    assert queue_depth(vhost_url, shared.dead_letter_queue(PUSH_HIGH)) == 1

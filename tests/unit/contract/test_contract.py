@@ -13,6 +13,7 @@ from marshmallow import ValidationError
 
 import shared
 from shared.jsonschema import MESSAGE_SCHEMAS, json_schema, render, schema_filename
+from tests.support import DISPATCH_HIGH
 
 SHARED = pathlib.Path(shared.__file__).parent
 EXAMPLES = sorted((SHARED / "examples").glob("*.json"))
@@ -158,7 +159,7 @@ def test_task_message_is_celery_v2():
     msg = shared.task_message(
         task=shared.DISPATCH_TASK,
         task_id="id-1",
-        routing_key=shared.DISPATCH_QUEUE,
+        routing_key=DISPATCH_HIGH,
         kwargs={"message": {"x": 1}},
         priority=shared.Priority.HIGH,
         time_limit=60,
@@ -185,7 +186,21 @@ def test_decode_body_refuses_non_v2_bodies(body):
 def test_names_and_priorities():
     assert shared.dead_letter_queue(shared.EMAIL_QUEUE) == "notifications.email.dlq"
     assert shared.DEFAULT_PRIORITY[shared.Event.CONFIRMED] > shared.DEFAULT_PRIORITY[shared.Event.REMINDER]
-    assert max(shared.Priority) <= shared.MAX_PRIORITY
+    assert max(shared.Priority) <= 9  # the AMQP priority property stays on every message
+
+
+def test_lanes_split_each_stage_by_priority_class():
+    assert shared.WORK_QUEUES == (
+        "notifications.dispatch.high", "notifications.dispatch.low", "notifications.email.high",
+        "notifications.email.low", "notifications.push.high", "notifications.push.low")
+    assert shared.lane_for(shared.Priority.HIGH) is shared.lane_for(shared.Priority.NORMAL) is shared.Lane.HIGH
+    assert shared.lane_for(shared.Priority.LOW) is shared.Lane.LOW
+    assert shared.lane_for(None) is shared.Lane.HIGH  # no priority on the message: NORMAL
+    assert shared.lane_queue(shared.EMAIL_QUEUE, shared.Lane.LOW) == "notifications.email.low"
+    # A booking service one version behind publishes with the stage name: bound to the high lane.
+    assert shared.queue_for_routing_key("notifications.dispatch") == "notifications.dispatch.high"
+    assert shared.queue_for_routing_key("notifications.push.low") == "notifications.push.low"
+    assert shared.queue_for_routing_key("notifications.email") is None
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from notification_service.errors import PermanentError
 from notification_service.providers import EmailContent, HttpEmailProvider, SmtpEmailProvider, build_email
 from notification_service.settings import Settings
 from notification_service.worker import envelope_guard as envelope
+from tests.support import DISPATCH_HIGH, EMAIL_HIGH
 
 EMAIL_URL = "https://mail.invalid/send"
 GOOD_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -31,10 +32,10 @@ def _inspect(headers: dict, embed: dict | None = None) -> str | None:
 
 
 @pytest.mark.parametrize("headers", [
-    {"x-death": [{"queue": shared.EMAIL_QUEUE, "reason": "rejected", "count": "abc"}]},
+    {"x-death": [{"queue": EMAIL_HIGH, "reason": "rejected", "count": "abc"}]},
     {"x-death": [1, "x"]},
-    {"x-death": [{"queue": shared.EMAIL_QUEUE, "reason": "rejected", "count": 1}]},  # well-formed: still not a client's
-    {"x-first-death-queue": shared.DISPATCH_QUEUE},
+    {"x-death": [{"queue": EMAIL_HIGH, "reason": "rejected", "count": 1}]},  # well-formed: still not a client's
+    {"x-first-death-queue": DISPATCH_HIGH},
     {"x-last-death-reason": "expired"},
     {"x-anything": "1"},
     {"X-Death": []},
@@ -64,15 +65,15 @@ def test_strip_reserved_keeps_everything_else():
     assert envelope.strip_reserved(None) == {}
 
 
-def _dead(headers: dict, body: bytes, dlq_name: str = shared.dead_letter_queue(shared.EMAIL_QUEUE)) -> dlq.DeadMessage:
+def _dead(headers: dict, body: bytes, dlq_name: str = shared.dead_letter_queue(EMAIL_HIGH)) -> dlq.DeadMessage:
     return dlq.DeadMessage(dlq_name, 1, pika.BasicProperties(headers=headers, content_type="application/json",
                                                              content_encoding="utf-8"), body)
 
 
 def test_dead_letter_tools_read_forged_x_death_without_crashing_and_replay_to_the_dlqs_own_queue():
     message = _dead({"id": "i", "task": shared.EMAIL_TASK, "x-death": [1, "x", {"count": "abc", "queue": "elsewhere"}],
-                     "x-first-death-queue": shared.DISPATCH_QUEUE}, b"[[], {}, {}]")
-    assert message.death_count == 0 and message.origin_queue == shared.EMAIL_QUEUE
+                     "x-first-death-queue": DISPATCH_HIGH}, b"[[], {}, {}]")
+    assert message.death_count == 0 and message.origin_queue == EMAIL_HIGH
     assert dlq.poison_reason(message) is None  # replay strips x-death: the copy is a sound message
 
 

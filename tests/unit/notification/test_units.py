@@ -310,8 +310,14 @@ def test_committed_definitions_equal_the_export():
     assert committed == cli.render_definitions()
     data = json.loads(committed)
     queues = {q["name"]: q["arguments"] for q in data["queues"]}
-    assert queues[shared.EMAIL_QUEUE] == {"x-max-priority": 9, "x-dead-letter-exchange": "notifications.dlx",
-                                          "x-dead-letter-routing-key": "notifications.email.dlq"}
+    assert queues["notifications.email.low"] == {
+        "x-queue-type": "quorum", "x-queue-leader-locator": "balanced", "x-dead-letter-exchange": "notifications.dlx",
+        "x-dead-letter-routing-key": "notifications.email.low.dlq", "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish", "x-delivery-limit": 50}
+    assert all(q["arguments"]["x-queue-type"] == "quorum" for q in data["queues"])  # DLQs and receipts too
+    assert not any("x-max-priority" in q["arguments"] for q in data["queues"])  # refused by quorum queues (406)
+    legacy = [b for b in data["bindings"] if b["routing_key"] == "notifications.dispatch"]
+    assert [(b["source"], b["destination"]) for b in legacy] == [("notifications", "notifications.dispatch.high")]
     assert {e["name"]: e["arguments"] for e in data["exchanges"]}[shared.EXCHANGE] == {}
 
 
