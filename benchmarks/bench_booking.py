@@ -198,9 +198,10 @@ def bound_vhost(amqp_url: str):
     url, drop = make_vhost(amqp_url)
     conn = pika.BlockingConnection(pika.URLParameters(url))
     channel = conn.channel()
-    channel.exchange_declare(shared.EXCHANGE, "direct", durable=True)
-    channel.queue_declare("bench.dispatch", durable=True, arguments={"x-max-priority": shared.MAX_PRIORITY})
-    channel.queue_bind("bench.dispatch", shared.EXCHANGE, shared.DISPATCH_QUEUE)
+    channel.exchange_declare(shared.EXCHANGE, "topic", durable=True)
+    channel.queue_declare("bench.dispatch", durable=True)
+    for lane in shared.Lane:  # the relay publishes to the dispatch lane of each row's priority
+        channel.queue_bind("bench.dispatch", shared.EXCHANGE, shared.lane_queue(shared.DISPATCH_QUEUE, lane))
     return url, conn, channel, drop
 
 
@@ -346,7 +347,7 @@ def main() -> None:
             for round_number, niceness in enumerate(backlog_rounds, 1):
                 url, worker, drop_vhost = start_backlog_worker(amqp_url, args.backlog, pathlib.Path(tmp), niceness)
                 results = http_round(args, env_for, tmp, 10**7 * round_number)  # slots never used before
-                left = queue_depth(url, shared.DISPATCH_QUEUE) + queue_depth(url, shared.EMAIL_QUEUE)
+                left = sum(queue_depth(url, queue) for queue in shared.WORK_QUEUES if ".push." not in queue)
                 stop_worker(worker)
                 worker = None
                 drop_vhost()

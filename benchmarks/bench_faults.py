@@ -59,6 +59,7 @@ import sqlalchemy as sa
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import shared  # noqa: E402 - after the sys.path insert above
 from tests.private_broker import PrivateBroker  # noqa: E402
 from tests.support import free_port, wait_for  # noqa: E402
 
@@ -67,7 +68,7 @@ API_KEY = "bench"
 EMAIL_PATH = "/v1/email/send"
 PUSH_PATH = "/v1/projects/fake/messages:send"
 CONFIRMED = "booking.confirmed"
-WORK_QUEUES = ("notifications.dispatch", "notifications.email", "notifications.push")
+WORK_QUEUES = shared.WORK_QUEUES
 
 
 def log(t0: float | None, text: str) -> None:

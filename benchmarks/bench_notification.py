@@ -51,6 +51,10 @@ BIN = pathlib.Path(sys.executable).parent
 #: The pool flags of the send worker in the Procfile, compose and k8s; bare Celery gets the same.
 POOL = ["-P", "threads", "-c", os.environ.get("BENCH_CONCURRENCY", "100")]
 WORKER_FLAGS = ["--without-gossip", "--without-mingle", "-l", "WARNING"]
+#: The queues each worker consumes, as in the Procfile: both lanes of its stages.
+DISPATCH_LANES = ",".join(q for q in shared.WORK_QUEUES if q.startswith(f"{shared.DISPATCH_QUEUE}."))
+SEND_LANES = ",".join(q for q in shared.WORK_QUEUES if not q.startswith(f"{shared.DISPATCH_QUEUE}."))
+EMAIL_HIGH = shared.lane_queue(shared.EMAIL_QUEUE, shared.Lane.HIGH)
 
 
 # -- measuring a process ----------------------------------------------------------
@@ -316,16 +320,16 @@ def provider_rate(n: int, delay: float) -> dict:
     celery = [str(BIN / "celery"), "-A", "notification_service.celery_app", "worker", *WORKER_FLAGS]
     # Each worker writes to its own copy of its log's descriptor: ours closes once it runs.
     with open(tmp / "dispatch.log", "wb") as log:
-        dispatcher = subprocess.Popen(celery + ["-P", "threads", "-c", "8", "-Q", shared.DISPATCH_QUEUE, "-n", "d@%h"],
+        dispatcher = subprocess.Popen(celery + ["-P", "threads", "-c", "8", "-Q", DISPATCH_LANES, "-n", "d@%h"],
                                       env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
     sender = None
     try:
         publish_all(url, shared.EXCHANGE, [dispatch_message(notification(tokens=())) for _ in range(n)])
-        wait_until(lambda: queue_depth(url, shared.EMAIL_QUEUE) >= n, f"{n} send tasks queued")
+        wait_until(lambda: queue_depth(url, EMAIL_HIGH) >= n, f"{n} send tasks queued")
         dispatcher.terminate()
         dispatcher.wait(30)
         with open(tmp / "send.log", "wb") as log:
-            sender = subprocess.Popen(celery + [*POOL, "-Q", f"{shared.EMAIL_QUEUE},{shared.PUSH_QUEUE}", "-n", "s@%h"],
+            sender = subprocess.Popen(celery + [*POOL, "-Q", SEND_LANES, "-n", "s@%h"],
                                       env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: provider.accepted >= 1, "first send", 120)
         cpu0, t0, done0 = cpu_seconds(sender.pid), time.perf_counter(), provider.accepted

@@ -82,10 +82,14 @@ def troubled(vhost_url, management):
     connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
     connection.channel().queue_delete(PUSH_HIGH)
     connection.close()
-    # notifications.dispatch refuses every publish: the broker nacks the replay.
+    # notifications.dispatch.high refuses every publish: the broker nacks the replay.
     management.put(f"{management.base}/policies/{_vhost(vhost_url)}/full-dispatch", timeout=10, json={
         "pattern": f"^{DISPATCH_HIGH}$", "apply-to": "queues",
         "definition": {"max-length": 0, "overflow": "reject-publish"}}).raise_for_status()
+    # A quorum queue starts refusing once it is *over* its limit: one message puts it there.
+    connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
+    connection.channel().basic_publish("", DISPATCH_HIGH, b"{}")
+    connection.close()
     _plant(vhost_url, DISPATCH_HIGH, "d-nacked")
     return vhost_url
 
@@ -101,8 +105,8 @@ def test_bulk_replay_skips_and_reports_what_it_cannot_route_and_replays_the_rest
     assert "nacked" in printed["skipped_refused"]["d-nacked"]
     assert "unroutable" in printed["skipped_refused"]["p-unroutable"]
     # stderr names each one as it goes, then the summary
-    assert "replayed e-good from notifications.email.dlq to notifications.email" in err
-    assert "skipped p-unroutable in notifications.push.dlq (refused)" in err
+    assert "replayed e-good from notifications.email.high.dlq to notifications.email.high" in err
+    assert "skipped p-unroutable in notifications.push.high.dlq (refused)" in err
     assert err.strip().splitlines()[-1] == "replayed 2, skipped 4"
     assert "ada@example.org" not in err + json.dumps(printed)
     # skipped ones stay where they were; the replayed ones went to the DLQ's own queue, without x-death
