@@ -42,7 +42,8 @@ KEPT_PROPERTIES = ("content_type", "content_encoding", "priority", "correlation_
 
 def inspect_envelope(message, known_tasks) -> tuple[str | None, list | None]:
     """``envelope.inspect`` of a kombu message."""
-    return envelope.inspect(message.headers, message.content_type, message.content_encoding, message.body, known_tasks)
+    return envelope.inspect(message.headers, message.content_type, message.content_encoding, message.body, known_tasks,
+                            routing_key=(message.delivery_info or {}).get("routing_key"))
 
 
 def correlation_id_of(headers: dict, decoded: list | None) -> str | None:

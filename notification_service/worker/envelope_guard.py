@@ -13,7 +13,12 @@ rejected it, and the queue stayed down after restarts. So a message arriving
 for work with a broker-reserved or unknown ``x-`` header must never be
 rejected as it is: the consumer dead-letters a copy without them
 (``strip_reserved``), and ``dlq replay`` strips them the same way (a dead
-letter legitimately carries the ``x-death`` RabbitMQ wrote). The body's
+letter legitimately carries the ``x-death`` RabbitMQ wrote). So does a countdown
+retry that waited in Celery's native delayed delivery (``celery_delayed_*``
+queues, TTL then dead-lettered on): its ``x-death`` is accepted when the routing
+key carries the delay prefix (no client may publish one: the booking user's
+topic permission is anchored on the dispatch keys) and every entry is
+well-formed and names a delay queue. The body's
 ``embed`` must not carry callbacks, errbacks, a chain or a chord: this
 service runs no workflows, and Celery would publish each one wherever its
 options say (a dispatch made a worker publish a forged receipt).
@@ -22,6 +27,7 @@ options say (a dispatch made a worker publish a forged receipt).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +37,12 @@ JSON_CONTENT_TYPE = "application/json"
 #: ``x-`` headers a message may carry on arrival: the two the producers set (shared.wire),
 #: and the redelivery count a quorum queue adds (it never reads it back from the header).
 ALLOWED_X_HEADERS = frozenset({CORRELATION_HEADER, MESSAGE_TYPE_HEADER, "x-delivery-count"})
+#: Headers RabbitMQ writes when it dead-letters, here when a delay queue's TTL runs out.
+DEATH_HEADERS = frozenset({"x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+                           "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason"})
+#: The routing key of a message Celery's native delayed delivery held: one bit of the delay per level.
+_DELAYED_ROUTING_KEY = re.compile(r"^(?:[01]\.){28}")
+_DELAY_QUEUE = re.compile(r"^celery_delayed_\d{1,2}$")
 #: Workflow fields of Celery's ``embed``; each must be null.
 WORKFLOW_FIELDS = ("callbacks", "errbacks", "chain", "chord")
 #: Larger bodies are poison: a notification's task message is a few kilobytes.
@@ -95,12 +107,24 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-def reserved_headers(headers: Any) -> list[str]:
-    """Names of the ``x-`` headers in ``headers`` that only the broker may set, or nobody."""
+def delayed_by_broker(headers: Any, routing_key: str | None) -> bool:
+    """Whether the death headers are RabbitMQ's own, from native delayed delivery's delay queues."""
+    if not isinstance(headers, dict) or not _DELAYED_ROUTING_KEY.match(str(routing_key or "")):
+        return False
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list) or not deaths or len(deaths) > 28:
+        return False
+    return all(isinstance(d, dict) and isinstance(d.get("count"), int) and d.get("reason") == "expired"
+               and _DELAY_QUEUE.match(str(d.get("queue") or "")) for d in deaths)
+
+
+def reserved_headers(headers: Any, routing_key: str | None = None) -> list[str]:
+    """Names of the ``x-`` headers in ``headers`` that only the broker may set, or nobody
+    (the death headers of a delayed retry excepted)."""
     if not isinstance(headers, dict):
         return []
-    return sorted(str(name) for name in headers
-                  if str(name).lower().startswith("x-") and str(name) not in ALLOWED_X_HEADERS)
+    allowed = ALLOWED_X_HEADERS | DEATH_HEADERS if delayed_by_broker(headers, routing_key) else ALLOWED_X_HEADERS
+    return sorted(str(name) for name in headers if str(name).lower().startswith("x-") and str(name) not in allowed)
 
 
 def strip_reserved(headers: Any) -> dict:
@@ -112,9 +136,9 @@ def strip_reserved(headers: Any) -> dict:
 
 
 def inspect(headers: Any, content_type: str | None, content_encoding: str | None, body: bytes | str,
-            known_tasks: Mapping | set | None) -> tuple[str | None, list | None]:
+            known_tasks: Mapping | set | None, routing_key: str | None = None) -> tuple[str | None, list | None]:
     """``(problem, decoded body)``: why this is not a task message this worker can run, or ``(None, body)``."""
-    problem = _envelope_problem(headers, content_type, known_tasks)
+    problem = _envelope_problem(headers, content_type, known_tasks, routing_key)
     if problem is not None:
         return problem, None
     try:
@@ -125,10 +149,11 @@ def inspect(headers: Any, content_type: str | None, content_encoding: str | None
     return (problem, None) if problem is not None else (None, decoded)
 
 
-def _envelope_problem(headers: Any, content_type: str | None, known_tasks: Mapping | set | None) -> str | None:
+def _envelope_problem(headers: Any, content_type: str | None, known_tasks: Mapping | set | None,
+                      routing_key: str | None = None) -> str | None:
     if not isinstance(headers, dict):
         return "no headers"
-    reserved = reserved_headers(headers)
+    reserved = reserved_headers(headers, routing_key)
     if reserved:
         shown = ", ".join(repr(name[:60]) for name in reserved[:5]) + (", ..." if len(reserved) > 5 else "")
         return f"header(s) {shown} may not be set by a client (reserved for the broker)"

@@ -90,3 +90,34 @@ def test_sigkill_mid_send_delivers_exactly_once_after_restart(vhost_url, tmp_pat
             restarted.stop()
     finally:
         fake.close()
+
+
+def test_a_retry_waits_in_the_broker_and_returns_to_its_own_lane_while_no_worker_runs(vhost_url, tmp_path):
+    """The countdown is held by the broker (native delayed delivery), not by the worker that retried."""
+    declare_topology(vhost_url)
+    fake = FakePush()
+    try:
+        token = "tok-retry-in-broker"
+        fake.script[token] = [(503, {"Retry-After": "3"})]
+        fake.arrived[token] = threading.Event()
+        worker = Worker(vhost_url, tmp_path, fake)
+        worker.start()
+        payload = notification(event="booking.reminder", tokens=(token,))  # LOW: the low lanes
+        publish(vhost_url, dispatch_message(payload))
+        assert fake.arrived[token].wait(60), "push never reached the provider"
+        push_id = delivery_id(payload["notification_id"], "push", token)
+        wait_for(lambda: "retrying" in worker.log_text(), timeout=30, what="the retry published")
+        worker.kill()  # during the countdown: nothing of the retry may live in this process
+        push_low = shared.lane_queue(shared.PUSH_QUEUE, shared.Lane.LOW)
+        wait_for(lambda: queue_depth(vhost_url, push_low) == 1, timeout=30, what="the retry back in push.low")
+        assert queue_depth(vhost_url, PUSH_HIGH) == 0
+        restarted = Worker(vhost_url, tmp_path, fake)
+        restarted.start()
+        try:
+            wait_for(lambda: [r["status"] for r in restarted.status(payload["notification_id"])
+                              if r["delivery_id"] == push_id] == ["sent"], timeout=60, what="push sent on retry")
+            assert [r.get("status") for r in fake.requests if r["token"] == token] == [503, 200]
+        finally:
+            restarted.stop()
+    finally:
+        fake.close()

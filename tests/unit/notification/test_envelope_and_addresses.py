@@ -152,3 +152,18 @@ def test_ascii_email_is_the_one_rule():
     with pytest.raises(ValueError, match="not deliverable") as raised:
         shared.messages.ascii_email("ädä@example.org")
     assert "ädä" not in str(raised.value)
+
+
+def test_a_retry_held_by_native_delayed_delivery_keeps_the_death_headers_the_broker_wrote():
+    from kombu.transport.native_delayed_delivery import calculate_routing_key
+
+    delayed = calculate_routing_key(3, EMAIL_HIGH)
+    deaths = [{"queue": f"celery_delayed_{level}", "reason": "expired", "count": 1} for level in (1, 0)]
+    headers = {"id": "x", "task": "t", "x-death": deaths, "x-first-death-queue": "celery_delayed_1",
+               "x-first-death-reason": "expired", "x-first-death-exchange": "celery_delayed_1"}
+    assert envelope.reserved_headers(headers, delayed) == []
+    # Without the delay prefix (a client's publish), or naming another queue, they are forged.
+    assert "x-death" in envelope.reserved_headers(headers, EMAIL_HIGH)
+    forged = {**headers, "x-death": [{"queue": EMAIL_HIGH, "reason": "rejected", "count": 1}]}
+    assert "x-death" in envelope.reserved_headers(forged, delayed)
+    assert "x-death" in envelope.reserved_headers({**headers, "x-death": [{**deaths[0], "count": "abc"}]}, delayed)
