@@ -24,6 +24,7 @@ import pytest
 import requests
 
 import shared
+from notification_service.broker import topology
 from tests.deploy import processes, repo
 from tests.support import DISPATCH_HIGH, EMAIL_HIGH, PUSH_HIGH
 
@@ -188,9 +189,9 @@ def test_booking_topic_permission_names_the_dispatch_routing_key_only(definition
 FORBIDDEN_TO_NOTIFICATION = {
     "delete-booking-receipts": lambda ch: ch.queue_delete(shared.BOOKING_RECEIPTS_QUEUE),
     "delete-booking-receipts-dlq": lambda ch: ch.queue_delete(shared.dead_letter_queue(shared.BOOKING_RECEIPTS_QUEUE)),
-    "redeclare-booking-receipts": lambda ch: ch.queue_declare(shared.BOOKING_RECEIPTS_QUEUE, durable=True, arguments={
-        "x-dead-letter-exchange": shared.DEAD_LETTER_EXCHANGE,
-        "x-dead-letter-routing-key": shared.dead_letter_queue(shared.BOOKING_RECEIPTS_QUEUE)}),
+    "redeclare-booking-receipts": lambda ch: ch.queue_declare(shared.BOOKING_RECEIPTS_QUEUE, durable=True,
+                                                              arguments=topology.queue_arguments(
+                                                                  topology.receipt_queues[0])),
     "bind-booking-receipts-to-notifications": lambda ch: ch.queue_bind(
         shared.BOOKING_RECEIPTS_QUEUE, shared.EXCHANGE, routing_key=DISPATCH_HIGH),
     "bind-booking-receipts-dlq-to-notifications": lambda ch: ch.queue_bind(

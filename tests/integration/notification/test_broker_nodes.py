@@ -21,7 +21,7 @@ from notification_service.receipts.outbox import NACKED_ERROR, ReceiptOutbox
 from notification_service.receipts.publisher import ReceiptPublisher
 from notification_service.settings import Settings
 from tests.notification.harness import declare_topology, dispatch_message, notification
-from tests.support import wait_for
+from tests.support import DISPATCH_HIGH, wait_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 EMAIL = "ada.lovelace@example.org"
@@ -127,7 +127,7 @@ def test_a_nacked_receipt_goes_out_again_on_a_new_connection_at_once(database_ur
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_dlq_list_replay_and_purge_work_with_a_dead_node_in_amqp_url(cli_env, vhost_url, capsys):
     declare_topology(vhost_url)
-    dlq = shared.dead_letter_queue(shared.DISPATCH_QUEUE)
+    dlq = shared.dead_letter_queue(DISPATCH_HIGH)
     messages = [dispatch_message(notification()) for _ in range(3)]
     connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
     try:
@@ -143,8 +143,8 @@ def test_dlq_list_replay_and_purge_work_with_a_dead_node_in_amqp_url(cli_env, vh
             assert sorted(d["message_id"] for d in json.loads(capsys.readouterr().out)) == ids
         assert cli.main(["dlq", "replay", ids[0]]) == 0
         assert json.loads(capsys.readouterr().out)["replayed"] == [ids[0]]
-        assert channel.queue_declare(shared.DISPATCH_QUEUE, passive=True).method.message_count == 1
-        assert cli.main(["dlq", "purge", "--queue", shared.DISPATCH_QUEUE, "--yes"]) == 0
+        assert channel.queue_declare(DISPATCH_HIGH, passive=True).method.message_count == 1
+        assert cli.main(["dlq", "purge", "--queue", DISPATCH_HIGH, "--yes"]) == 0
         assert json.loads(capsys.readouterr().out) == {"purged": {dlq: 2}}
     finally:
         connection.close()
@@ -159,6 +159,6 @@ def test_topology_declare_moves_past_a_dead_node_in_amqp_url(cli_env, vhost_url,
     try:
         channel = connection.channel()
         channel.exchange_declare(shared.RECEIPTS_EXCHANGE, passive=True)
-        assert channel.queue_declare(shared.dead_letter_queue(shared.DISPATCH_QUEUE), passive=True)
+        assert channel.queue_declare(shared.dead_letter_queue(DISPATCH_HIGH), passive=True)
     finally:
         connection.close()
