@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
+import shared
 from tests.support import free_port, wait_for
 
 VENV_BIN = pathlib.Path(sys.executable).parent
@@ -199,7 +200,7 @@ def mesh(tmp_path, vhost_url, postgres_url, fake_push):
     m.start(
         "worker",
         "celery", "-A", "notification_service.celery_app", "worker",
-        "--queues", "notifications.dispatch,notifications.email,notifications.push",
+        "--queues", ",".join(shared.WORK_QUEUES),  # every lane, as the Procfile's two workers do
         "--pool", "threads", "--concurrency", "4", "--hostname", f"e2e-{tmp_path.name}@%h",
         "--without-gossip", "--without-mingle", "--loglevel", "INFO",
     )  # fmt: skip

@@ -20,6 +20,7 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
+import shared
 from tests.e2e.mesh.conftest import FakePush
 
 ROUNDS = 50
@@ -79,7 +80,7 @@ def test_post_then_patch_at_once_the_last_message_is_always_the_reschedule(mesh,
     mesh.start(  # a second worker: the two versions' messages may run in different processes
         "worker2",
         "celery", "-A", "notification_service.celery_app", "worker",
-        "--queues", "notifications.dispatch,notifications.email,notifications.push",
+        "--queues", ",".join(shared.WORK_QUEUES),  # every lane, as the Procfile's two workers do
         "--pool", "threads", "--concurrency", "4", "--hostname", f"e2e2-{tmp_path.name}@%h",
         "--without-gossip", "--without-mingle", "--loglevel", "INFO",
     )  # fmt: skip
