@@ -27,8 +27,9 @@ TEAMS = {"booking": "booking", "notification": "notification"}
 LANES = ("high", "low")
 #: The oldest cluster we promise to run on, and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
-KEDA_SCHEMA = json.loads((pathlib.Path(__file__).parent / "schemas" / "keda.schema.json").read_text())
-RABBITMQ_CLUSTER_SCHEMA = json.loads((pathlib.Path(__file__).parent / "schemas" / "rabbitmqcluster.schema.json").read_text())
+SCHEMAS = pathlib.Path(__file__).parent / "schemas"
+KEDA_SCHEMA = json.loads((SCHEMAS / "keda.schema.json").read_text())
+RABBITMQ_CLUSTER_SCHEMA = json.loads((SCHEMAS / "rabbitmqcluster.schema.json").read_text())
 #: (apiVersion, kind) that kubernetes-validate cannot know, and how each is checked instead.
 NON_CORE_KINDS = {
     ("kustomize.config.k8s.io/v1beta1", "Kustomization"): "test_kustomization_lists_every_manifest",

@@ -1,4 +1,4 @@
-"""deploy/k8s/platform/rabbitmq-cluster.yaml: three nodes that survive the loss of one, loading the rendered definitions.
+"""deploy/k8s/platform/rabbitmq-cluster.yaml: three nodes that outlive the loss of one, loading rendered definitions.
 
 The RabbitmqCluster kind is the RabbitMQ Cluster Operator's CRD, which
 kubernetes-validate cannot know: schemas/rabbitmqcluster.schema.json checks
@@ -34,8 +34,8 @@ def cluster() -> dict:
 def additional_config() -> dict[str, str]:
     """``rabbitmq.additionalConfig`` as the rabbitmq.conf key/value pairs it adds."""
     found = {}
-    for line in cluster()["spec"]["rabbitmq"]["additionalConfig"].splitlines():
-        line = line.strip()
+    for raw in cluster()["spec"]["rabbitmq"]["additionalConfig"].splitlines():
+        line = raw.strip()
         if line and not line.startswith("#"):
             key, _, value = line.partition("=")
             found[key.strip()] = value.strip()
@@ -78,7 +78,7 @@ def test_network_policy_and_cluster_select_the_same_pods():
     peers = [rule for rule in policy["spec"]["ingress"]
              if any(selects(p.get("podSelector"), OPERATOR_POD_LABELS) and "namespaceSelector" not in p
                     for p in rule["from"])]
-    assert ERLANG_PORTS <= {p["port"] for rule in peers for p in rule["ports"]}, "the nodes must reach each other"
+    assert {p["port"] for rule in peers for p in rule["ports"]} >= ERLANG_PORTS, "the nodes must reach each other"
 
 
 def test_each_node_imports_the_rendered_definitions_from_their_secret():
