@@ -76,7 +76,7 @@ def test_stack_has_every_process_of_the_mesh():
     assert sorted(booking) == ["migrate", "receipts", "relay", "serve"]
     notification = by_image["notification"]
     worker_queues = {commands.option(argv, "--queues", "-Q") for argv in notification if "worker" in argv}
-    assert {"notifications.dispatch", "notifications.email", "notifications.push"} <= {
+    assert {f"notifications.{stage}.{lane}" for stage in ("dispatch", "email", "push") for lane in ("high", "low")} <= {
         q for queues in worker_queues for q in queues.split(",")
     }
     assert not any("flower" in argv for argv in notification), "Flower runs from its own image"

@@ -18,18 +18,24 @@ import kubernetes_validate
 import pytest
 
 import shared
+from shared import amqp_url
 from tests.deploy import commands, dockerfiles, repo
 
 K8S = repo.DEPLOY / "k8s"
 TEAMS = {"booking": "booking", "notification": "notification"}
+#: The priority lanes of the topology, urgent first (issue 16).
+LANES = ("high", "low")
 #: The oldest cluster we promise to run on, and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
-KEDA_SCHEMA = json.loads((pathlib.Path(__file__).parent / "schemas" / "keda.schema.json").read_text())
+SCHEMAS = pathlib.Path(__file__).parent / "schemas"
+KEDA_SCHEMA = json.loads((SCHEMAS / "keda.schema.json").read_text())
+RABBITMQ_CLUSTER_SCHEMA = json.loads((SCHEMAS / "rabbitmqcluster.schema.json").read_text())
 #: (apiVersion, kind) that kubernetes-validate cannot know, and how each is checked instead.
 NON_CORE_KINDS = {
     ("kustomize.config.k8s.io/v1beta1", "Kustomization"): "test_kustomization_lists_every_manifest",
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.schema.json + test_each_worker_scales_on_its_own_queue",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda.schema.json + test_each_worker_scales_on_its_own_queue",
+    ("rabbitmq.com/v1beta1", "RabbitmqCluster"): "rabbitmqcluster.schema.json + test_rabbitmq_cluster.py",
 }
 
 
@@ -154,6 +160,8 @@ def test_every_process_gets_its_broker_and_database(team):
             env = configured_env(team, container)
             assert env["AMQP_URL"].startswith(("amqp://", "amqps://")), name
             assert urllib.parse.urlsplit(env["AMQP_URL"]).username == team, f"{name} must log in as {team}"
+            for node in amqp_url.nodes(env["AMQP_URL"]):
+                assert urllib.parse.urlsplit(node).username == team, f"{name} must log in as {team} on every node"
             assert env[f"{team.upper()}_DATABASE_URL"].startswith("postgresql+psycopg://"), name
 
 
@@ -196,11 +204,25 @@ def test_each_worker_scales_on_its_own_queue():
     for obj in scaled:
         (container,) = deployments[obj["spec"]["scaleTargetRef"]["name"]]["spec"]["template"]["spec"]["containers"]
         queues = commands.option(container_argv("notification", container), "--queues", "-Q").split(",")
-        (trigger,) = obj["spec"]["triggers"]
-        assert trigger["type"] == "rabbitmq" and [trigger["metadata"]["queueName"]] == queues
-        assert trigger["metadata"]["mode"] == "QueueLength"
+        triggers = obj["spec"]["triggers"]
+        # One trigger per lane queue the worker consumes: KEDA scales to the largest of them.
+        assert [t["metadata"]["queueName"] for t in triggers] == queues
         assert obj["spec"]["minReplicaCount"] >= 1 and obj["spec"]["maxReplicaCount"] > obj["spec"]["minReplicaCount"]
-        assert trigger["metadata"]["protocol"] == "http", "queue length from the management API, not an AMQP login"
+        for trigger in triggers:
+            assert trigger["type"] == "rabbitmq"
+            assert trigger["metadata"]["mode"] == "QueueLength"
+            assert trigger["metadata"]["protocol"] == "http", "queue length from the management API, not an AMQP login"
+
+
+def test_workers_consume_each_stage_in_both_lanes():
+    """The dispatch worker takes both dispatch lanes, each send worker its channel's two lanes."""
+    by_worker = {}
+    for deployment in of_kind("notification", "Deployment"):
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        argv = container_argv("notification", container)
+        by_worker[deployment["metadata"]["name"]] = commands.option(argv, "--queues", "-Q").split(",")
+    assert by_worker == {f"{stage}-worker": [f"notifications.{stage}.{lane}" for lane in LANES]
+                         for stage in ("dispatch", "email", "push")}
 
 
 def test_keda_reads_queue_lengths_as_the_monitoring_user_from_a_secret_no_worker_loads():

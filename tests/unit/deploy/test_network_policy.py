@@ -8,12 +8,13 @@ component fails a test instead of silently opening or closing a port.
 
 from __future__ import annotations
 
+import jsonschema
 import kubernetes_validate
 import pytest
 
 from tests.deploy import repo
 
-from .test_k8s import K8S, KUBERNETES_VERSIONS, container_argv, of_kind
+from .test_k8s import K8S, KUBERNETES_VERSIONS, RABBITMQ_CLUSTER_SCHEMA, container_argv, of_kind
 
 PLATFORM = K8S / "platform"
 #: Pods by (team, name): which servers each process opens. Decided here from what each runs.
@@ -88,8 +89,11 @@ def team(request) -> str:
 def test_platform_policies_are_schema_valid_and_listed():
     for doc in platform_documents():
         if doc["kind"] == "Kustomization":
-            assert doc["resources"] == ["networkpolicy.yaml"]
+            assert doc["resources"] == ["rabbitmq-cluster.yaml", "networkpolicy.yaml"]
             assert "namespace" not in doc, "applied into the namespace the servers run in (-n)"
+            continue
+        if doc["kind"] == "RabbitmqCluster":
+            jsonschema.validate(doc, RABBITMQ_CLUSTER_SCHEMA)
             continue
         for version in KUBERNETES_VERSIONS:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -182,6 +186,9 @@ def test_server_ports_match_the_urls_the_secrets_point_at():
     rabbit = {p["port"] for r in platform_policy("rabbitmq")["spec"]["ingress"] for p in r["ports"]}
     postgres = {p["port"] for r in platform_policy("postgresql")["spec"]["ingress"] for p in r["ports"]}
     assert urllib.parse.urlsplit(secrets["AMQP_URL"]).port in rabbit
+    from shared import amqp_url
+
+    assert all(urllib.parse.urlsplit(node).port in rabbit for node in amqp_url.nodes(secrets["AMQP_URL"]))
     assert urllib.parse.urlsplit(secrets["keda:host"]).port in rabbit
     assert urllib.parse.urlsplit(secrets["BOOKING_DATABASE_URL"]).port in postgres
 
