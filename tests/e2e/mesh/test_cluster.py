@@ -47,7 +47,7 @@ pytestmark = [pytest.mark.private_broker, pytest.mark.timeout(300)]
 #: Bookings per second while a scenario runs: modest, the machine has 2 cores shared with the rest of the suite.
 RATE = 5.0
 #: Longest time without a push delivery allowed while the load runs (targets: 5 s kill, 15 s hang).
-KILL_GAP_BOUND = 10.0
+KILL_GAP_BOUND = 5.0
 HANG_GAP_BOUND = 25.0
 #: Everything booked must be delivered and shown within this long after the load stops.
 DRAIN_SECONDS = 120
