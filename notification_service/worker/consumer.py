@@ -28,6 +28,7 @@ from notification_service.delivery.log import delivery_log
 from notification_service.runtime import metrics
 from notification_service.settings import Settings
 from notification_service.worker import envelope_guard as envelope
+from notification_service.worker.delayed_delivery import consumer_steps
 from shared.wire import CORRELATION_HEADER
 
 log = structlog.get_logger("notification_service.worker.consumer")
@@ -63,6 +64,10 @@ def _wake() -> None:
 
 class SafeConsumer(Consumer):
     """Consumer whose task handler rejects poison messages into the dead-letter queue."""
+
+    class Blueprint(Consumer.Blueprint):
+        # Delayed delivery set up once per cluster, not once per node (delayed_delivery.py).
+        default_steps = consumer_steps(list(Consumer.Blueprint.default_steps))
 
     received_count = 0
 

@@ -3,6 +3,10 @@
 Each test gets a fresh RabbitMQ vhost, a fresh PostgreSQL database for the
 booking service, a fresh SQLite file for the notification service, temporary
 sink folders, and a fake HTTP push provider served from this process.
+
+The broker is the ``mesh_amqp_url`` fixture: a vhost of the shared broker here;
+a test module overrides it to run the same mesh on other nodes (test_cluster.py:
+a vhost of a private three-node cluster, every node in the URL).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -46,7 +51,7 @@ class FakePush:
                 with fake.lock:
                     status = fake.status
                     fake.calls.append({"status": status, "headers": dict(self.headers),
-                                       "json": json.loads(body or b"{}")})
+                                       "json": json.loads(body or b"{}"), "at": time.monotonic()})
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 if status == 503:
@@ -168,11 +173,17 @@ def fake_push():
 
 
 @pytest.fixture
-def mesh(tmp_path, vhost_url, postgres_url, fake_push):
+def mesh_amqp_url(request):
+    """The broker the mesh runs on: a fresh vhost of the shared broker (a module may override this)."""
+    return request.getfixturevalue("vhost_url")
+
+
+@pytest.fixture
+def mesh(tmp_path, mesh_amqp_url, postgres_url, fake_push):
     env = {
         **os.environ,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "AMQP_URL": vhost_url,
+        "AMQP_URL": mesh_amqp_url,
         "BOOKING_DATABASE_URL": postgres_url,
         "BOOKING_API_KEYS": API_KEY,
         "BOOKING_BIND": f"127.0.0.1:{free_port()}",
