@@ -15,7 +15,7 @@ nodes; the shared broker on 5672 is never touched. Every node is killed at the e
    e-mail, file sink) then runs on the quorum topology of one and of three nodes.
 2. backlog: a confirmation behind ``--reminders`` queued reminders. Bare: a classic priority
    queue (``x-max-priority: 9``, the confirmation at priority 8) against two quorum lanes, each
-   with its consumer (prefetch 8, the dispatch worker's). Then the real worker on the lanes:
+   with its consumer (prefetch 8, the dispatch worker's; 5 ms per message). Then the real worker on the lanes:
    publish -> e-mail file.
 3. faults: the whole mesh (``bench_faults.Mesh``: API, relay, receipts, dispatch and send
    workers) on the three-node cluster, every node in every URL, ``--rate`` bookings/s for
@@ -66,6 +66,9 @@ SEND_PREFETCH = 100
 DISPATCH_PREFETCH = 8
 KILL_DOWN_SECONDS = 10.0
 HANG_SECONDS = 30.0
+#: What a bare consumer spends on each message of the backlog run: about the worker's CPU per
+#: notification (table 1b), so the reminders stay queued while the confirmation arrives.
+WORK_SECONDS = 0.005
 
 
 def say(text: str) -> None:
@@ -137,14 +140,14 @@ def declare_queues(url: str, names: list[str], arguments: dict) -> None:
 
 
 class Consumer:
-    """A pika consumer on its own thread: prefetch ``prefetch`` per queue, acks each message on receipt."""
+    """A pika consumer on its own thread: prefetch ``prefetch`` per queue; ``work`` s per message, then its ack."""
 
-    def __init__(self, url: str, queues: list[str], prefetch: int) -> None:
+    def __init__(self, url: str, queues: list[str], prefetch: int, work: float = 0.0) -> None:
         self.received: dict[str, float] = {}  # message id -> monotonic time it arrived
         self.behind: dict[str, int] = {}  # message id -> messages received until then, itself included
         self.count = 0
         self.cpu = 0.0
-        self.url, self.queues, self.prefetch = url, queues, prefetch
+        self.url, self.queues, self.prefetch, self.work = url, queues, prefetch, work
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -159,6 +162,8 @@ class Consumer:
             if properties.message_id:
                 self.received[properties.message_id] = time.monotonic()
                 self.behind[properties.message_id] = self.count
+            if self.work:
+                time.sleep(self.work)
             ch.basic_ack(method.delivery_tag)
 
         for queue in self.queues:
@@ -228,7 +233,7 @@ def bare_backlog(cluster: PrivateCluster, reminders: int, lanes: bool) -> dict:
         low = queues[-1]
         publish_confirmed(url, lambda _i: low, reminders, lambda _i: shared.Priority.LOW, message.body,
                           message.headers)
-        with Consumer(url, queues, DISPATCH_PREFETCH) as consumer:
+        with Consumer(url, queues, DISPATCH_PREFETCH, WORK_SECONDS) as consumer:
             wait_for(lambda: consumer.count >= 100, 60, "reminders flowing")
             published = time.monotonic()
             publish_confirmed(url, lambda _i: queues[0], 1, lambda _i: shared.Priority.HIGH, message.body,
@@ -320,7 +325,8 @@ def table_backlog(one: PrivateCluster, reminders: int) -> None:
     lanes = bare_backlog(one, reminders, lanes=True)
     worker = worker_backlog(one, reminders)
     say(f"\n2. A confirmation behind {reminders} queued reminders, one node. Bare: confirmed publish -> "
-        f"delivered to a consumer (prefetch {DISPATCH_PREFETCH} per queue, ack on receipt); worker: "
+        f"delivered to a consumer (prefetch {DISPATCH_PREFETCH} per queue, "
+        f"{WORK_SECONDS * 1000:.0f} ms per message, one at a time, then the ack); worker: "
         "publish to dispatch -> its e-mail file (the project's worker, all lanes, one process)")
     say("| run | latency s | reminders still queued |")
     say("| --- | ---: | ---: |")
@@ -417,6 +423,8 @@ def table_faults(three: PrivateCluster, rate: float, duration: float) -> None:
         kill_gap = longest_gap(times, kill_t, min(hang_t, load_end))
         hang_gap = longest_gap(times, hang_t, load_end)
         p95 = pct(latencies, 0.95)
+        kill_p95 = pct([call.answered - committed[item[0]] for item, call in accepted.items()
+                        if call is not None and committed[item[0]] < hang_t], 0.95)
         say(f"\n3. The mesh on the 3-node cluster, {rate:g} bookings/s for {duration:g} s (e-mail + push each; "
             f"SIGKILL of the node leading most lanes at {kill_at:.0f} s, back {KILL_DOWN_SECONDS:.0f} s later; "
             f"SIGSTOP of the node leading most lanes then at {hang_at:.0f} s for {HANG_SECONDS:.0f} s); every "
@@ -429,6 +437,12 @@ def table_faults(three: PrivateCluster, rate: float, duration: float) -> None:
         say(f"| **duplicated in effect** (a second accepted call for one delivery) | **{dups['extra']}** |")
         say(f"| booking -> provider p50 / p95 / max | {pct(latencies, 0.5):.2f} / {p95:.2f} / "
             f"{max(latencies, default=float('nan')):.2f} s |")
+        for label, lo, hi in (("booked before the kill", t0, kill_t), ("booked from the kill to the hang", kill_t, hang_t),
+                              ("booked from the hang to the end", hang_t, load_end)):
+            phase = [call.answered - committed[item[0]] for item, call in accepted.items()
+                     if call is not None and lo <= committed[item[0]] < hi]
+            say(f"| {label}: booking -> provider p50 / p95 / max ({len(phase)} deliveries) | "
+                f"{pct(phase, 0.5):.2f} / {pct(phase, 0.95):.2f} / {max(phase, default=float('nan')):.2f} s |")
         say(f"| longest time without a delivery, from the kill to the hang | {kill_gap:.1f} s |")
         say(f"| longest time without a delivery, from the hang to the end of the load | {hang_gap:.1f} s |")
         say(f"| API error attempts (retried) | {load.stats.error_attempts} |")
@@ -436,7 +450,9 @@ def table_faults(three: PrivateCluster, rate: float, duration: float) -> None:
         say(f"targets: lost 0 {'met' if not lost else 'MISSED'}; duplicated 0 "
             f"{'met' if not dups['extra'] else 'MISSED'}; gap after the kill <= 5 s "
             f"{'met' if kill_gap <= 5 else 'MISSED'}; gap for the hung node <= 15 s "
-            f"{'met' if hang_gap <= 15 else 'MISSED'}; p95 <= 10 s {'met' if p95 <= 10 else 'MISSED'}")
+            f"{'met' if hang_gap <= 15 else 'MISSED'}; p95 <= 10 s through the node-kill run (booked before the hang: "
+            f"{kill_p95:.2f} s) {'met' if kill_p95 <= 10 else 'MISSED'}, over the whole run with the hang "
+            f"{'met' if p95 <= 10 else 'MISSED'}")
     finally:
         stop.set()
         mesh.stop_all()
