@@ -437,8 +437,9 @@ def table_faults(three: PrivateCluster, rate: float, duration: float) -> None:
         say(f"| **duplicated in effect** (a second accepted call for one delivery) | **{dups['extra']}** |")
         say(f"| booking -> provider p50 / p95 / max | {pct(latencies, 0.5):.2f} / {p95:.2f} / "
             f"{max(latencies, default=float('nan')):.2f} s |")
-        for label, lo, hi in (("booked before the kill", t0, kill_t), ("booked from the kill to the hang", kill_t, hang_t),
-                              ("booked from the hang to the end", hang_t, load_end)):
+        phases = (("booked before the kill", t0, kill_t), ("booked from the kill to the hang", kill_t, hang_t),
+                  ("booked from the hang to the end", hang_t, load_end))
+        for label, lo, hi in phases:
             phase = [call.answered - committed[item[0]] for item, call in accepted.items()
                      if call is not None and lo <= committed[item[0]] < hi]
             say(f"| {label}: booking -> provider p50 / p95 / max ({len(phase)} deliveries) | "
