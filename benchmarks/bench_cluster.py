@@ -170,8 +170,14 @@ class Consumer:
             channel.basic_consume(queue, on_message)
         self.ready.set()
         started = time.thread_time()
-        while not self.stopping.is_set():
-            connection.process_data_events(time_limit=0.1)
+        try:
+            while not self.stopping.is_set():
+                connection.process_data_events(time_limit=0.1)
+        except pika.exceptions.AMQPError:
+            # Only while stopping: the run's vhost is deleted under a consumer still draining its prefetch.
+            if not self.stopping.is_set():
+                raise
+            return
         self.cpu = time.thread_time() - started
         connection.close()
 
