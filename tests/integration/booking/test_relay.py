@@ -93,7 +93,7 @@ def test_reminder_carries_expires_and_low_priority(client, session_factory, boun
 
 def test_unroutable_message_is_not_marked_published(client, session_factory, vhost_url):
     connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
-    connection.channel().exchange_declare(shared.EXCHANGE, "direct", durable=True)  # no queue bound
+    connection.channel().exchange_declare(shared.EXCHANGE, "topic", durable=True)  # no queue bound
     connection.close()
     client.post("/v1/bookings", json=booking_body(), headers=AUTH)
     relay = Relay(session_factory, vhost_url)
@@ -339,7 +339,7 @@ def test_relay_understands_the_celery_style_default_vhost_url(session_factory, a
     """``amqp://…//`` is vhost "/" for Celery; pika needs "%2F" or the broker refuses the connection."""
     assert amqp_url.endswith("//") or pytest.skip("AMQP_URL names a vhost of its own")
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url.rstrip("/") + "/%2F"))
-    connection.channel().exchange_declare(shared.EXCHANGE, "direct", durable=True)  # idempotent: same arguments
+    connection.channel().exchange_declare(shared.EXCHANGE, "topic", durable=True)  # idempotent: the arguments the topology declares
     connection.close()
     relay = Relay(session_factory, amqp_url)
     relay._connect()

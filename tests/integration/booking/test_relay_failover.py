@@ -56,7 +56,8 @@ def test_a_nacked_window_makes_the_relay_reconnect_and_send_the_rows_again(clien
     url, channel, queue = bound_queue
     # A second queue on the dispatch key that takes nothing: the broker nacks every publish routed to it.
     channel.queue_declare("refusing", arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
-    channel.queue_bind("refusing", shared.EXCHANGE, shared.DISPATCH_QUEUE)
+    # (the confirmation goes to the high dispatch lane)
+    channel.queue_bind("refusing", shared.EXCHANGE, shared.lane_queue(shared.DISPATCH_QUEUE, shared.Lane.HIGH))
     relay = ConnectionRecordingRelay(session_factory, url, poll_seconds=0.05, max_backoff=0.5)
     thread = threading.Thread(target=relay.run, daemon=True)
     try:
