@@ -339,7 +339,7 @@ def test_relay_understands_the_celery_style_default_vhost_url(session_factory, a
     """``amqp://…//`` is vhost "/" for Celery; pika needs "%2F" or the broker refuses the connection."""
     assert amqp_url.endswith("//") or pytest.skip("AMQP_URL names a vhost of its own")
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url.rstrip("/") + "/%2F"))
-    connection.channel().exchange_declare(shared.EXCHANGE, "topic", durable=True)  # idempotent: the arguments the topology declares
+    connection.channel().exchange_declare(shared.EXCHANGE, "topic", durable=True)  # as the topology declares it
     connection.close()
     relay = Relay(session_factory, amqp_url)
     relay._connect()
