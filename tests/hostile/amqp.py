@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 import shared
+from tests.hostile import changed
 from tests.notification.harness import dispatch_message, notification
 from tests.support import DISPATCH_HIGH, EMAIL_HIGH
 
@@ -26,14 +27,7 @@ def _envelope(kwargs: dict) -> bytes:
 
 
 def _payload(**changes) -> dict:
-    payload = notification(tokens=())
-    for path, value in changes.items():
-        target = payload
-        *parents, leaf = path.split("__")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    return payload
+    return changed(notification(tokens=()), **changes)
 
 
 def _email_task(message_id: str, **headers) -> dict:

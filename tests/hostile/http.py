@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from tests.hostile import changed
+
 #: A booking body every case starts from (valid as it is).
 VALID = {
     "resource_id": "room-hostile",
@@ -34,17 +36,7 @@ class Case:
 
 def _with(**changes) -> dict:
     """VALID with ``customer__name=...`` style changes (a value of ``...`` removes the field)."""
-    body = json.loads(json.dumps(VALID))
-    for path, value in changes.items():
-        target = body
-        *parents, leaf = path.split("__")
-        for parent in parents:
-            target = target[parent]
-        if value is ...:
-            target.pop(leaf, None)
-        else:
-            target[leaf] = value
-    return body
+    return changed(VALID, **changes)
 
 
 def _json(value) -> bytes:

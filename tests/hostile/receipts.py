@@ -16,6 +16,8 @@ import json
 import uuid
 from dataclasses import dataclass
 
+from tests.hostile import changed
+
 #: Stands for a raw JSON token (``1e300``, ``NaN``) that ``json.dumps`` would not write from a Python value.
 _RAW = "@raw@"
 
@@ -27,22 +29,10 @@ class Case:
     reason: str
 
 
-def _changed(receipt: dict, **changes) -> dict:
-    """``receipt`` with ``booking__version=...`` style changes."""
-    changed = json.loads(json.dumps(receipt))
-    for path, value in changes.items():
-        target = changed
-        *parents, leaf = path.split("__")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    return changed
-
-
 def _body(receipt: dict, raw: str | None = None, **changes) -> bytes:
     """The receipt's JSON; ``raw`` replaces the one change whose value is ``_RAW`` (the default ensure_ascii
     writes a lone surrogate as ``\\ud800`` and NUL as ``\\u0000``, as a forger would)."""
-    text = json.dumps(_changed(receipt, **changes))
+    text = json.dumps(changed(receipt, **changes))
     return (text.replace(f'"{_RAW}"', raw) if raw is not None else text).encode()
 
 
