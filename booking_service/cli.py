@@ -116,7 +116,7 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _relay(settings: Settings, _args: argparse.Namespace) -> int:
-    from booking_service.relay.relay import run_forever
+    from booking_service.relay.process import run_forever
 
     run_forever(settings)
     return 0

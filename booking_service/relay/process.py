@@ -6,14 +6,13 @@ import signal
 
 import structlog
 
+from booking_service.relay.relay import Relay
+from booking_service.storage.db import make_engine, make_session_factory
+
 log = structlog.get_logger(__name__)
 
 
 def run_forever(settings) -> None:
-    # Imported here, not at the top: booking_service.relay.relay re-exports this function.
-    from booking_service.relay.relay import Relay
-    from booking_service.storage.db import make_engine, make_session_factory
-
     engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
     relay = Relay(make_session_factory(engine), settings.amqp_url, poll_seconds=settings.relay_poll_seconds,
                   batch_size=settings.relay_batch_size, max_backoff=settings.relay_max_backoff_seconds,

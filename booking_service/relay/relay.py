@@ -34,13 +34,9 @@ from sqlalchemy.orm import sessionmaker
 
 from booking_service.relay.confirm_window import NACKED, UNROUTABLE, ConfirmChannel, NotConfirmed, Outcome, end_wait
 from booking_service.relay.outbox_lease import CLAIM_LEASE, OutboxLease
-from booking_service.relay.process import run_forever
 from booking_service.relay.wakeup import NotifyListener
 from booking_service.runtime import amqp, metrics
 from booking_service.runtime.backoff import reconnect_delay
-
-# reconnect_delay and run_forever are imported from here by the receipts consumer and `booking-service relay`.
-__all__ = ["Relay", "RelayStats", "reconnect_delay", "run_forever"]
 
 log = structlog.get_logger(__name__)
 
