@@ -278,6 +278,10 @@ def test_a_consumer_whose_queue_is_deleted_and_declared_again_comes_back_and_rea
         wait_for(lambda: ready.get("/readyz").json["checks"]["receipts"].get("queue") == "missing", 20,
                  "/readyz reporting the queue gone")
         assert ready.get("/readyz").json["status"] == "degraded"
+        # A quorum queue's consumers hear of its deletion a little after clients see it gone; declared
+        # again within that instant, RabbitMQ 3.10 can leave the old consumer attached to the new queue,
+        # receiving nothing. Redeclare once the consumer knows (as a deploy, seconds later, would).
+        wait_for(lambda: running.failures >= 1, 20, "the consumer noticing its queue is gone")
         with Connection(broker) as kombu_connection:
             declare(kombu_connection)  # the notification service declares it again at its next start
 
