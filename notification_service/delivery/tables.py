@@ -30,6 +30,9 @@ deliveries = sa.Table(
     # Sequence number of the delivery's last receipt: every status-changing statement adds one
     # (RETURNING it) and writes the receipt in the same transaction, so receipts are gapless.
     sa.Column("receipt_seq", sa.Integer, nullable=False, server_default="0"),
+    # The provider that took the message (the channel's providers are a list, tried in order), or,
+    # after a timeout that may have left it there, the one its next attempt must go back to.
+    sa.Column("provider", sa.String(40), nullable=True),
     sa.UniqueConstraint("notification_id", "channel", "address", name="uq_delivery_address"),
     # Supersession and the wait for an older message in flight look up a booking's deliveries
     # on one channel by version (delivery/supersession.py), on every claim.
@@ -73,6 +76,28 @@ receipts = sa.Table(
     sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True),
     sa.Column("lease_owner", sa.String(300), nullable=True),
     sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("provider", sa.String(40), nullable=True),
     sa.UniqueConstraint("delivery_id", "sequence", name="uq_receipt_sequence"),
     sa.Index("ix_receipts_unpublished", "published_at", "id"),
+)
+
+#: Each provider's send rate across every worker process and host that shares this database: a
+#: GCRA cell (``next_free_at``, epoch seconds, the earliest time the next send may start) moved
+#: forward by one interval per send, and ``paused_until`` set by a 429 / ``Retry-After``.
+provider_rates = sa.Table(
+    "provider_rates", metadata,
+    sa.Column("provider", sa.String(40), primary_key=True),
+    sa.Column("next_free_at", sa.Float, nullable=False),
+    sa.Column("paused_until", sa.Float, nullable=False, server_default="0"),
+)
+
+#: Each provider's circuit breaker as the worker processes share it: ``open`` until ``open_until``
+#: (epoch seconds), then one probe (``half_open``); ``closed`` after a success.
+provider_breakers = sa.Table(
+    "provider_breakers", metadata,
+    sa.Column("provider", sa.String(40), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("open_until", sa.Float, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.Float, nullable=False),
 )
