@@ -86,7 +86,10 @@ class Settings(BaseSettings):
     push_http_url: str = _var("PUSH_HTTP_URL", "")
     push_http_token: str = _secret("PUSH_HTTP_TOKEN")
     http_timeout: float = _var("NOTIFICATION_HTTP_TIMEOUT", 10.0, gt=0)
+    #: Retries of an unexpected error (a bug); an outage is bounded by age instead (max_age_seconds).
     max_retries: int = _var("NOTIFICATION_MAX_RETRIES", 8, ge=0)
+    #: An outage (provider, database, broker) is retried until the notification is this old.
+    max_age_seconds: float = _var("NOTIFICATION_MAX_AGE_SECONDS", 86400.0, gt=0)
     #: Derived from the provider timeouts (fields above) unless set.
     lease_seconds: float = Field(default_factory=_default_lease, validation_alias="NOTIFICATION_LEASE_SECONDS")
     stall_check_seconds: float = _var("NOTIFICATION_STALL_CHECK_SECONDS", 15.0, ge=0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 TASKS = Counter("notification_tasks_total", "Tasks finished, by task name and outcome.", ["task", "outcome"])
 RETRIES = Counter("notification_task_retries_total", "Retries scheduled, by task name.", ["task"])
@@ -21,6 +21,10 @@ PROVIDER_LATENCY = Histogram("notification_provider_seconds", "Provider call lat
 RECEIPTS_PUBLISHED = Counter("notification_receipts_published_total", "Delivery receipts confirmed by the broker.")
 RECEIPT_PUBLISH_FAILURES = Counter("notification_receipt_publish_failures_total",
                                    "Receipt publish failures, by reason.", ["reason"])
+CHANNEL_HELD = Gauge("notification_channel_held", "1 while this worker takes none of a channel's messages "
+                     "(every provider's breaker open), by channel.", ["channel"])
+GAVE_UP = Counter("notification_gave_up_total", "Messages dead-lettered for a transient reason because they could "
+                  "no longer be useful (older than NOTIFICATION_MAX_AGE_SECONDS), by task.", ["task"])
 DB_TRANSACTIONS = Counter("notification_db_transactions_total", "Delivery-log transactions committed or rolled back.")
 
 #: Port -> the address its /metrics server listens on, in this process.

@@ -6,11 +6,23 @@ Celery does most of it (DESIGN.md "Worker semantics"):
   transient provider errors *and* unexpected ones (a bug, the database away)
   retry with ``retry_backoff`` (exponential, base NOTIFICATION_RETRY_BASE_SECONDS),
   ``retry_jitter`` (full jitter) and ``retry_backoff_max`` (NOTIFICATION_RETRY_MAX_SECONDS,
-  at most 15 minutes: RabbitMQ's consumer timeout is 30), at most ``max_retries``
-  (NOTIFICATION_MAX_RETRIES) times; these are set per app by ``task_annotations``;
-* a task that fails for good (permanent error, contract violation, retries
-  exhausted) is *rejected* without requeue because ``task_acks_on_failure`` is
-  off, so RabbitMQ dead-letters it into ``<queue>.dlq``.
+  at most 15 minutes: RabbitMQ's consumer timeout is 30); these are set per app by
+  ``task_annotations``;
+* a task that fails for good is *rejected* without requeue because
+  ``task_acks_on_failure`` is off, so RabbitMQ dead-letters it into ``<queue>.dlq``.
+
+How long a failure is retried depends on what it is (``retry_budget``):
+
+* an *outage* (a provider's ``TransientError``, the database or the broker away)
+  is retried for as long as the notification can still be useful: until it is
+  older than NOTIFICATION_MAX_AGE_SECONDS (24 h by default, counted from when the
+  delivery was opened, or the request for a dispatch), or until its ``expires``
+  (a reminder past its booking's start is recorded ``expired``, not sent late).
+  A provider outage of hours dead-letters nothing; the breaker (``channel_hold``)
+  keeps such messages in their queue instead of spending calls on them;
+* a *bug* (any other exception) is retried NOTIFICATION_MAX_RETRIES times: more
+  would not fix it;
+* a permanent error (a 4xx, an invalid address, a contract violation) is not retried.
 
 Retries wait in the broker, not in a worker: on quorum queues Celery publishes a
 countdown retry through its native delayed delivery (``celery_delayed_*``), so a
@@ -38,7 +50,11 @@ from __future__ import annotations
 import math
 import re
 import time
+from datetime import UTC, datetime
 
+import amqp.exceptions
+import kombu.exceptions
+import sqlalchemy.exc
 import structlog
 from celery import Task
 from celery.exceptions import Reject
@@ -46,6 +62,7 @@ from kombu.transport.native_delayed_delivery import MAX_NUMBER_OF_BITS_TO_USE
 
 import shared
 from notification_service.delivery.log import delivery_log
+from notification_service.delivery.timestamps import aware
 from notification_service.errors import ContractViolation, PermanentError, TransientError
 from notification_service.runtime import metrics
 from notification_service.settings import Settings
@@ -63,6 +80,25 @@ _DELAY_PREFIX = re.compile(rf"^(?:[01]\.){{{MAX_NUMBER_OF_BITS_TO_USE}}}")
 #: that refuses publishes for minutes (a channel nacked after a failover) then costs one
 #: redelivery per pause, well inside the queue's x-delivery-limit, instead of a tight loop.
 PUBLISH_FAILURE_PAUSE_SECONDS = 5.0
+
+
+#: Failures that are an outage of something the task needs, not a fault of the task or its
+#: message: retried for as long as the notification can still be useful.
+OUTAGES: tuple[type[BaseException], ...] = (
+    TransientError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, OSError,
+    amqp.exceptions.ConnectionError, kombu.exceptions.OperationalError)
+
+
+class TooOld(TransientError):
+    """An outage outlasted NOTIFICATION_MAX_AGE_SECONDS: the notification is dead-lettered, its cause kept."""
+
+    def __init__(self, message: str, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+def is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, OUTAGES) and not isinstance(exc, PermanentError)
 
 
 def safe_kwargsrepr(kwargs: dict) -> str:
@@ -88,7 +124,8 @@ def lane_queue_of(task_name: str, delivery_info: dict | None) -> str:
 def retry_annotations(settings: Settings) -> dict:
     """``task_annotations`` for every notification task: Celery's retry settings from ours."""
     return {"*": {
-        "max_retries": settings.max_retries,
+        # No count for an outage (``NotificationTask.retry`` bounds it by age); a bug's count is checked there too.
+        "max_retries": None,
         # Celery's backoff factor is a whole number of seconds.
         "retry_backoff": max(1, round(settings.retry_base_seconds)),
         "retry_backoff_max": int(settings.retry_max_seconds),
@@ -125,6 +162,8 @@ class NotificationTask(Task):
 
     def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, max_retries=None,
               **options):
+        if exc is not None:
+            self._check_budget(exc)
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             countdown = max(0.0, min(float(self.retry_backoff_max), retry_after))
@@ -142,6 +181,40 @@ class NotificationTask(Task):
             metrics.TASKS.labels(self.name, "requeued").inc()
             time.sleep(PUBLISH_FAILURE_PAUSE_SECONDS)
             raise Reject(rejected.reason, requeue=True) from None
+
+    # -- the retry budget -------------------------------------------------------
+
+    def _check_budget(self, exc: BaseException) -> None:
+        """Raise (the task then fails and is dead-lettered) when ``exc`` may not be retried again."""
+        attempts = (self.request.retries or 0) + 1
+        if not is_outage(exc):
+            if attempts > self.settings.max_retries:
+                raise exc
+            return
+        started = self.started_at()
+        if started is None:
+            return
+        age = (datetime.now(UTC) - started).total_seconds()
+        if age >= self.settings.max_age_seconds:
+            raise TooOld(f"given up after {attempts} attempts over {age / 3600:.1f} h, older than "
+                         f"NOTIFICATION_MAX_AGE_SECONDS ({self.settings.max_age_seconds:.0f} s): {exc}",
+                         attempts) from exc
+
+    def started_at(self) -> datetime | None:
+        """When the notification's work began: its delivery opened (send tasks) or its request (dispatch)."""
+        kwargs = self.request.kwargs or {}
+        did = kwargs.get("delivery_id")
+        try:
+            if isinstance(did, str):
+                row = delivery_log(self.settings.database_url).get(did)
+                return aware(row.created_at) if row is not None else None
+            message = kwargs.get("message")
+            requested = message.get("requested_at") if isinstance(message, dict) else None
+            return aware(str(requested)) if requested else None
+        except (ValueError, sqlalchemy.exc.SQLAlchemyError) as lookup:
+            # The database away too: no age known, so no reason to give up on it yet.
+            log.warning("age of the notification unknown", error=type(lookup).__name__)
+            return None
 
     def defer(self, countdown: float) -> None:
         """Look at this message again in ``countdown`` seconds without spending a retry."""
@@ -166,6 +239,9 @@ class NotificationTask(Task):
             reason = f"contract violation: {exc}"
         elif isinstance(exc, PermanentError):
             reason = f"permanent: {exc}"
+        elif isinstance(exc, TooOld):
+            reason = str(exc)
+            metrics.GAVE_UP.labels(self.name).inc()
         elif isinstance(exc, TransientError):
             reason = f"retries exhausted after {retries + 1} attempts: {exc}"
         else:

@@ -3,7 +3,8 @@
 * logging: structlog instead of Celery's handlers (``setup_logging``);
 * the topology (DLX, DLQs, receipts exchange) and the metrics endpoint when the worker starts (``worker_init``);
 * this process's receipts publisher: started when the worker is ready, stopped at shutdown;
-* the stall watchdog, a consumer step that makes a stuck consumer reconnect.
+* the stall watchdog, a consumer step that makes a stuck consumer reconnect;
+* the channel hold, a consumer step that stops taking a channel's messages while all its providers refuse calls.
 
 Connected by :func:`install` from the app factory rather than at import, so
 importing a module never changes what Celery does.
@@ -15,6 +16,7 @@ from celery import Celery, signals
 
 from notification_service.broker import topology
 from notification_service.settings import Settings
+from notification_service.worker.channel_hold import ChannelHold
 from notification_service.worker.watchdog import StallWatchdog
 
 
@@ -25,6 +27,7 @@ def install(app: Celery) -> None:
     signals.worker_ready.connect(_start_receipts, dispatch_uid="notification_service.start_receipts")
     signals.worker_shutdown.connect(_stop_receipts, dispatch_uid="notification_service.stop_receipts")
     app.steps["consumer"].add(StallWatchdog)
+    app.steps["consumer"].add(ChannelHold)
 
 
 def _setup_logging(loglevel=None, **_kwargs) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import email
 import json
 import uuid
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
 import pika
 import pytest
+import sqlalchemy as sa
 
 import shared
 from notification_service.delivery.machine import delivery_id
@@ -107,16 +108,26 @@ def test_400_goes_to_push_dlq_with_reason(worker, fake_push):
     assert statuses(worker, payload["notification_id"]) == {"email": "sent", "push": "dead"}
 
 
-def test_exhausted_retries_dead_letter_and_replay_delivers_once(worker, fake_push):
-    # max retries is 3: four 500s exhaust it
-    fake_push.script["tok-500"] = [(500, {})] * 4
+def test_an_outage_is_retried_past_max_retries_until_too_old_then_dead_lettered_and_replay_delivers_once(
+        worker, fake_push):
+    # NOTIFICATION_MAX_RETRIES is 3 here: an outage is not bounded by it, only by the notification's age
+    fake_push.script["tok-500"] = [(500, {})] * 1000
     payload = notification(tokens=("tok-500",))
     publish(worker.url, dispatch_message(payload))
     push_id = delivery_id(payload["notification_id"], "push", "tok-500")
-    entry = wait_for(lambda: [m for m in worker.dlq() if m["message_id"] == push_id], what="dead letter")[0]
-    assert "exhausted" in entry["reason"]
-    assert len(fake_push.for_token("tok-500")) == 4
-    # three retries later the message still has its id and its priority
+    wait_for(lambda: len(fake_push.for_token("tok-500")) >= 6, 90, "six attempts, past max retries")
+    assert not [m for m in worker.dlq() if m["message_id"] == push_id]
+    # the delivery was opened two days ago: older than NOTIFICATION_MAX_AGE_SECONDS (24 h) at its next failure
+    engine = sa.create_engine(worker.db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE deliveries SET created_at = :old WHERE delivery_id = :d"),
+                     {"old": (datetime.now(UTC) - timedelta(days=2)).replace(tzinfo=None), "d": push_id})
+    engine.dispose()
+    entry = wait_for(lambda: [m for m in worker.dlq() if m["message_id"] == push_id], 60, "dead letter")[0]
+    assert "NOTIFICATION_MAX_AGE_SECONDS" in entry["reason"] and "500" in entry["reason"]
+    calls = len(fake_push.for_token("tok-500"))
+    fake_push.script["tok-500"] = []
+    # the retries kept the message's id and its priority
     assert entry["priority"] == shared.Priority.HIGH.value and entry["task"] == shared.PUSH_TASK
     shown = json.loads(worker.cli(["dlq", "show", push_id]).stdout)[0]
     assert shown["headers"]["task"] == shared.PUSH_TASK
@@ -124,13 +135,13 @@ def test_exhausted_retries_dead_letter_and_replay_delivers_once(worker, fake_pus
     replayed = json.loads(worker.cli(["dlq", "replay", push_id]).stdout)["replayed"]
     assert replayed == [push_id]
     wait_for(lambda: statuses(worker, payload["notification_id"]).get("push") == "sent", what="replayed push sent")
-    assert len(fake_push.for_token("tok-500")) == 5
+    assert len(fake_push.for_token("tok-500")) == calls + 1
     assert not [m for m in worker.dlq() if m["message_id"] == push_id]
     # a second replay of an already-sent delivery (e.g. duplicate) sends nothing more
     publish(worker.url, dispatch_message(payload))
     wait_for(lambda: queue_depth(worker.url, DISPATCH_HIGH) == 0, what="dispatch drained")
     wait_for(lambda: queue_depth(worker.url, PUSH_HIGH) == 0, what="push drained")
-    assert len(fake_push.for_token("tok-500")) == 5
+    assert len(fake_push.for_token("tok-500")) == calls + 1
     assert len(worker.email_for(payload["notification_id"])) == 1
 
 
@@ -260,8 +271,6 @@ def test_every_poison_kind_is_dead_lettered_and_the_worker_keeps_serving(worker,
 
 
 def test_expired_reminder_is_acked_and_recorded_not_dead_lettered(worker, fake_push):
-    from datetime import datetime, timedelta
-
     payload = notification(event="booking.reminder", tokens=("tok-expired",))
     publish(worker.url, dispatch_message(payload, expires=datetime.now(UTC) - timedelta(minutes=1)))
     wait_for(lambda: statuses(worker, payload["notification_id"]) == {"email": "expired", "push": "expired"},
@@ -310,8 +319,6 @@ def test_task_events_reach_an_event_receiver_like_flower_without_personal_data(w
 
 
 def test_reminder_push_retried_past_its_expiry_is_dropped_and_recorded(worker, fake_push):
-    from datetime import datetime, timedelta
-
     # The reminder expires 10 s from now (ample for one dispatch on a loaded machine); the
     # provider asks the push to come back after 12 s, i.e. after the expiry, whenever it ran.
     fake_push.script["tok-expiring"] = [(503, {"Retry-After": "12"})]

@@ -119,7 +119,8 @@ def test_celery_retry_settings_come_from_ours_and_retry_after_is_capped(monkeypa
     app = create_app(Settings(retry_base_seconds=2, retry_max_seconds=900, max_retries=5))
     app.loader.import_default_modules()
     task = app.tasks[shared.PUSH_TASK]
-    assert (task.max_retries, task.retry_backoff, task.retry_backoff_max, task.retry_jitter) == (5, 2, 900, True)
+    # No count for Celery to check: NotificationTask.retry bounds an outage by age and a bug by max_retries.
+    assert (task.max_retries, task.retry_backoff, task.retry_backoff_max, task.retry_jitter) == (None, 2, 900, True)
     assert task.acks_on_failure is False  # a task that fails for good is rejected: RabbitMQ dead-letters it
     seen = {}
     monkeypatch.setattr("celery.app.task.Task.retry", lambda self, **kw: seen.update(kw))
@@ -127,6 +128,48 @@ def test_celery_retry_settings_come_from_ours_and_retry_after_is_capped(monkeypa
     assert seen["countdown"] == 900 and seen["kwargsrepr"] == "{}" and seen["argsrepr"] == "()"
     task.retry(exc=TransientError("503"), countdown=3)
     assert seen["countdown"] == 3  # no Retry-After: Celery's own backoff
+
+
+def test_an_outage_is_retried_until_the_notification_is_too_old_and_a_bug_max_retries_times(monkeypatch):
+    from notification_service.worker.app import create_app
+    from notification_service.worker.failure_policy import TooOld
+
+    app = create_app(Settings(max_retries=2, max_age_seconds=3600))
+    app.loader.import_default_modules()
+    task = app.tasks[shared.PUSH_TASK]
+    retried = []
+    monkeypatch.setattr("celery.app.task.Task.retry", lambda self, **kw: retried.append(kw))
+    opened = {"at": datetime.now(UTC) - timedelta(minutes=59)}
+    monkeypatch.setattr(type(task), "started_at", lambda self: opened["at"])
+
+    task.push_request(retries=500, kwargs={"delivery_id": "d-1"})
+    try:
+        # 500 retries of a provider outage, 59 minutes in: retried again, whatever the count
+        task.retry(exc=TransientError("503"), countdown=900)
+        assert len(retried) == 1
+        opened["at"] = datetime.now(UTC) - timedelta(minutes=61)
+        with pytest.raises(TooOld) as too_old:
+            task.retry(exc=TransientError("503"), countdown=900)
+        assert "501 attempts" in str(too_old.value) and "NOTIFICATION_MAX_AGE_SECONDS" in str(too_old.value)
+        assert "503" in str(too_old.value)
+        # the database away is an outage too
+        with pytest.raises(TooOld):
+            task.retry(exc=OSError("connection refused"), countdown=1)
+    finally:
+        task.pop_request()
+
+    task.push_request(retries=1, kwargs={"delivery_id": "d-1"})
+    try:
+        task.retry(exc=KeyError("bug"), countdown=1)  # the second attempt of a bug: retried
+        assert len(retried) == 2
+    finally:
+        task.pop_request()
+    task.push_request(retries=2, kwargs={"delivery_id": "d-1"})
+    try:
+        with pytest.raises(KeyError):  # its third: max_retries (2) spent, the task fails with the bug itself
+            task.retry(exc=KeyError("bug"), countdown=1)
+    finally:
+        task.pop_request()
 
 
 def test_file_sink_overwrites_same_delivery(tmp_path):
