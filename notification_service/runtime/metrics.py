@@ -21,6 +21,13 @@ PROVIDER_LATENCY = Histogram("notification_provider_seconds", "Provider call lat
 RECEIPTS_PUBLISHED = Counter("notification_receipts_published_total", "Delivery receipts confirmed by the broker.")
 RECEIPT_PUBLISH_FAILURES = Counter("notification_receipt_publish_failures_total",
                                    "Receipt publish failures, by reason.", ["reason"])
+PROVIDER_RATE_WAIT = Counter("notification_provider_rate_limited_seconds_total",
+                             "Seconds sends slept for their provider's rate limit or a 429's pause.", ["provider"])
+PROVIDER_RATE_LIMITED = Counter("notification_provider_rate_limited_total",
+                                "Sends handed back to the broker: their slot was further than the max wait.",
+                                ["provider"])
+PROVIDER_THROTTLED = Counter("notification_provider_throttled_total",
+                             "429 answers (Too Many Requests) from providers.", ["provider"])
 DB_TRANSACTIONS = Counter("notification_db_transactions_total", "Delivery-log transactions committed or rolled back.")
 
 #: Port -> the address its /metrics server listens on, in this process.
