@@ -1,0 +1,98 @@
+"""The provider rate limit across OS processes: two sender processes of several threads each, one fake API.
+
+Each process is ``tests/notification/rate_senders.py``: the worker's ``HttpEmailProvider`` behind
+``RateLimitedProvider`` on a shared delivery-log database (one SQLite file, or one PostgreSQL database).
+The assertions are computed from the times the fake API recorded, not from the test's own duration.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from notification_service.delivery.migrate import upgrade
+from tests.notification.rate_senders import Call, FakeEmailApi
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def api():
+    fakes: list[FakeEmailApi] = []
+
+    def make(**options) -> FakeEmailApi:
+        fakes.append(FakeEmailApi(**options))
+        return fakes[-1]
+
+    yield make
+    for fake in fakes:
+        fake.close()
+
+
+def _run_senders(database_url: str, fake: FakeEmailApi, tmp_path: pathlib.Path, *, rate: float, threads: int,
+                 count: int, processes: int = 2) -> list[str]:
+    """Start ``processes`` sender processes, let them go together, and return their last lines."""
+    upgrade(database_url)
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.notification.rate_senders", database_url, fake.url,
+                               str(go), "--tag", f"p{i}", "--rate", str(rate), "--threads", str(threads),
+                               "--count", str(count)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+             for i in range(processes)]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        go.touch()
+        outputs = [proc.communicate(timeout=120)[0].strip() for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert all(proc.returncode == 0 for proc in procs), outputs
+    return outputs
+
+
+def _most_in_any_window(calls: list[Call], seconds: float) -> int:
+    times = [call.arrived for call in calls]
+    start, most = 0, 0
+    for end, at in enumerate(times):
+        while at - times[start] >= seconds:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def test_the_rate_limit_holds_with_two_worker_processes(database_url, api, tmp_path):
+    rate, threads, count = 20.0, 4, 8
+    fake = api()
+    _run_senders(database_url, fake, tmp_path, rate=rate, threads=threads, count=count)
+    calls = fake.snapshot()
+    assert len(calls) == 2 * threads * count
+    assert {call.key.split("-")[0] for call in calls} == {"p0", "p1"}
+    # Both processes sent throughout, not one after the other.
+    first_half = calls[: len(calls) // 2]
+    assert {call.key.split("-")[0] for call in first_half} == {"p0", "p1"}
+    span = calls[-1].arrived - calls[0].arrived
+    # n calls at `rate` with burst 1 need (n - 1) intervals; 50 ms allowed for arrival jitter on loopback.
+    assert len(calls) - 1 <= rate * (span + 0.05), f"{len(calls)} calls in {span:.2f} s"
+    assert _most_in_any_window(calls, 1.0) <= rate + 1
+
+
+def test_a_429_with_retry_after_from_one_call_slows_every_thread(database_url, api, tmp_path):
+    fake = api(throttle_call=10, retry_after="2")
+    outputs = _run_senders(database_url, fake, tmp_path, rate=10.0, threads=3, count=6)
+    assert sum(int(line.rsplit("=", 1)[1]) for line in outputs) == 1  # the one 429 reached its sender
+    calls = fake.snapshot()
+    throttled = [call for call in calls if call.status == 429]
+    assert len(throttled) == 1
+    answered = throttled[0].answered
+    # The 429's answer needs a moment to reach its worker and be written: 0.25 s allowed for that.
+    during_pause = [round(call.arrived - answered, 3) for call in calls
+                    if answered + 0.25 <= call.arrived < answered + 2]
+    assert during_pause == [], f"calls {during_pause} s after the 429, within its Retry-After: 2"
+    after = [call for call in calls if call.arrived >= answered + 2]
+    assert {call.key.split("-")[0] for call in after} == {"p0", "p1"}  # both processes went on after the pause
+
