@@ -1,8 +1,9 @@
-"""The provider rate limit across OS processes: two sender processes of several threads each, one fake API.
+"""The provider rate limit across OS processes, on one SQLite file or one PostgreSQL database.
 
-Each process is ``tests/notification/rate_senders.py``: the worker's ``HttpEmailProvider`` behind
-``RateLimitedProvider`` on a shared delivery-log database (one SQLite file, or one PostgreSQL database).
-The assertions are computed from the times the fake API recorded, not from the test's own duration.
+Two sender processes of several threads each (``tests/notification/rate_senders.py``: the worker's
+``HttpEmailProvider`` behind ``RateLimitedProvider``) against a loopback e-mail API, and two real Celery
+send workers against the fake push API. The assertions are computed from the times the fake APIs
+recorded, not from the test's own duration.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import pathlib
 import subprocess
 import sys
+import uuid
 
 import pytest
 
 from notification_service.delivery.migrate import upgrade
-from tests.notification.rate_senders import Call, FakeEmailApi
+from tests.notification.harness import Worker, declare_topology, dispatch_message, notification, publish
+from tests.notification.rate_senders import FakeEmailApi
+from tests.support import wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 
@@ -55,8 +59,7 @@ def _run_senders(database_url: str, fake: FakeEmailApi, tmp_path: pathlib.Path, 
     return outputs
 
 
-def _most_in_any_window(calls: list[Call], seconds: float) -> int:
-    times = [call.arrived for call in calls]
+def _most_in_any_window(times: list[float], seconds: float) -> int:
     start, most = 0, 0
     for end, at in enumerate(times):
         while at - times[start] >= seconds:
@@ -78,7 +81,7 @@ def test_the_rate_limit_holds_with_two_worker_processes(database_url, api, tmp_p
     span = calls[-1].arrived - calls[0].arrived
     # n calls at `rate` with burst 1 need (n - 1) intervals; 50 ms allowed for arrival jitter on loopback.
     assert len(calls) - 1 <= rate * (span + 0.05), f"{len(calls)} calls in {span:.2f} s"
-    assert _most_in_any_window(calls, 1.0) <= rate + 1
+    assert _most_in_any_window([call.arrived for call in calls], 1.0) <= rate + 1
 
 
 def test_a_429_with_retry_after_from_one_call_slows_every_thread(database_url, api, tmp_path):
@@ -96,3 +99,36 @@ def test_a_429_with_retry_after_from_one_call_slows_every_thread(database_url, a
     after = [call for call in calls if call.arrived >= answered + 2]
     assert {call.key.split("-")[0] for call in after} == {"p0", "p1"}  # both processes went on after the pause
 
+
+
+def test_two_celery_send_workers_share_the_push_rate_limit(database_url, module_vhost, fake_push, tmp_path):
+    rate, count = 10.0, 30
+    declare_topology(module_vhost)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    workers = [Worker(module_vhost, tmp_path / name, fake_push, concurrency=8, NOTIFICATION_DATABASE_URL=database_url,
+                      PUSH_HTTP_RATE_LIMIT=str(rate)) for name in ("a", "b")]
+    try:
+        for worker in workers:
+            worker.start()
+        run = uuid.uuid4().hex[:8]
+        tokens = {f"tok-rate-{run}-{i}" for i in range(count)}
+        for token in tokens:
+            publish(module_vhost, dispatch_message(notification(tokens=(token,))))
+
+        def accepted() -> list[dict]:
+            with fake_push.lock:
+                return [r for r in fake_push.requests if r["token"] in tokens and r.get("status") == 200]
+
+        wait_for(lambda: len(accepted()) >= count, 90, f"{count} pushes")
+    finally:
+        for worker in workers:
+            worker.stop()
+    times = sorted(r["time"] for r in accepted())
+    assert len(times) == count
+    span = times[-1] - times[0]
+    assert count - 1 <= rate * (span + 0.05), f"{count} pushes in {span:.2f} s"
+    assert _most_in_any_window(times, 1.0) <= rate + 1
+    sent_by = [sum('"sent"' in line and "notifications.push.send" in line for line in worker.log_text().splitlines())
+               for worker in workers]
+    assert all(sent_by), f"pushes sent per worker: {sent_by}"  # both processes sent under the one limit
