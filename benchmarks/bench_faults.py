@@ -1061,6 +1061,11 @@ def main() -> None:
                 throughput[channel] = (len(times) - 1) / span if len(times) > 1 else 0.0
                 rows.append((f"{channel}: accepted calls/s through the drain", f"{throughput[channel]:.1f} "
                              f"({len(times)} in {span:.1f} s; {throughput[channel] / args.limit:.1%} of the limit)"))
+                # The same between the 10th and the 90th percentile of the accepts: without the start-up
+                # and the last stragglers (a retry's backoff), only the steady drain.
+                low, high = times[len(times) // 10], times[len(times) * 9 // 10]
+                steady = (len(times) * 9 // 10 - len(times) // 10) / (high - low) if high > low else float("nan")
+                rows.append((f"{channel}: the same, 10th to 90th percentile of the accepts", f"{steady:.1f}/s"))
         width = max(len(label) for label, _ in rows)
         print(f"| {'measure':<{width}} | value")
         print(f"|{'-' * (width + 2)}|{'-' * 40}")
