@@ -21,6 +21,10 @@ from tests.notification.rate_senders import FakeEmailApi
 from tests.support import wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
+#: Seconds a request may arrive after its slot on a loaded two-core machine (a sender thread woken late,
+#: a first connection); the slots themselves are checked exactly in tests/integration. Without the limit
+#: these senders go 5-20 times over the rate, far outside this allowance.
+JITTER = 0.25
 
 
 @pytest.fixture
@@ -79,9 +83,9 @@ def test_the_rate_limit_holds_with_two_worker_processes(database_url, api, tmp_p
     first_half = calls[: len(calls) // 2]
     assert {call.key.split("-")[0] for call in first_half} == {"p0", "p1"}
     span = calls[-1].arrived - calls[0].arrived
-    # n calls at `rate` with burst 1 need (n - 1) intervals; 50 ms allowed for arrival jitter on loopback.
-    assert len(calls) - 1 <= rate * (span + 0.05), f"{len(calls)} calls in {span:.2f} s"
-    assert _most_in_any_window([call.arrived for call in calls], 1.0) <= rate + 1
+    # n calls at `rate` with burst 1 need (n - 1) intervals.
+    assert len(calls) - 1 <= rate * (span + JITTER), f"{len(calls)} calls in {span:.2f} s"
+    assert _most_in_any_window([call.arrived for call in calls], 1.0) <= rate * (1 + JITTER) + 1
 
 
 def test_a_429_with_retry_after_from_one_call_slows_every_thread(database_url, api, tmp_path):
@@ -92,9 +96,9 @@ def test_a_429_with_retry_after_from_one_call_slows_every_thread(database_url, a
     throttled = [call for call in calls if call.status == 429]
     assert len(throttled) == 1
     answered = throttled[0].answered
-    # The 429's answer needs a moment to reach its worker and be written: 0.25 s allowed for that.
+    # The 429's answer needs a moment to reach its worker and be written: JITTER allowed for that.
     during_pause = [round(call.arrived - answered, 3) for call in calls
-                    if answered + 0.25 <= call.arrived < answered + 2]
+                    if answered + JITTER <= call.arrived < answered + 2]
     assert during_pause == [], f"calls {during_pause} s after the 429, within its Retry-After: 2"
     after = [call for call in calls if call.arrived >= answered + 2]
     assert {call.key.split("-")[0] for call in after} == {"p0", "p1"}  # both processes went on after the pause
@@ -127,8 +131,8 @@ def test_two_celery_send_workers_share_the_push_rate_limit(database_url, module_
     times = sorted(r["time"] for r in accepted())
     assert len(times) == count
     span = times[-1] - times[0]
-    assert count - 1 <= rate * (span + 0.05), f"{count} pushes in {span:.2f} s"
-    assert _most_in_any_window(times, 1.0) <= rate + 1
+    assert count - 1 <= rate * (span + JITTER), f"{count} pushes in {span:.2f} s"
+    assert _most_in_any_window(times, 1.0) <= rate * (1 + JITTER) + 1
     sent_by = [sum('"sent"' in line and "notifications.push.send" in line for line in worker.log_text().splitlines())
                for worker in workers]
     assert all(sent_by), f"pushes sent per worker: {sent_by}"  # both processes sent under the one limit
