@@ -10,9 +10,11 @@ class NotificationError(Exception):
 class TransientError(NotificationError):
     """Worth retrying later (timeouts, connection errors, 408, 429, 5xx)."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, retry_after: float | None = None, *, status: int | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        #: The HTTP status the provider answered, if it answered (429: slow down for everyone).
+        self.status = status
 
 
 class PermanentError(NotificationError):

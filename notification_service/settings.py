@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     push_http_url: str = _var("PUSH_HTTP_URL", "")
     push_http_token: str = _secret("PUSH_HTTP_TOKEN")
     http_timeout: float = _var("NOTIFICATION_HTTP_TIMEOUT", 10.0, gt=0)
+    #: Sends per second to each provider across every worker process sharing the database; 0 = no limit.
+    email_http_rate_limit: float = _var("EMAIL_HTTP_RATE_LIMIT", 0.0, ge=0)
+    smtp_rate_limit: float = _var("SMTP_RATE_LIMIT", 0.0, ge=0)
+    push_http_rate_limit: float = _var("PUSH_HTTP_RATE_LIMIT", 0.0, ge=0)
+    #: A send slot further away than this goes back to the broker (RateLimited) instead of holding a thread.
+    rate_limit_max_wait: float = _var("NOTIFICATION_RATE_LIMIT_MAX_WAIT_SECONDS", 5.0, ge=0)
     #: Retries of an unexpected error (a bug); an outage is bounded by age instead (max_age_seconds).
     max_retries: int = _var("NOTIFICATION_MAX_RETRIES", 8, ge=0)
     #: An outage (provider, database, broker) is retried until the notification is this old.

@@ -18,6 +18,7 @@ from notification_service.providers.http import TRANSIENT_STATUSES, parse_retry_
 from notification_service.providers.mime import build_email
 from notification_service.providers.push_file import FilePushProvider
 from notification_service.providers.push_http import HttpPushProvider, fcm_payload
+from notification_service.providers.rate_limited import rate_limited
 from notification_service.providers.smtp import SmtpEmailProvider
 from notification_service.settings import Settings
 
@@ -29,17 +30,21 @@ __all__ = [
 
 EMAIL_PROVIDERS = {"file": FileEmailProvider, "smtp": SmtpEmailProvider, "http": HttpEmailProvider}
 PUSH_PROVIDERS = {"file": FilePushProvider, "http": HttpPushProvider}
+#: (channel, backend) → the provider's name in ``provider_rates`` and its metrics.
+PROVIDER_NAMES = {("email", "http"): "email_http", ("email", "smtp"): "smtp", ("push", "http"): "push_http"}
 
 _instances: dict[tuple[str, Settings], object] = {}
 _lock = threading.Lock()
 
 
 def _provider(kind: str, registry: dict, backend: str, settings: Settings):
-    """One provider per process and settings: its per-thread connections outlive a single send."""
+    """One provider per process and settings (its per-thread connections outlive a single send), behind its
+    rate limit when it has one."""
     key = (kind, settings)
     with _lock:
         if key not in _instances:
-            _instances[key] = registry[backend](settings)
+            name = PROVIDER_NAMES.get((kind, backend), f"{kind}_{backend}")
+            _instances[key] = rate_limited(name, registry[backend](settings), settings)
         return _instances[key]
 
 

@@ -88,7 +88,8 @@ class HttpClient:
             metrics.PROVIDER_LATENCY.labels(self.kind).observe(time.perf_counter() - started)
         if response.status_code in TRANSIENT_STATUSES:
             raise TransientError(f"{self.kind} provider answered {response.status_code}",
-                                 retry_after=parse_retry_after(response.headers.get("Retry-After")))
+                                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                                 status=response.status_code)
         if response.status_code >= 400:
             detail = scrub(response.text, *((personal,) if isinstance(personal, str) else personal))[:200]
             raise PermanentError(f"{self.kind} provider answered {response.status_code}: {detail}")
