@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 TASKS = Counter("notification_tasks_total", "Tasks finished, by task name and outcome.", ["task", "outcome"])
 RETRIES = Counter("notification_task_retries_total", "Retries scheduled, by task name.", ["task"])
@@ -21,6 +21,13 @@ PROVIDER_LATENCY = Histogram("notification_provider_seconds", "Provider call lat
 RECEIPTS_PUBLISHED = Counter("notification_receipts_published_total", "Delivery receipts confirmed by the broker.")
 RECEIPT_PUBLISH_FAILURES = Counter("notification_receipt_publish_failures_total",
                                    "Receipt publish failures, by reason.", ["reason"])
+BREAKER_STATE = Gauge("notification_provider_breaker_state",
+                      "Each provider's circuit breaker: 0 closed, 1 half open (a probe is out), 2 open.", ["provider"])
+FAILOVERS = Counter("notification_provider_failovers_total",
+                    "Sends passed to the next provider of the channel after one certainly did not take them.",
+                    ["channel", "from_provider", "to_provider"])
+CALLS_REFUSED = Counter("notification_provider_calls_refused_total",
+                        "Provider calls refused by the provider's open circuit breaker.", ["provider"])
 DB_TRANSACTIONS = Counter("notification_db_transactions_total", "Delivery-log transactions committed or rolled back.")
 
 #: Port -> the address its /metrics server listens on, in this process.

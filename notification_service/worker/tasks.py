@@ -29,7 +29,8 @@ from notification_service.delivery.owner import process_owner
 from notification_service.delivery.status import DeliveryStatus
 from notification_service.delivery.timestamps import aware
 from notification_service.errors import ContractViolation
-from notification_service.providers import EmailContent, PushContent, email_provider, push_provider
+from notification_service.providers import EmailContent, PushContent
+from notification_service.providers.channels import email_provider, push_provider
 from notification_service.rendering.templates import render
 from notification_service.runtime import metrics
 from notification_service.worker.failure_policy import NotificationTask, safe_kwargsrepr
@@ -144,7 +145,7 @@ def _send(task: NotificationTask, did: str, provider, content, expires_at) -> st
         log.info("an older message of the booking is being sent; deferred", countdown=round(result.retry_in, 1))
         task.defer(result.retry_in)
     elif result.outcome is delivery.Outcome.SENT:
-        log.info("sent", attempt=result.attempt)
+        log.info("sent", attempt=result.attempt, provider=result.provider)
     return result.outcome.value
 
 
