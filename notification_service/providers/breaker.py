@@ -101,9 +101,11 @@ class CircuitBreaker:
             self._sync(now)
             if self.state is BreakerState.CLOSED:
                 return True
-            if self.state is BreakerState.OPEN and now >= self.open_until and self._claim_probe(now):
-                self._set(BreakerState.HALF_OPEN, now)
-                return True
+            if self.state is BreakerState.OPEN and now >= self.open_until:
+                if self._claim_probe(now):
+                    self._set(BreakerState.HALF_OPEN, now)
+                    return True
+                self.open_until = now + PROBE_RECHECK_SECONDS  # another process's probe is out
         metrics.CALLS_REFUSED.labels(self.provider).inc()
         return False
 
@@ -158,8 +160,8 @@ class CircuitBreaker:
         self._changed_at = now
         metrics.BREAKER_STATE.labels(self.provider).set(GAUGE[state])
         if publish and self.shared is not None:
-            row = BreakerRow(state.value, self.failures, self.open_until, now)
-            self._shared("write", lambda: self.shared.write(self.provider, row))  # type: ignore[union-attr] # checked above
+            shared, row = self.shared, BreakerRow(state.value, self.failures, self.open_until, now)
+            self._shared("write", lambda: shared.write(self.provider, row))
 
     def _claim_probe(self, now: float) -> bool:
         if self.shared is None:
@@ -175,13 +177,17 @@ class CircuitBreaker:
         self._synced_at = now
         shared = self.shared
         row = self._shared("read", lambda: shared.read(self.provider))
-        if not isinstance(row, BreakerRow) or row.updated_at <= self._changed_at:
+        if not isinstance(row, BreakerRow) or row.updated_at < self._changed_at:
             return
+        if row.updated_at == self._changed_at and row.state == self.state.value:
+            return  # what this process wrote, or already follows
         if row.state == BreakerState.CLOSED.value:
             self.failures, self._open_for = 0, self.base_open_seconds
             self._set(BreakerState.CLOSED, row.updated_at)
         else:  # open, or half open: another process's probe is out, so none from here until it ends
-            self.failures, self.open_until = row.failures, row.open_until
+            probing = row.state == BreakerState.HALF_OPEN.value
+            self.failures = row.failures
+            self.open_until = max(row.open_until, now + PROBE_RECHECK_SECONDS) if probing else row.open_until
             self._set(BreakerState.OPEN, row.updated_at)
 
     def _shared(self, what: str, call: Callable[[], object]) -> object:

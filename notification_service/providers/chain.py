@@ -25,7 +25,7 @@ from notification_service.errors import (
     PermanentError,
     TransientError,
 )
-from notification_service.providers.breaker import CircuitBreaker
+from notification_service.providers.breaker import PROBE_RECHECK_SECONDS, CircuitBreaker
 from notification_service.runtime import metrics
 
 log = structlog.get_logger("notification_service.providers.chain")
@@ -120,7 +120,7 @@ class ProviderChain:
             last.retry_after = retry_after
             raise last
         now = self.members[0].breaker.clock()
-        raise ChannelUnavailable(self.channel, max(0.0, min(refused_until) - now))
+        raise ChannelUnavailable(self.channel, max(PROBE_RECHECK_SECONDS, min(refused_until) - now))
 
     def unavailable_until(self) -> float | None:
         """Epoch seconds until which every provider of the channel refuses calls (the earliest end), or None."""
