@@ -7,6 +7,8 @@ import ssl
 import sys
 import threading
 
+import pytest
+
 
 class _SmtpHandler(socketserver.StreamRequestHandler):
     """A tiny ESMTP server: EHLO, STARTTLS (when the server has a TLS context), AUTH, MAIL/RCPT/DATA."""
@@ -80,3 +82,12 @@ def message_ids(server) -> list[str]:
     """The Message-ID of every message the server was given (``<delivery id@domain>``), in order."""
     return [line.split(":", 1)[1].strip() for message in list(server.messages) for line in message.splitlines()
             if line.lower().startswith("message-id:")]
+
+
+@pytest.fixture
+def smtp():
+    """A fake SMTP server of one test's own."""
+    server = serve_smtp()
+    yield server
+    server.shutdown()
+    server.server_close()

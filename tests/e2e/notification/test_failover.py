@@ -8,21 +8,11 @@ from __future__ import annotations
 
 import collections
 
-import pytest
-
 from tests.integration.notification.test_receipts import bind_test_queue, drain
 from tests.notification.fake_email_api import FakeEmailApi, free_port
-from tests.notification.fake_smtp import message_ids, serve_smtp
+from tests.notification.fake_smtp import message_ids
 from tests.notification.harness import Worker, declare_topology, dispatch_message, notification, publish
 from tests.support import wait_for
-
-
-@pytest.fixture
-def smtp():
-    server = serve_smtp()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def test_with_the_primary_down_every_email_goes_out_once_through_the_secondary(module_vhost, tmp_path, smtp):

@@ -25,16 +25,8 @@ from notification_service.providers.breaker import BreakerState, CircuitBreaker
 from notification_service.providers.channels import email_provider
 from notification_service.settings import Settings
 from tests.notification.fake_email_api import FakeEmailApi, free_port
-from tests.notification.fake_smtp import message_ids, serve_smtp
+from tests.notification.fake_smtp import message_ids
 from tests.notification.fakes import FakeOwner
-
-
-@pytest.fixture
-def smtp():
-    server = serve_smtp()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture
