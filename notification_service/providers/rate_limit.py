@@ -27,8 +27,10 @@ from collections.abc import Callable
 
 from notification_service.delivery.sql import for_driver
 from notification_service.delivery.write_lock import WriteLock
-from notification_service.errors import TransientError
+from notification_service.errors import RateLimited
 from notification_service.runtime import metrics
+
+__all__ = ["RateLimited", "RateLimiter"]
 
 #: Take the next slot unless it is later than ``:latest``; RETURNING the new TAT and the pause.
 _TAKE = ("INSERT INTO provider_rates (provider, next_free_at, paused_until) VALUES (:provider, :now + :interval, 0)"
@@ -39,10 +41,6 @@ _TAKE = ("INSERT INTO provider_rates (provider, next_free_at, paused_until) VALU
 _READ = "SELECT next_free_at, paused_until FROM provider_rates WHERE provider = :provider"
 _PAUSE = ("INSERT INTO provider_rates (provider, next_free_at, paused_until) VALUES (:provider, :now, :until)"
           " ON CONFLICT (provider) DO UPDATE SET paused_until = MAX_(provider_rates.paused_until, :until)")
-
-
-class RateLimited(TransientError):
-    """Raised when a provider's next free send slot is further away than a worker may wait for it."""
 
 
 class RateLimiter:

@@ -66,7 +66,7 @@ def rate_limiter(settings: Settings) -> RateLimiter:
 
 def rate_of(name: str, settings: Settings) -> float:
     """The configured sends per second of provider ``name``; 0 = unlimited (file sinks always)."""
-    rates = {"email_http": settings.email_http_rate_limit, "smtp": settings.smtp_rate_limit,
+    rates = {"email_http": settings.email_http_rate_limit, "email_smtp": settings.smtp_rate_limit,
              "push_http": settings.push_http_rate_limit}
     return rates.get(name, 0.0)
 

@@ -32,6 +32,13 @@ PROVIDER_RATE_LIMITED = Counter("notification_provider_rate_limited_total",
                                 ["provider"])
 PROVIDER_THROTTLED = Counter("notification_provider_throttled_total",
                              "429 answers (Too Many Requests) from providers.", ["provider"])
+BREAKER_STATE = Gauge("notification_provider_breaker_state",
+                      "Each provider's circuit breaker: 0 closed, 1 half open (a probe is out), 2 open.", ["provider"])
+FAILOVERS = Counter("notification_provider_failovers_total",
+                    "Sends passed to the next provider of the channel after one certainly did not take them.",
+                    ["channel", "from_provider", "to_provider"])
+CALLS_REFUSED = Counter("notification_provider_calls_refused_total",
+                        "Provider calls refused by the provider's open circuit breaker.", ["provider"])
 DB_TRANSACTIONS = Counter("notification_db_transactions_total", "Delivery-log transactions committed or rolled back.")
 
 #: Port -> the address its /metrics server listens on, in this process.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import responses
 
-from notification_service import providers
 from notification_service.errors import TransientError
 from notification_service.providers import EmailContent, HttpEmailProvider
+from notification_service.providers.channels import email_provider
 from notification_service.providers.rate_limited import RateLimitedProvider, rate_limited
 from notification_service.settings import Settings
 
@@ -73,7 +73,8 @@ def test_no_limit_configured_is_the_provider_itself():
 
 def test_the_configured_limit_wraps_the_channel_provider(tmp_path):
     settings = _settings(email_http_rate_limit=12.5, database_url=f"sqlite:///{tmp_path / 'n.db'}")
-    provider = providers.email_provider(settings)
+    (member,) = email_provider(settings).members
+    provider = member.provider
     assert isinstance(provider, RateLimitedProvider)
     assert (provider.name, provider.rate) == ("email_http", 12.5)
     assert isinstance(provider.provider, HttpEmailProvider)
