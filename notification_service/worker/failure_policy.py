@@ -164,7 +164,7 @@ class NotificationTask(Task):
     def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, max_retries=None,
               **options):
         if exc is not None:
-            self._check_budget(exc)
+            self.check_budget(exc)
         if isinstance(exc, ChannelUnavailable):
             # Every provider of the channel refused on its open breaker: stop taking the channel's messages
             # until a probe may go (this one comes back then, through the broker's delayed delivery).
@@ -189,7 +189,7 @@ class NotificationTask(Task):
 
     # -- the retry budget -------------------------------------------------------
 
-    def _check_budget(self, exc: BaseException) -> None:
+    def check_budget(self, exc: BaseException) -> None:
         """Raise (the task then fails and is dead-lettered) when ``exc`` may not be retried again."""
         attempts = (self.request.retries or 0) + 1
         if not is_outage(exc):

@@ -30,7 +30,7 @@ from notification_service.delivery.log import delivery_log
 from notification_service.delivery.owner import process_owner
 from notification_service.delivery.status import DeliveryStatus
 from notification_service.delivery.timestamps import aware
-from notification_service.errors import ContractViolation
+from notification_service.errors import ChannelUnavailable, ContractViolation
 from notification_service.providers import EmailContent, PushContent
 from notification_service.providers.chain import ProviderChain
 from notification_service.providers.channels import email_provider, push_provider
@@ -145,6 +145,9 @@ def _held(task: NotificationTask, chain: ProviderChain) -> bool:
     wait = until - time.time()
     if wait <= 0:
         return False
+    # Held for as long as the outage lasts, but not past the notification's usefulness: too old, it is
+    # dead-lettered here (TooOld) as a retry would be.
+    task.check_budget(ChannelUnavailable(chain.channel, wait))
     channel_hold.hold(chain.channel, wait)
     # Spread the messages that come back over a second or two: one of them is the probe.
     task.defer(wait + random.uniform(0.0, 2.0))

@@ -11,9 +11,11 @@ is spent in seconds; the outage here lasts longer than that several times over.
 from __future__ import annotations
 
 import socket
+from datetime import UTC, datetime, timedelta
 
 import pika
 import pytest
+import sqlalchemy as sa
 
 import shared
 from notification_service.delivery.machine import delivery_id
@@ -21,6 +23,8 @@ from tests.notification.harness import Worker, declare_topology, dispatch_messag
 from tests.support import PUSH_HIGH, wait_for
 
 N = 12
+#: How many holds the worker had logged when the first test ended (the second waits for a new one).
+HOLDS_BEFORE: dict[str, int] = {}
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +86,24 @@ def test_an_outage_longer_than_the_old_retry_budget_dead_letters_nothing_and_hol
     assert {t: len(calls) for t, calls in accepted.items() if len(calls) != 1} == {}
     assert not worker.dlq()
     assert "channel_resumed" in worker.log_text()
+    HOLDS_BEFORE["n"] = worker.log_text().count("channel_held")
+
+
+def test_a_notification_held_past_its_usefulness_is_dead_lettered_with_its_age(worker, fake_push):
+    fake_push.outage = True
+    try:
+        payload = notification(tokens=("tok-outage-old",))
+        publish(worker.url, dispatch_message(payload))
+        did = delivery_id(payload["notification_id"], shared.CHANNEL_PUSH, "tok-outage-old")
+        wait_for(lambda: worker.log_text().count("channel_held") > HOLDS_BEFORE.get("n", 0), 60, "the lane held again")
+        # opened two days ago: older than NOTIFICATION_MAX_AGE_SECONDS (24 h) when it next comes round
+        engine = sa.create_engine(worker.db_url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE deliveries SET created_at = :old WHERE delivery_id = :d"),
+                         {"old": (datetime.now(UTC) - timedelta(days=2)).replace(tzinfo=None), "d": did})
+        engine.dispose()
+        entry = wait_for(lambda: [m for m in worker.dlq() if m["message_id"] == did], 90, "dead letter")[0]
+        assert "NOTIFICATION_MAX_AGE_SECONDS" in entry["reason"]
+        assert [r["status"] for r in worker.status(payload["notification_id"]) if r["delivery_id"] == did] == ["dead"]
+    finally:
+        fake_push.outage = False

@@ -25,7 +25,11 @@ def worker(module_vhost, fake_push, tmp_path_factory):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    w = Worker(module_vhost, tmp_path_factory.mktemp("worker"), fake_push, NOTIFICATION_METRICS_PORT=str(port))
+    # These tests script one token's failures each, against one push provider: its breaker would open
+    # after five of them and hold the next tests' pushes (tests/e2e/notification/test_provider_outage.py
+    # covers the breaker), so here it never opens.
+    w = Worker(module_vhost, tmp_path_factory.mktemp("worker"), fake_push, NOTIFICATION_METRICS_PORT=str(port),
+               NOTIFICATION_BREAKER_FAILURES="1000000")
     w.metrics_url = f"http://127.0.0.1:{port}/metrics"
     w.start()
     yield w

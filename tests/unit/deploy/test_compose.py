@@ -164,7 +164,7 @@ def test_flower_port_and_email_workers_smtp_target_match_their_services():
     assert f"127.0.0.1:{port}/" in " ".join(flower["healthcheck"]["test"])
     assert env_of("flower")["FLOWER_BASIC_AUTH"], "Flower must be password protected"
     smtp = env_of("email-worker")
-    assert smtp["EMAIL_BACKEND"] == "smtp"
+    assert smtp["EMAIL_PROVIDERS"].split(",")[0] == "smtp"  # SMTP first, the file sink behind it
     assert smtp["SMTP_HOST"] in services()
     assert smtp["SMTP_PORT"] in {str(p) for p in services()[smtp["SMTP_HOST"]].get("expose", [])}
     assert smtp["SMTP_STARTTLS"] == "false"
