@@ -153,8 +153,23 @@ def longest_gap(times: list[float], start: float, end: float) -> float:
     return max(b - a for a, b in zip(marks, marks[1:], strict=False))
 
 
+def queue_views(cluster: PrivateCluster, queue: str = shared.BOOKING_RECEIPTS_QUEUE) -> str:
+    """What each node holds for ``queue`` in its Mnesia tables (``rabbit_queue``: what a declare or consume
+    looks up; ``rabbit_durable_queue``), and who it says leads: for a failure message, when a client is told
+    the queue does not exist."""
+    name = f"{{resource, <<\"{cluster.vhost}\">>, queue, <<\"{queue}\">>}}"  # type: ignore[attr-defined]
+    expr = (f"Q = {name}, {{node(), [{{T, case mnesia:dirty_read(T, Q) of [] -> missing; "
+            "[R] -> amqqueue:get_pid(R) end} || T <- [rabbit_queue, rabbit_durable_queue]]}.")
+    views = []
+    for node in cluster.nodes:
+        if node.running and not node.paused and not node.app_stopped:
+            done = node.ctl("eval", expr, timeout=20)
+            views.append((done.stdout or done.stderr).strip())
+    return "\n".join(views)
+
+
 def run_scenario(mesh: Mesh, fake_push: FakePush, fault: Callable[[], None], *, before: float = 10,
-                 after: float = 20) -> dict[str, float]:
+                 after: float = 20, cluster: PrivateCluster | None = None) -> dict[str, float]:
     """Load for ``before`` s, the fault (it blocks while it lasts), ``after`` s more; then check everything.
 
     Returns the figures: bookings, the longest delivery gap under load, booking → push p50/p95/max.
@@ -205,7 +220,12 @@ def run_scenario(mesh: Mesh, fake_push: FakePush, fault: Callable[[], None], *, 
                 return False
         return True
 
-    wait_for(timelines_complete, DRAIN_SECONDS, "every timeline showing e-mail and push sent", interval=2)
+    try:
+        wait_for(timelines_complete, DRAIN_SECONDS, "every timeline showing e-mail and push sent", interval=2)
+    except AssertionError:
+        if cluster is not None:
+            print("receipts queue per node:\n" + queue_views(cluster))
+        raise
 
     latencies = sorted(first_push[token] - at for token, at in booked.values())
     push_times = [call["at"] for call in fake_push.delivered()]
@@ -257,5 +277,5 @@ def test_a_rolling_restart_of_all_three_nodes_loses_and_repeats_nothing(private_
             node.start_app()
             cluster.await_healthy(60)
 
-    figures = run_scenario(mesh, fake_push, rolling_restart, after=15)
+    figures = run_scenario(mesh, fake_push, rolling_restart, after=15, cluster=cluster)
     assert figures["gap_s"] <= KILL_GAP_BOUND, figures
