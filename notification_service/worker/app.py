@@ -47,7 +47,9 @@ BROKER_HEARTBEAT_SECONDS = 4
 #: the close of a channel or connection, every RPC reply. Measured before: the worker's event loop waited the whole
 #: 30 s hang for the confirm of its own worker-heartbeat event (the event dispatcher's connection was on the hung
 #: node, and ``confirm_publish`` applies to every connection of the app), so not even its heartbeat check ran. An
-#: event whose confirm times out is buffered by Celery's dispatcher and sent again; a task publish is retried on a
+#: event whose confirm times out is buffered by Celery's dispatcher and sent again (Celery has no setting to send its
+#: events unconfirmed: ``confirm_publish`` is per app, and a transport class of our own, named in ``broker_transport``,
+#: broke its native delayed delivery, which rebuilds URLs from ``as_uri()``); a task publish is retried on a
 #: new connection (``PUBLISH_RETRY_POLICY``; the same task id, so the delivery log keeps it to one send). A quorum
 #: queue confirms after a majority wrote the message: milliseconds here, so 3 s is only reached by a node that does
 #: not answer. (Not for the one-off topology declare at start: ``signals.py`` lifts it there.)
@@ -59,6 +61,10 @@ BROKER_READ_TIMEOUT_SECONDS = 3
 #: hung first node, its reconnect, the events connection's and each pooled publisher connection's each paid this
 #: wait once, one after another (measured: 4 + 4 s of a 28.7 s gap). A live node answers in milliseconds.
 BROKER_CONNECT_TIMEOUT_SECONDS = 2
+
+#: Messages the workers publish themselves (fan-out, retries) wait for the broker's confirm, and no read waits longer
+#: than BROKER_READ_TIMEOUT_SECONDS.
+BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True, "read_timeout": BROKER_READ_TIMEOUT_SECONDS}
 
 #: How long a publish of the workers' own (a fan-out, a retry) keeps trying through a broker
 #: failover before it fails: kombu reconnects (to the next node of AMQP_URL) between tries,
@@ -95,8 +101,7 @@ def celery_config(settings: Settings) -> dict:
         "result_serializer": "json",
         "task_ignore_result": True,
         "result_backend": None,
-        # Messages the workers publish themselves (fan-out, retries) wait for the broker's confirm.
-        "broker_transport_options": {"confirm_publish": True, "read_timeout": BROKER_READ_TIMEOUT_SECONDS},
+        "broker_transport_options": dict(BROKER_TRANSPORT_OPTIONS),
         "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "broker_connection_retry_on_startup": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,

@@ -49,11 +49,13 @@ RATE = 5.0
 #: Longest time without a push delivery allowed while the load runs. These are guards against a flow
 #: that does not come back, sized for a loaded 2-core CI machine; the issue's targets (5 s after a kill,
 #: 15 s for a hung node) are measured and reported, not asserted (measured: 0.3 s kill, 0.6 s rolling
-#: restart, 30 s hang: with net_ticktime 10 the relay's publishes are confirmed again 11-18 s into the
-#: hang, but a worker connected to the hung node consumes nothing until it resumes; see the README).
+#: restart; a 30 s hang 30 s before the workers' 4 s heartbeat and 3 s read timeout, 24-25 s since: with
+#: net_ticktime 10 the lanes it led get new leaders 9-14 s in, the worker leaves it 11-12 s in and consumes
+#: again 15-16 s in, and dispatch threads whose child publish met the hang free up ~20 s in; see the README).
 KILL_GAP_BOUND = 15.0
-#: The hang lasts 30 s; the flow must be back within 15 s of SIGCONT.
-HANG_GAP_BOUND = 45.0
+#: The hang lasts 30 s; the flow must be back within 10 s of SIGCONT (the worker-side bound, tighter, is
+#: tests/e2e/notification/test_hung_node.py's).
+HANG_GAP_BOUND = 40.0
 #: Everything booked must be delivered and shown within this long after the load stops.
 DRAIN_SECONDS = 120
 
@@ -155,11 +157,12 @@ def longest_gap(times: list[float], start: float, end: float) -> float:
 
 def queue_views(cluster: PrivateCluster, queue: str = shared.BOOKING_RECEIPTS_QUEUE) -> str:
     """What each node holds for ``queue`` in its Mnesia tables (``rabbit_queue``: what a declare or consume
-    looks up; ``rabbit_durable_queue``), and who it says leads: for a failure message, when a client is told
-    the queue does not exist."""
+    looks up; ``rabbit_durable_queue``), with the leader and the members it names: for a failure message, when a
+    client is told the queue does not exist (a node's view or the whole cluster's)."""
     name = f"{{resource, <<\"{cluster.vhost}\">>, queue, <<\"{queue}\">>}}"  # type: ignore[attr-defined]
     expr = (f"Q = {name}, {{node(), [{{T, case mnesia:dirty_read(T, Q) of [] -> missing; "
-            "[R] -> amqqueue:get_pid(R) end} || T <- [rabbit_queue, rabbit_durable_queue]]}.")
+            "[R] -> {amqqueue:get_pid(R), amqqueue:get_type_state(R)} end} "
+            "|| T <- [rabbit_queue, rabbit_durable_queue]]}.")
     views = []
     for node in cluster.nodes:
         if node.running and not node.paused and not node.app_stopped:
