@@ -150,7 +150,7 @@ class ReceiptPublisher:
         channel = self.connection.channel()
         try:
             for queue in topology.receipt_queues:
-                channel.queue_declare(queue.name, durable=True, arguments=queue.queue_arguments)
+                channel.queue_declare(queue.name, durable=True, arguments=topology.queue_arguments(queue))
                 channel.queue_bind(queue.name, queue.exchange.name, routing_key=queue.routing_key)
         except pika.exceptions.ChannelClosedByBroker as exc:
             log.error("receipt_queues_not_declared", error=repr(exc))
