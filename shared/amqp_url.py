@@ -37,23 +37,28 @@ def for_pika(url: str) -> str:
     return urllib.parse.urlunsplit(parts)
 
 
-def pika_urls(url: str, *, shuffle: bool = True) -> list[str]:
-    """Every node of ``url`` for pika, in a random order unless told otherwise.
+def pika_urls(url: str, *, shuffle: bool = True, last: str = "") -> list[str]:
+    """Every node of ``url`` for pika, in a random order unless told otherwise, the node ``last``
+    (``host:port``, see :func:`address`) after all the others.
 
-    A random order spreads the clients of a cluster over its nodes, and a client that
-    reconnects after its node died does not try that node first every time.
+    A random order spreads the clients of a cluster over its nodes. ``last`` is the node a
+    reconnecting client just failed on: a node that refuses one thing (a queue missing from
+    its view after a restart, a channel that only nacks) keeps refusing it, and with the nodes
+    in a plain random order a client would land on it again one time in three.
     """
     urls = [for_pika(node) for node in nodes(url)]
     if shuffle:
         random.shuffle(urls)
+    urls.sort(key=lambda node: address(node) == last)  # stable: the random order stays otherwise
     return urls
+
+
+def address(node_url: str) -> str:
+    """``host:port`` of one node's URL (the port its scheme implies when none is given)."""
+    parts = urllib.parse.urlsplit(node_url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}"
 
 
 def redact(url: str) -> str:
     """``url`` without passwords, for logs and error messages (each node's host and port kept)."""
-    shown = []
-    for node in nodes(url):
-        parts = urllib.parse.urlsplit(node)
-        host = parts.hostname or "localhost"
-        shown.append(f"{parts.scheme}://{host}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}")
-    return SEPARATOR.join(shown)
+    return SEPARATOR.join(f"{urllib.parse.urlsplit(node).scheme}://{address(node)}" for node in nodes(url))

@@ -68,11 +68,17 @@ class ReceiptConsumer:
         self.connection: pika.BlockingConnection | None = None
         #: What happened so far (tests and logs read it).
         self.applied = self.duplicates = self.rejected = self.failures = 0
+        #: The broker node (host:port) of the current or last connection, for the logs.
+        self.node = ""
         #: Set when the broker cancelled our consumer (queue deleted): ``run`` reconnects.
         self.cancelled = False
 
     def _connect(self) -> pika.BlockingConnection:
-        self.connection = connection = pika.BlockingConnection(amqp.parameters(self.amqp_url))
+        # After a failure, the node it happened on is tried last: one that lacks the queue in its view keeps
+        # answering 404 (seen after a rolling restart), and the queue is found through another.
+        last = self.node if self.failures else ""
+        self.connection = connection = pika.BlockingConnection(amqp.parameters(self.amqp_url, last=last))
+        self.node = amqp.node_of(connection)
         channel = connection.channel()
         channel.queue_declare(self.queue, passive=True)  # the notification service's topology declares it
         channel.basic_qos(prefetch_count=self.prefetch)
@@ -82,7 +88,7 @@ class ReceiptConsumer:
         # (a passive declare) until the queue is back.
         channel.add_on_cancel_callback(self._on_cancelled)
         self.cancelled = False
-        log.info("receipts_consuming", queue=self.queue, prefetch=self.prefetch)
+        log.info("receipts_consuming", queue=self.queue, prefetch=self.prefetch, node=self.node)
         return connection
 
     def _on_cancelled(self, _frame) -> None:
@@ -158,7 +164,7 @@ class ReceiptConsumer:
         self._disconnect()
         metrics.receipts_consumed().labels(outcome).inc()
         delay = reconnect_delay(self.failures, self.max_backoff)
-        log.warning(f"receipts_{outcome}", error=error, retry_in=round(delay, 2))
+        log.warning(f"receipts_{outcome}", error=error, node=self.node, retry_in=round(delay, 2))
         self.stopping.wait(delay)
 
     def stop(self, *_args) -> None:

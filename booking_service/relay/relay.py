@@ -77,16 +77,20 @@ class Relay:
         #: The confirm-mode channel on ``connection``; None while disconnected.
         self.publisher: ConfirmChannel | None = None
         self.stats = RelayStats()
+        #: The broker node (host:port) of the current or last connection.
+        self.node = ""
 
     @property
     def channel(self) -> BlockingChannel | None:
         return None if self.publisher is None else self.publisher.channel
 
     # Connection ----------------------------------------------------------------
-    def _connect(self) -> None:
-        self.connection = pika.BlockingConnection(amqp.parameters(self.amqp_url))
+    def _connect(self, last: str = "") -> None:
+        """Connect to a node of AMQP_URL, ``last`` (the node that just failed, ``host:port``) tried last."""
+        self.connection = pika.BlockingConnection(amqp.parameters(self.amqp_url, last=last))
+        self.node = amqp.node_of(self.connection)
         self.publisher = ConfirmChannel.open(self.connection)
-        log.info("relay_connected")
+        log.info("relay_connected", node=self.node)
 
     def _disconnect(self, abort: bool = False) -> None:
         """Close the connection; ``abort`` drops it without the closing handshake (a node that hangs)."""
@@ -166,7 +170,7 @@ class Relay:
         while not self.stopping.is_set():
             try:
                 if self.connection is None or not self.connection.is_open:
-                    self._connect()
+                    self._connect(last=self.node if failures else "")
                 self.wakeup.clear()  # a NOTIFY from now on wakes the next wait
                 count = self.publish_due()
                 failures = 0
@@ -181,7 +185,7 @@ class Relay:
                 # for a hung node's answer, and a blocked connection's (resource alarm) for the block to end.
                 self._disconnect(abort=isinstance(exc, NotConfirmed))
                 delay = reconnect_delay(failures, self.max_backoff)
-                log.warning("relay_broker_unavailable", error=repr(exc), retry_in=round(delay, 2))
+                log.warning("relay_broker_unavailable", error=repr(exc), node=self.node, retry_in=round(delay, 2))
                 self.stopping.wait(delay)
             except sa.exc.DBAPIError as exc:
                 # The database is away: nothing can be claimed or recorded. Rows

@@ -35,11 +35,12 @@ CONNECT_TIMEOUT_SECONDS = 3
 BLOCKED_TIMEOUT_SECONDS = 30
 
 
-def parameters(amqp_url: str) -> list[pika.URLParameters]:
-    """One attempt per node and call, the nodes of a cluster in random order (pika tries each in turn;
+def parameters(amqp_url: str, *, last: str = "") -> list[pika.URLParameters]:
+    """One attempt per node and call, the nodes of a cluster in random order and the node ``last`` (``host:port``,
+    the one the caller just failed on) after the others (pika tries each in turn;
     the caller owns the capped backoff), with the heartbeat and timeouts of the module docstring."""
     found = []
-    for url in pika_urls(amqp_url):
+    for url in pika_urls(amqp_url, last=last):
         params = pika.URLParameters(url)
         params.heartbeat = HEARTBEAT_SECONDS
         params.blocked_connection_timeout = BLOCKED_TIMEOUT_SECONDS
@@ -48,6 +49,12 @@ def parameters(amqp_url: str) -> list[pika.URLParameters]:
         params.stack_timeout = CONNECT_TIMEOUT_SECONDS
         found.append(params)
     return found
+
+
+def node_of(connection: pika.BlockingConnection) -> str:
+    """``host:port`` of the node ``connection`` went to (of several in ``AMQP_URL``), for logs."""
+    params = connection._impl.params  # pika keeps the parameter set it connected with; no public accessor
+    return f"{params.host}:{params.port}"
 
 
 def abort(connection: pika.BlockingConnection, reason: str) -> None:

@@ -29,11 +29,12 @@ CONNECT_TIMEOUT_SECONDS = 3
 BLOCKED_TIMEOUT_SECONDS = 30
 
 
-def parameters(amqp_url: str) -> list[pika.URLParameters]:
-    """One attempt per node and call, the nodes of a cluster in random order (pika tries each in turn;
+def parameters(amqp_url: str, *, last: str = "") -> list[pika.URLParameters]:
+    """One attempt per node and call, the nodes of a cluster in random order and the node ``last`` (``host:port``,
+    the one the caller just failed on) after the others (pika tries each in turn;
     a long-running caller owns its backoff), with the heartbeat and timeouts of the module docstring."""
     found = []
-    for url in pika_urls(amqp_url):
+    for url in pika_urls(amqp_url, last=last):
         params = pika.URLParameters(url)
         params.heartbeat = HEARTBEAT_SECONDS
         params.blocked_connection_timeout = BLOCKED_TIMEOUT_SECONDS

@@ -35,6 +35,7 @@ import structlog
 from marshmallow import ValidationError
 
 import shared
+from notification_service.broker import topology
 from notification_service.broker.confirm_window import ConfirmWindow, NotConfirmed
 from notification_service.broker.connection import abort as drop
 from notification_service.broker.connection import connect
@@ -134,6 +135,29 @@ class ReceiptPublisher:
         self.window = ConfirmWindow(self.connection, channel)
         log.info("receipt_publisher_connected")
 
+    def _declare_receipt_queues(self) -> None:
+        """Receipts came back unroutable: ``booking.receipts`` is gone. Declare the receipts queues again, as the
+        worker does at start (``topology.declare``), so the rows held back go out on their next try.
+
+        Seen in CI after a rolling restart of a cluster: the receipts consumer was told ``no queue
+        'booking.receipts'`` by every node for minutes, while deliveries flowed (Celery declares the work
+        queues again on every reconnect; the receipts queues were declared once, at worker start). On its own
+        channel: where this login may not declare them (a broker loaded from the definitions, which has
+        them), only that channel is refused, and the operator sees why in the log.
+        """
+        if self.connection is None or not self.connection.is_open:
+            return
+        channel = self.connection.channel()
+        try:
+            for queue in topology.receipt_queues:
+                channel.queue_declare(queue.name, durable=True, arguments=topology.queue_arguments(queue))
+                channel.queue_bind(queue.name, queue.exchange.name, routing_key=queue.routing_key)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            log.error("receipt_queues_not_declared", error=repr(exc))
+            return
+        channel.close()
+        log.warning("receipt_queues_declared", queues=[queue.name for queue in topology.receipt_queues])
+
     def _disconnect(self, abort: bool = False) -> None:
         """Close the connection; ``abort`` drops it without the closing handshake (a node that hangs)."""
         connection, self.connection, self.window = self.connection, None, None
@@ -200,6 +224,7 @@ class ReceiptPublisher:
             if outcome.refused:
                 metrics.RECEIPT_PUBLISH_FAILURES.labels("refused").inc(len(outcome.refused))
                 log.warning("receipts_refused", count=len(outcome.refused))
+                self._declare_receipt_queues()
             if outcome.nacked:
                 metrics.RECEIPT_PUBLISH_FAILURES.labels("nacked").inc(len(outcome.nacked))
             self.published_count += len(outcome.published)

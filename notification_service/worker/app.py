@@ -33,6 +33,39 @@ def broker_tls(amqp_url: str) -> dict | bool:
     return {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": parts.hostname}
 
 
+#: The workers' AMQP heartbeat (seconds). py-amqp gives a connection up when nothing came from the broker for
+#: two heartbeats, checked every half heartbeat (Celery's ``broker_heartbeat_checkrate`` 2): a hung node (SIGSTOP,
+#: a frozen VM: its kernel keeps the TCP connection open and silent) is left 8-10 s after its last frame, where
+#: 30 s took 60-75 s, more than a whole 30 s hang (measured: the worker consumed nothing for the whole hang and
+#: resumed only when the node came back). The broker closes a connection silent for ~2 heartbeats, which the
+#: worker's event loop must therefore never be for 8 s: every blocking wait is bounded below (BROKER_READ_TIMEOUT).
+BROKER_HEARTBEAT_SECONDS = 4
+#: The longest any blocking read on a worker connection waits (``read_timeout``: py-amqp sets SO_RCVTIMEO and raises
+#: ``socket.timeout``, a connection error to kombu, which reconnects, to the next node of AMQP_URL). It bounds what
+#: had no bound: the wait for a publisher confirm (py-amqp's ``basic_publish_confirm`` waits without a timeout unless
+#: each publish passes ``confirm_timeout``, and Celery passes none, neither for task publishes nor for its events),
+#: the close of a channel or connection, every RPC reply. Measured before: the worker's event loop waited the whole
+#: 30 s hang for the confirm of its own worker-heartbeat event (the event dispatcher's connection was on the hung
+#: node, and ``confirm_publish`` applies to every connection of the app), so not even its heartbeat check ran. An
+#: event whose confirm times out is buffered by Celery's dispatcher and sent again (Celery has no setting to send its
+#: events unconfirmed: ``confirm_publish`` is per app, and a transport class of our own, named in ``broker_transport``,
+#: broke its native delayed delivery, which rebuilds URLs from ``as_uri()``); a task publish is retried on a
+#: new connection (``PUBLISH_RETRY_POLICY``; the same task id, so the delivery log keeps it to one send). A quorum
+#: queue confirms after a majority wrote the message: milliseconds here, so 3 s is only reached by a node that does
+#: not answer. (Not for the one-off topology declare at start: ``signals.py`` lifts it there.)
+BROKER_READ_TIMEOUT_SECONDS = 3
+
+#: Longest a worker waits for one node to accept TCP and complete the AMQP handshake before it tries the next
+#: node of AMQP_URL (Celery's default: 4 s). A hung node takes the TCP connection (its kernel answers) and never
+#: the handshake, and every new kombu connection starts at the first node of the URL: after the consumer left a
+#: hung first node, its reconnect, the events connection's and each pooled publisher connection's each paid this
+#: wait once, one after another (measured: 4 + 4 s of a 28.7 s gap). A live node answers in milliseconds.
+BROKER_CONNECT_TIMEOUT_SECONDS = 2
+
+#: Messages the workers publish themselves (fan-out, retries) wait for the broker's confirm, and no read waits longer
+#: than BROKER_READ_TIMEOUT_SECONDS.
+BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True, "read_timeout": BROKER_READ_TIMEOUT_SECONDS}
+
 #: How long a publish of the workers' own (a fan-out, a retry) keeps trying through a broker
 #: failover before it fails: kombu reconnects (to the next node of AMQP_URL) between tries,
 #: ~25 s in all. Celery's default gives up after ~1 s, less than a leader election.
@@ -68,8 +101,7 @@ def celery_config(settings: Settings) -> dict:
         "result_serializer": "json",
         "task_ignore_result": True,
         "result_backend": None,
-        # Messages the workers publish themselves (fan-out, retries) wait for the broker's confirm.
-        "broker_transport_options": {"confirm_publish": True},
+        "broker_transport_options": dict(BROKER_TRANSPORT_OPTIONS),
         "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "broker_connection_retry_on_startup": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
@@ -81,8 +113,9 @@ def celery_config(settings: Settings) -> dict:
         # rejects go through the event loop (kombu's Hub.call_soon), publishes use the
         # producer pool's own connections.
         "worker_enable_prefetch_count_reduction": False,
-        # A dead broker connection is noticed within ~2 heartbeats.
-        "broker_heartbeat": 30,
+        # A dead or hung broker node is left within two heartbeats (see BROKER_HEARTBEAT_SECONDS).
+        "broker_heartbeat": BROKER_HEARTBEAT_SECONDS,
+        "broker_connection_timeout": BROKER_CONNECT_TIMEOUT_SECONDS,
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
         # Quorum queues (topology.py): Celery then turns global QoS off (prefetch is per consumer,

@@ -40,7 +40,9 @@ def _setup_logging(loglevel=None, **_kwargs) -> None:
 def _declare_topology(sender=None, **_kwargs) -> None:
     """Declare DLX and DLQs (Celery only declares the queues it consumes) and start metrics."""
     app = sender.app
-    with app.connection_for_write() as connection:
+    # Without the workers' read timeout (app.py): declaring a new quorum queue waits for its members to start,
+    # which on a loaded cluster may take longer, and this runs once, before any consumer.
+    with app.connection_for_write(transport_options={"read_timeout": None}) as connection:
         topology.declare(connection)
     from notification_service.runtime import metrics
 

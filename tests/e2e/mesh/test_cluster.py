@@ -49,11 +49,13 @@ RATE = 5.0
 #: Longest time without a push delivery allowed while the load runs. These are guards against a flow
 #: that does not come back, sized for a loaded 2-core CI machine; the issue's targets (5 s after a kill,
 #: 15 s for a hung node) are measured and reported, not asserted (measured: 0.3 s kill, 0.6 s rolling
-#: restart, 30 s hang: with net_ticktime 10 the relay's publishes are confirmed again 11-18 s into the
-#: hang, but a worker connected to the hung node consumes nothing until it resumes; see the README).
+#: restart; a 30 s hang 30 s before the workers' 4 s heartbeat and 3 s read timeout, 24-25 s since: with
+#: net_ticktime 10 the lanes it led get new leaders 9-14 s in, the worker leaves it 11-12 s in and consumes
+#: again 15-16 s in, and dispatch threads whose child publish met the hang free up ~20 s in; see the README).
 KILL_GAP_BOUND = 15.0
-#: The hang lasts 30 s; the flow must be back within 15 s of SIGCONT.
-HANG_GAP_BOUND = 45.0
+#: The hang lasts 30 s; the flow must be back within 10 s of SIGCONT (the worker-side bound, tighter, is
+#: tests/e2e/notification/test_hung_node.py's).
+HANG_GAP_BOUND = 40.0
 #: Everything booked must be delivered and shown within this long after the load stops.
 DRAIN_SECONDS = 120
 
@@ -153,8 +155,24 @@ def longest_gap(times: list[float], start: float, end: float) -> float:
     return max(b - a for a, b in zip(marks, marks[1:], strict=False))
 
 
+def queue_views(cluster: PrivateCluster, queue: str = shared.BOOKING_RECEIPTS_QUEUE) -> str:
+    """What each node holds for ``queue`` in its Mnesia tables (``rabbit_queue``: what a declare or consume
+    looks up; ``rabbit_durable_queue``), with the leader and the members it names: for a failure message, when a
+    client is told the queue does not exist (a node's view or the whole cluster's)."""
+    name = f"{{resource, <<\"{cluster.vhost}\">>, queue, <<\"{queue}\">>}}"  # type: ignore[attr-defined]
+    expr = (f"Q = {name}, {{node(), [{{T, case mnesia:dirty_read(T, Q) of [] -> missing; "
+            "[R] -> {amqqueue:get_pid(R), amqqueue:get_type_state(R)} end} "
+            "|| T <- [rabbit_queue, rabbit_durable_queue]]}.")
+    views = []
+    for node in cluster.nodes:
+        if node.running and not node.paused and not node.app_stopped:
+            done = node.ctl("eval", expr, timeout=20)
+            views.append((done.stdout or done.stderr).strip())
+    return "\n".join(views)
+
+
 def run_scenario(mesh: Mesh, fake_push: FakePush, fault: Callable[[], None], *, before: float = 10,
-                 after: float = 20) -> dict[str, float]:
+                 after: float = 20, cluster: PrivateCluster | None = None) -> dict[str, float]:
     """Load for ``before`` s, the fault (it blocks while it lasts), ``after`` s more; then check everything.
 
     Returns the figures: bookings, the longest delivery gap under load, booking → push p50/p95/max.
@@ -205,7 +223,12 @@ def run_scenario(mesh: Mesh, fake_push: FakePush, fault: Callable[[], None], *, 
                 return False
         return True
 
-    wait_for(timelines_complete, DRAIN_SECONDS, "every timeline showing e-mail and push sent", interval=2)
+    try:
+        wait_for(timelines_complete, DRAIN_SECONDS, "every timeline showing e-mail and push sent", interval=2)
+    except AssertionError:
+        if cluster is not None:
+            print("receipts queue per node:\n" + queue_views(cluster))
+        raise
 
     latencies = sorted(first_push[token] - at for token, at in booked.values())
     push_times = [call["at"] for call in fake_push.delivered()]
@@ -257,5 +280,5 @@ def test_a_rolling_restart_of_all_three_nodes_loses_and_repeats_nothing(private_
             node.start_app()
             cluster.await_healthy(60)
 
-    figures = run_scenario(mesh, fake_push, rolling_restart, after=15)
+    figures = run_scenario(mesh, fake_push, rolling_restart, after=15, cluster=cluster)
     assert figures["gap_s"] <= KILL_GAP_BOUND, figures

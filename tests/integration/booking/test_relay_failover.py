@@ -35,8 +35,8 @@ class ConnectionRecordingRelay(Relay):
         super().__init__(*args, **kwargs)
         self.connections: list[pika.BlockingConnection] = []
 
-    def _connect(self) -> None:
-        super()._connect()
+    def _connect(self, last: str = "") -> None:
+        super()._connect(last)
         assert self.connection is not None
         self.connections.append(self.connection)
 

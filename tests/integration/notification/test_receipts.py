@@ -230,3 +230,31 @@ def test_an_unroutable_receipt_waits_and_one_that_breaks_the_contract_never_bloc
     finally:
         connection.close()
         log.engine.dispose()
+
+
+def test_receipts_refused_because_booking_receipts_is_gone_declare_it_again(database_url, vhost_url):
+    """``booking.receipts`` gone (deleted; or, as CI saw after a rolling restart of a cluster, lost from every
+    node's view while the work queues came back with the workers' reconnects): the first receipt is refused,
+    the publisher declares the receipts queues again, and the next receipt lands in the queue."""
+    upgrade(database_url)
+    declare_topology(vhost_url)
+    log = SqlDeliveryLog(database_url)
+    connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
+    channel = connection.channel()
+    channel.queue_delete(shared.BOOKING_RECEIPTS_QUEUE)
+    publisher = ReceiptPublisher(log, vhost_url, "test-owner")
+    try:
+        publisher._connect()
+        first, second = str(uuid.uuid4()), str(uuid.uuid4())
+        for nid in (first, second):
+            log.open(nid, "booking.confirmed", BookingRef(str(uuid.uuid4()), 1), [("email", EMAIL)], NOW)
+        log.drop(delivery_id(first, "email", EMAIL), DeliveryStatus.EXPIRED, "expired", NOW)
+        assert publisher.publish_batch() == 0  # returned: no queue bound
+        log.drop(delivery_id(second, "email", EMAIL), DeliveryStatus.EXPIRED, "expired", NOW)
+        assert publisher.publish_batch() == 1
+        waiting = channel.queue_declare(shared.BOOKING_RECEIPTS_QUEUE, passive=True).method.message_count
+        assert waiting == 1
+        publisher._disconnect()
+    finally:
+        connection.close()
+        log.engine.dispose()

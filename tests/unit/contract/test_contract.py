@@ -219,6 +219,18 @@ def test_amqp_url_default_vhost_is_spelled_for_pika(url, expected):
     assert for_pika(url) == expected
 
 
+def test_a_reconnecting_pika_client_tries_the_node_it_just_failed_on_last():
+    from shared.amqp_url import address, pika_urls
+
+    url = ";".join(f"amqp://u:p@h{i}:5672/v" for i in range(1, 4))
+    for _ in range(30):  # the order is random; the failed node is never first, and every node is kept
+        urls = pika_urls(url, last="h2:5672")
+        assert [address(u) for u in urls][-1] == "h2:5672"
+        assert sorted(address(u) for u in urls) == ["h1:5672", "h2:5672", "h3:5672"]
+    assert address("amqps://u:p@h") == "h:5671"
+    assert {address(pika_urls(url)[0]) for _ in range(60)} == {"h1:5672", "h2:5672", "h3:5672"}
+
+
 @pytest.mark.parametrize("value", ["room\n", "room\r\n", "ro\x00om", "a\rb", "tab\there"])
 def test_single_line_fields_refuse_any_control_character_even_a_final_newline(value):
     from shared.messages import single_line
