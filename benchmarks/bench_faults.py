@@ -102,12 +102,13 @@ class Call:
     event: str | None
     notification_id: str | None
     outcome: str             # "503" | "ok" | "hang" (hung past the client's timeout, then accepted) | "truncated"
+    #                          | "file" (written by the file sink: provider_faults.py)
     arrived: float           # monotonic
     answered: float          # monotonic; for accepted calls, the moment of acceptance
 
     @property
     def accepted(self) -> bool:
-        return self.outcome in ("ok", "hang")
+        return self.outcome in ("ok", "hang", "file")
 
 
 class FakeProvider:
@@ -141,7 +142,7 @@ class FakeProvider:
     def push_url(self) -> str:
         return f"http://127.0.0.1:{self.port}{PUSH_PATH}"
 
-    def decide(self) -> str:
+    def decide(self, channel: str = "") -> str:
         with self.lock:
             r = self.rng.random()
         if r < self.p503:
@@ -171,7 +172,7 @@ class FakeProvider:
             key = self.accepted_keys_by_booking.get((booking_id, channel))
             return self.first_accept.get(key) if key else None
 
-    def _server(self) -> ThreadingHTTPServer:
+    def _server(self, port: int = 0) -> ThreadingHTTPServer:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -201,7 +202,7 @@ class FakeProvider:
                     headers = body.get("headers") or {}
                     booking_id, event = headers.get("X-Booking-Id"), headers.get("X-Notification-Event")
                     nid = headers.get("X-Notification-Id")
-                outcome = fake.decide()
+                outcome = fake.decide(channel)
                 if outcome == "hang":
                     time.sleep(fake.hang_seconds)  # past the client's read timeout; then the provider accepts it
                 key = self.headers.get("Idempotency-Key") or ""
@@ -232,7 +233,7 @@ class FakeProvider:
             def handle_error(self, request, client_address):
                 fake.server_errors += 1  # a client that vanished mid-request (SIGKILL): not our problem
 
-        return Server(("127.0.0.1", 0), Handler)
+        return Server(("127.0.0.1", port), Handler)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -771,7 +772,11 @@ def main() -> None:
                         help="seconds to keep watching for late duplicates after draining")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep-logs", action="store_true", help="keep the temporary folder with every process's log")
+    from benchmarks import provider_faults  # here: it imports this module's classes
+
+    provider_faults.add_arguments(parser, sys.argv[1:])
     args = parser.parse_args()
+    outage = provider_faults.parse_outage(args.provider_outage, args.outage_mode)
     if args.hang is None:
         args.hang = args.http_timeout + 1.0
     if args.concurrency is None:
@@ -797,7 +802,11 @@ def main() -> None:
         broker.start()
         log(None, f"private RabbitMQ node {broker.node_name} on 127.0.0.1:{broker.port} "
                   f"(started in {time.monotonic() - began:.1f} s)")
-        provider = FakeProvider(args.p503, args.phang, args.hang, args.seed).start()
+        if provider_faults.wanted(args):
+            provider = provider_faults.OutageProvider(args.p503, args.phang, args.hang, args.seed,
+                                                      tmp / "email-files").start()
+        else:
+            provider = FakeProvider(args.p503, args.phang, args.hang, args.seed).start()
         api_port = free_port()
         env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
         env.update({
@@ -820,6 +829,8 @@ def main() -> None:
             "PUSH_BACKEND": "http",
             "PUSH_HTTP_URL": provider.push_url,
         })
+        if isinstance(provider, provider_faults.OutageProvider):
+            env.update(provider_faults.worker_env(args, provider))
         mesh = Mesh(tmp, env, args.workers, args.concurrency, args.worker_nice)
         workers_text = (f"workers: dispatch -c 8 + send -c {args.concurrency}" if args.workers == "split" else
                         f"worker -c {args.concurrency}") + f" (-P threads, nice {args.worker_nice})"
@@ -841,6 +852,8 @@ def main() -> None:
                   f"{args.database}, provider 503 {args.p503:.0%} / hang {args.phang:.0%} ({args.hang:g} s, timeout "
                   f"{args.http_timeout:g} s), {workers_text}")
         log(None, "fault plan: " + (", ".join(f"{kind}@{at:.0f}s" for at, kind in plan) or "none"))
+        if outage is not None:
+            log(None, f"provider outage: {outage.describe()}")
 
         # ---- load + faults --------------------------------------------------------------------
         load = Load(base_url, args.rate, args.duration, run_id)
@@ -853,6 +866,14 @@ def main() -> None:
                                                                  worker_kills), name="faults", daemon=True)
         load_thread.start()
         fault_thread.start()
+        if outage is not None and isinstance(provider, provider_faults.OutageProvider):
+
+            def note(text: str) -> None:
+                timeline.append(FaultEvent(time.monotonic() - t0, text))
+                log(t0, text)
+
+            threading.Thread(target=provider_faults.run_outage, args=(outage, t0, stop, provider, note),
+                             name="outage", daemon=True).start()
         load_max = 0.0
         next_report = t0 + 10
         while load_thread.is_alive():
@@ -1092,6 +1113,11 @@ def main() -> None:
                   f"recorded: unavoidable without provider idempotency; {len(dups['unexplained']) - killed_dups} "
                   f"have no such excuse)")
         print(f"TARGET {'MET' if p95 <= 10 else 'MISSED'}: p95 commit → accepted <= 10 s (p95 {p95:.2f} s)")
+        if provider_faults.wanted(args):
+            provider_faults.report(args, outage, t0, wall_t0, tmp, our_calls, expected, accepted_items, committed,
+                                   dead=len(dead_unsent) + len(dead_although_accepted), lost=len(lost),
+                                   duplicated=len(dups["unexplained"]), drained=drained_at is not None,
+                                   overflows=getattr(getattr(provider, "watcher", None), "overflows", 0))
         if args.keep_logs:
             print(f"\nlogs kept in {tmp}")
     except KeyboardInterrupt:
