@@ -339,6 +339,21 @@ def unreachable_calls(root: pathlib.Path, wall_t0: float, t0: float) -> list[flo
     return times
 
 
+#: Worker log events worth counting in a provider outage.
+OUTAGE_EVENTS = ("breaker opened", "breaker closed", "failover", "retrying", "dead-lettered")
+
+
+def log_events(root: pathlib.Path) -> dict[str, int]:
+    counts = dict.fromkeys(OUTAGE_EVENTS, 0)
+    for name in ("worker", "dispatch", "send"):
+        path = root / f"{name}.log"
+        if path.exists():
+            text = path.read_text(errors="replace")
+            for event in OUTAGE_EVENTS:
+                counts[event] += text.count(f'"event": "{event}"')
+    return counts
+
+
 def report(args: argparse.Namespace, outage: Outage | None, t0: float, wall_t0: float, root: pathlib.Path,
            calls: list[Call], expected: list[tuple[str, str]], accepted: dict, committed: dict[str, float],
            dead: int, lost: int, duplicated: int, drained: bool, overflows: int) -> None:
@@ -349,14 +364,15 @@ def report(args: argparse.Namespace, outage: Outage | None, t0: float, wall_t0: 
     files = [c for c in calls if c.outcome == "file"]
     latencies = [call.answered - committed[item[0]] for item, call in accepted.items() if call is not None]
     total_calls = len(calls) + len(refused)
-    answers = [call.answered for call in accepted.values() if call is not None]
     if outage is not None:
         start, end = t0 + outage.start, t0 + outage.end
         due = [item for item in expected if committed[item[0]] < end
                and (accepted[item] is None or accepted[item].answered >= start)]
         during = sum(1 for c in calls if start <= c.arrived < end) + sum(1 for at in refused if start <= at < end)
         per_outage = during / len(due) if due else float("nan")
-        drain = (f"{max(0.0, max(answers, default=end) - end):.1f} s" if drained else "did not drain")
+        # The backlog of the outage: deliveries booked before the recovery (later bookings are the ongoing load).
+        backlog = [call.answered for item, call in accepted.items() if call is not None and committed[item[0]] < end]
+        drain = f"{max(0.0, max(backlog, default=end) - end):.1f} s" if drained else "did not drain"
     else:
         due, during, per_outage, drain = [], 0, float("nan"), "n/a (no outage)"
     p95 = pct(latencies, 0.95)
@@ -367,6 +383,7 @@ def report(args: argparse.Namespace, outage: Outage | None, t0: float, wall_t0: 
     print(f"  calls: {len(http_calls)} answered by the fake HTTP providers "
           f"({sum(c.outcome == '503' for c in http_calls)} of them 503), {len(refused)} refused (from the worker "
           f"logs), {len(files)} files written by the secondary; inotify overflows {overflows}")
+    print("  worker log events: " + ", ".join(f"{event} {count}" for event, count in log_events(root).items()))
     columns = ("scenario", "deliveries", "lost", "dead", "dup in effect", "calls/delivery outage", "overall",
                "p50 s", "p95 s", "max s", "drain after recovery")
     values = (name, str(len(expected)), str(lost), str(dead), str(duplicated),
