@@ -2,6 +2,9 @@
 
     .venv/bin/python benchmarks/bench_faults.py [--rate 20] [--duration 120] [--database sqlite|postgresql]
         [--faults worker@25,receipts@35,relay@45,broker@60,worker@80 | none] [--workers split|single] [--keep-logs]
+        [--scenario primary-down|all-down] [--provider-outage WHO@START:SECONDS] [--email-providers http,file]
+
+Provider outages (issue 17's scenarios (a) and (b)): see ``provider_faults.py``.
 
 Every part of the mesh is a separate process: the booking API (gunicorn), the
 outbox relay, the receipts consumer and the Celery workers as the Procfile runs them (a dispatch
