@@ -2,7 +2,9 @@
 
     .venv/bin/python benchmarks/bench_faults.py [--rate 20] [--duration 120] [--database sqlite|postgresql]
         [--faults worker@25,receipts@35,relay@45,broker@60,worker@80 | none] [--workers split|single] [--keep-logs]
-        [--scenario primary-down|all-down] [--provider-outage WHO@START:SECONDS] [--email-providers http,file]
+    .venv/bin/python benchmarks/bench_faults.py --scenario rate-limit [--limit 50] [--send-workers 2]
+    .venv/bin/python benchmarks/bench_faults.py --scenario primary-down|all-down [--provider-outage WHO@START:SECONDS]
+        [--outage-mode refuse|503|refuse-503] [--email-providers http,file]
 
 Provider outages (issue 17's scenarios (a) and (b)): see ``provider_faults.py``.
 
@@ -26,6 +28,15 @@ provider or dead-lettered (or the drain deadline passes: what is missing then
 is lost), and prints lost, duplicated (by idempotency key and in effect),
 dead-lettered, booking → provider-accepted latency and the drain time.
 
+Scenario (c), ``--scenario rate-limit``: the provider takes at most ``--limit`` calls per channel in any
+second (a sliding window) and answers 429 with ``Retry-After: 1`` above it; it does not fail otherwise, and
+there are no faults. The workers are configured with ``EMAIL_HTTP_RATE_LIMIT`` = ``PUSH_HTTP_RATE_LIMIT`` =
+``--worker-limit`` (default: the provider's limit). The send workers (``--send-workers`` processes, sharing
+the limit through the delivery log's database) are stopped after the warm-up and started again when the load
+ends, so the whole backlog is waiting when they start, as after an outage: the drain is limited by the rate
+alone. It reports the share of calls answered 429 (target <= 1 %) and each channel's accepted calls per
+second from its first to its last accepted call of the drain (target within 10 % of the limit).
+
 Loopback only, bounded in count and time; every process (and the private
 broker) is killed in a ``finally``, also on Ctrl-C. Exit code 0 either way:
 it is a benchmark; the "TARGET" lines say whether the issue's target is met.
@@ -34,6 +45,7 @@ it is a benchmark; the "TARGET" lines say whether the issue's target is met.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import itertools
 import json
@@ -104,7 +116,7 @@ class Call:
     booking_id: str | None
     event: str | None
     notification_id: str | None
-    outcome: str             # "503" | "ok" | "hang" (hung past the client's timeout, then accepted) | "truncated"
+    outcome: str             # "503" | "429" | "ok" | "hang" (past the client's timeout, then accepted) | "truncated"
     #                          | "file" (written by the file sink: provider_faults.py)
     arrived: float           # monotonic
     answered: float          # monotonic; for accepted calls, the moment of acceptance
@@ -117,8 +129,11 @@ class Call:
 class FakeProvider:
     """E-mail and push HTTP APIs on 127.0.0.1 that fail on purpose and never deduplicate."""
 
-    def __init__(self, p503: float, phang: float, hang_seconds: float, seed: int | None) -> None:
+    def __init__(self, p503: float, phang: float, hang_seconds: float, seed: int | None, limit: float = 0) -> None:
         self.p503, self.phang, self.hang_seconds = p503, phang, hang_seconds
+        #: Accepted calls per channel in any second (0: no limit); above it: 429 with Retry-After: 1.
+        self.limit = limit
+        self.window: dict[str, collections.deque[float]] = {"email": collections.deque(), "push": collections.deque()}
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.calls: list[Call] = []
@@ -145,8 +160,15 @@ class FakeProvider:
     def push_url(self) -> str:
         return f"http://127.0.0.1:{self.port}{PUSH_PATH}"
 
-    def decide(self, channel: str = "") -> str:
+    def decide(self, channel: str) -> str:
         with self.lock:
+            if self.limit:
+                now, window = time.monotonic(), self.window[channel]
+                while window and window[0] <= now - 1.0:
+                    window.popleft()
+                if len(window) >= self.limit:
+                    return "429"
+                window.append(now)
             r = self.rng.random()
         if r < self.p503:
             return "503"
@@ -210,8 +232,11 @@ class FakeProvider:
                     time.sleep(fake.hang_seconds)  # past the client's read timeout; then the provider accepts it
                 key = self.headers.get("Idempotency-Key") or ""
                 fake.record(Call(channel, key, booking_id, event, nid, outcome, arrived, time.monotonic()))
+                extra = {}
                 if outcome == "503":
                     status, payload = 503, {"error": "unavailable"}
+                elif outcome == "429":
+                    status, payload, extra = 429, {"error": "rate limited"}, {"Retry-After": "1"}
                 else:
                     n = uuid.uuid4().hex[:12]
                     status, payload = 200, ({"name": f"projects/fake/messages/{n}"} if channel == "push" else {"id": n})
@@ -220,6 +245,8 @@ class FakeProvider:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
+                    for name, value in extra.items():
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(data)
                 except OSError:
@@ -246,7 +273,8 @@ class FakeProvider:
 class Mesh:
     """API, relay and worker as subprocesses, each in its own session (so a SIGKILL takes its whole group)."""
 
-    def __init__(self, root: pathlib.Path, env: dict[str, str], layout: str, concurrency: int, nice: int) -> None:
+    def __init__(self, root: pathlib.Path, env: dict[str, str], layout: str, concurrency: int, nice: int,
+                 send_workers: int = 1) -> None:
         self.root = root
         self.env = env
         self.procs: dict[str, subprocess.Popen] = {}
@@ -266,11 +294,13 @@ class Mesh:
                              "-l", "INFO", "-n", f"{name}@%h"]
 
         if layout == "split":  # the Procfile: a dispatch worker and a send worker for e-mail and push
-            self.workers = ["dispatch", "send"]
+            self.senders = ["send"] + [f"send{i}" for i in range(2, send_workers + 1)]
+            self.workers = ["dispatch", *self.senders]
             self.commands["dispatch"] = worker(WORK_QUEUES[:1], 8, "faults-dispatch")
-            self.commands["send"] = worker(WORK_QUEUES[1:], concurrency, "faults-send")
+            for name in self.senders:
+                self.commands[name] = worker(WORK_QUEUES[1:], concurrency, f"faults-{name}")
         else:
-            self.workers = ["worker"]
+            self.workers = self.senders = ["worker"]
             self.commands["worker"] = worker(WORK_QUEUES, concurrency, "faults")
 
     def run(self, name: str, *argv: str) -> str:
@@ -608,7 +638,7 @@ def queue_depths(broker: PrivateBroker) -> dict[str, int]:
     return depths
 
 
-WORKER_LOGS = ("worker", "dispatch", "send")
+WORKER_LOGS = ("worker", "dispatch", "send", "send2", "send3")
 WORKER_PATTERNS = {
         "retrying": '"retrying"',
         "dead-lettered": '"dead-lettered"',
@@ -774,9 +804,19 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=10.0,
                         help="seconds to keep watching for late duplicates after draining")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--keep-logs", action="store_true", help="keep the temporary folder with every process's log")
     from benchmarks import provider_faults  # here: it imports this module's classes
 
+    parser.add_argument("--scenario", choices=["faults", "rate-limit", *provider_faults.SCENARIOS], default="faults",
+                        help="faults (table 3: failing providers, killed processes), rate-limit (scenario (c): a "
+                             "provider limited to --limit calls/s per channel, a backlog drained through the limit), "
+                             "primary-down (a) or all-down (b): provider outages (provider_faults.py)")
+    parser.add_argument("--limit", type=float, default=50.0,
+                        help="rate-limit: the provider's limit, accepted calls per channel in any second")
+    parser.add_argument("--worker-limit", type=float, default=None,
+                        help="rate-limit: EMAIL_HTTP_RATE_LIMIT and PUSH_HTTP_RATE_LIMIT (default: --limit; 0: none)")
+    parser.add_argument("--send-workers", type=int, default=1,
+                        help="send worker processes (split layout), sharing the rate limit (default 1)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the temporary folder with every process's log")
     provider_faults.add_arguments(parser, sys.argv[1:])
     args = parser.parse_args()
     outage = provider_faults.parse_outage(args.provider_outage, args.outage_mode)
@@ -784,6 +824,12 @@ def main() -> None:
         args.hang = args.http_timeout + 1.0
     if args.concurrency is None:
         args.concurrency = 100 if args.workers == "split" else 64
+    rate_limit = args.scenario == "rate-limit"
+    if rate_limit:
+        args.p503 = args.phang = 0.0
+        args.faults = "none"
+        if args.worker_limit is None:
+            args.worker_limit = args.limit
     plan = parse_faults(args.faults, args.duration)
 
     def on_term(_signum, _frame):
@@ -809,7 +855,8 @@ def main() -> None:
             provider = provider_faults.OutageProvider(args.p503, args.phang, args.hang, args.seed,
                                                       tmp / "email-files").start()
         else:
-            provider = FakeProvider(args.p503, args.phang, args.hang, args.seed).start()
+            provider = FakeProvider(args.p503, args.phang, args.hang, args.seed,
+                                    limit=args.limit if rate_limit else 0).start()
         api_port = free_port()
         env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
         env.update({
@@ -832,10 +879,13 @@ def main() -> None:
             "PUSH_BACKEND": "http",
             "PUSH_HTTP_URL": provider.push_url,
         })
+        if rate_limit:
+            env.update({name: str(args.worker_limit) for name in ("EMAIL_HTTP_RATE_LIMIT", "PUSH_HTTP_RATE_LIMIT")})
         if isinstance(provider, provider_faults.OutageProvider):
             env.update(provider_faults.worker_env(args, provider))
-        mesh = Mesh(tmp, env, args.workers, args.concurrency, args.worker_nice)
-        workers_text = (f"workers: dispatch -c 8 + send -c {args.concurrency}" if args.workers == "split" else
+        mesh = Mesh(tmp, env, args.workers, args.concurrency, args.worker_nice, args.send_workers)
+        workers_text = (f"workers: dispatch -c 8 + {args.send_workers} x send -c {args.concurrency}"
+                        if args.workers == "split" else
                         f"worker -c {args.concurrency}") + f" (-P threads, nice {args.worker_nice})"
         mesh.run("migrate-booking", str(BIN / "booking-service"), "migrate")
         mesh.run("migrate-notification", str(BIN / "notification-service"), "migrate")
@@ -857,6 +907,11 @@ def main() -> None:
         log(None, "fault plan: " + (", ".join(f"{kind}@{at:.0f}s" for at, kind in plan) or "none"))
         if outage is not None:
             log(None, f"provider outage: {outage.describe()}")
+        if rate_limit:
+            for name in mesh.senders:
+                mesh.kill(name)
+            log(None, f"rate-limit: provider {args.limit:g} calls/s per channel, workers limited to "
+                      f"{args.worker_limit:g}/s; {'+'.join(mesh.senders)} stopped until the load ends (a backlog)")
 
         # ---- load + faults --------------------------------------------------------------------
         load = Load(base_url, args.rate, args.duration, run_id)
@@ -887,6 +942,10 @@ def main() -> None:
                 log(t0, f"bookings {len(load.stats.bookings)}, deliveries accepted {provider.accepted_count() - 2}, "
                         f"provider calls {len(provider.calls)}, load average {os.getloadavg()[0]:.2f}")
         load_end = time.monotonic()
+        if rate_limit:
+            for name in mesh.senders:
+                mesh.start(name)
+            log(t0, f"{'+'.join(mesh.senders)} started on the backlog")
         busy1 = cpu_busy_snapshot()
         load_avg_end = os.getloadavg()
         log(t0, f"load done: {len(load.stats.bookings)} bookings; waiting for the fault schedule to finish")
@@ -1005,6 +1064,7 @@ def main() -> None:
              f"{sum(c.outcome == 'hang' for c in our_calls)} / {sum(c.outcome == 'ok' for c in our_calls)}); "
              f"{sum(c.outcome == 'truncated' for c in calls)} requests cut off by a dying sender"),
             ("calls for other events / unknown bookings", f"{other_events} / {unknown_calls}"),
+            ("provider calls per delivery", f"{len(our_calls) / max(1, len(expected)):.3f}"),
             ("DLQ messages (dlq list)", f"{len(dlq_messages)} "
              + json.dumps({q: sum(1 for m in dlq_messages if m.get('dlq') == q) for q in
                            sorted({m.get('dlq') for m in dlq_messages})})),
@@ -1013,6 +1073,25 @@ def main() -> None:
              f"{load_avg_end[1]:.2f} / {load_avg_end[2]:.2f}"),
             ("CPU busy during load (all cores)", f"{busy:.0%}"),
         ]
+        throughput = {}
+        if rate_limit:
+            answered_429 = sum(c.outcome == "429" for c in our_calls)
+            share_429 = answered_429 / max(1, len(our_calls))
+            rows.insert(0, ("scenario", f"(c) provider limited to {args.limit:g} calls/s per channel (429 above, "
+                                        f"Retry-After: 1), workers limited to {args.worker_limit:g}/s, "
+                                        f"{len(mesh.senders)} send worker process(es) started on the backlog"))
+            rows.append(("calls answered 429", f"{answered_429} of {len(our_calls)} ({share_429:.2%})"))
+            for channel in ("email", "push"):
+                times = sorted(c.answered for c in our_calls if c.channel == channel and c.accepted)
+                span = times[-1] - times[0] if len(times) > 1 else float("nan")
+                throughput[channel] = (len(times) - 1) / span if len(times) > 1 else 0.0
+                rows.append((f"{channel}: accepted calls/s through the drain", f"{throughput[channel]:.1f} "
+                             f"({len(times)} in {span:.1f} s; {throughput[channel] / args.limit:.1%} of the limit)"))
+                # The same between the 10th and the 90th percentile of the accepts: without the start-up
+                # and the last stragglers (a retry's backoff), only the steady drain.
+                low, high = times[len(times) // 10], times[len(times) * 9 // 10]
+                steady = (len(times) * 9 // 10 - len(times) // 10) / (high - low) if high > low else float("nan")
+                rows.append((f"{channel}: the same, 10th to 90th percentile of the accepts", f"{steady:.1f}/s"))
         width = max(len(label) for label, _ in rows)
         print(f"| {'measure':<{width}} | value")
         print(f"|{'-' * (width + 2)}|{'-' * 40}")
@@ -1115,7 +1194,14 @@ def main() -> None:
             print(f"   ({killed_dups} of them repeat a call the provider accepted but the SIGKILLed worker had not "
                   f"recorded: unavoidable without provider idempotency; {len(dups['unexplained']) - killed_dups} "
                   f"have no such excuse)")
-        print(f"TARGET {'MET' if p95 <= 10 else 'MISSED'}: p95 commit → accepted <= 10 s (p95 {p95:.2f} s)")
+        if rate_limit:
+            print(f"TARGET {'MET' if share_429 <= 0.01 else 'MISSED'}: <= 1 % of calls answered 429 "
+                  f"({share_429:.2%})")
+            for channel, rate in throughput.items():
+                print(f"TARGET {'MET' if abs(rate / args.limit - 1) <= 0.10 else 'MISSED'}: {channel} throughput "
+                      f"within 10 % of the limit ({rate:.1f}/s against {args.limit:g}/s)")
+        else:
+            print(f"TARGET {'MET' if p95 <= 10 else 'MISSED'}: p95 commit → accepted <= 10 s (p95 {p95:.2f} s)")
         if provider_faults.wanted(args):
             provider_faults.report(args, outage, t0, wall_t0, tmp, our_calls, expected, accepted_items, committed,
                                    dead=len(dead_unsent) + len(dead_although_accepted), lost=len(lost),

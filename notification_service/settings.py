@@ -33,7 +33,15 @@ ENV_FILE = ".env"
 #: Exit status of a process that refuses its settings (sysexits.h EX_CONFIG): fix, don't restart.
 EXIT_CONFIG = 78
 
+#: The provider kinds of each channel (``EMAIL_PROVIDERS``, ``PUSH_PROVIDERS``).
+EMAIL_KINDS = ("file", "smtp", "http")
+PUSH_KINDS = ("file", "http")
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def _kinds(value: str) -> tuple[str, ...]:
+    return tuple(part for part in value.split(",") if part)
 
 
 class ConfigError(ValueError):
@@ -86,6 +94,12 @@ class Settings(BaseSettings):
     push_http_url: str = _var("PUSH_HTTP_URL", "")
     push_http_token: str = _secret("PUSH_HTTP_TOKEN")
     http_timeout: float = _var("NOTIFICATION_HTTP_TIMEOUT", 10.0, gt=0)
+    #: Sends per second to each provider across every worker process sharing the database; 0 = no limit.
+    email_http_rate_limit: float = _var("EMAIL_HTTP_RATE_LIMIT", 0.0, ge=0)
+    smtp_rate_limit: float = _var("SMTP_RATE_LIMIT", 0.0, ge=0)
+    push_http_rate_limit: float = _var("PUSH_HTTP_RATE_LIMIT", 0.0, ge=0)
+    #: A send slot further away than this goes back to the broker (RateLimited) instead of holding a thread.
+    rate_limit_max_wait: float = _var("NOTIFICATION_RATE_LIMIT_MAX_WAIT_SECONDS", 5.0, ge=0)
     #: Retries of an unexpected error (a bug); an outage is bounded by age instead (max_age_seconds).
     max_retries: int = _var("NOTIFICATION_MAX_RETRIES", 8, ge=0)
     #: An outage (provider, database, broker) is retried until the notification is this old.
@@ -104,6 +118,13 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = _var("NOTIFICATION_LOG_FORMAT", "console")
     log_level: LogLevel = _var("NOTIFICATION_LOG_LEVEL", "INFO")
     #: Every worker process publishes the delivery receipts outbox (``receipts/publisher.py``).
+    #: Ordered providers per channel (failover), kinds separated by commas; empty: the one *_BACKEND names.
+    email_providers: str = _var("EMAIL_PROVIDERS", "")
+    push_providers: str = _var("PUSH_PROVIDERS", "")
+    #: Consecutive transient failures that open a provider's circuit breaker.
+    breaker_failures: int = _var("NOTIFICATION_BREAKER_FAILURES", 5, ge=1)
+    #: How long an open breaker fails calls fast before one probe; doubled after each failed probe (cap 300 s).
+    breaker_open_seconds: float = _var("NOTIFICATION_BREAKER_OPEN_SECONDS", 30.0, gt=0, le=300)
     receipts_publisher: bool = _var("NOTIFICATION_RECEIPTS_PUBLISHER", True)
     receipts_poll_seconds: float = _var("NOTIFICATION_RECEIPTS_POLL_SECONDS", 1.0, gt=0)
     receipts_batch_size: int = _var("NOTIFICATION_RECEIPTS_BATCH_SIZE", 100, ge=1)
@@ -145,6 +166,11 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             raise ConfigError(describe(exc)) from None
 
+    @field_validator("email_providers", "push_providers", mode="before")
+    @classmethod
+    def _list(cls, value: Any) -> Any:
+        return ",".join(part.strip().lower() for part in value.split(",")) if isinstance(value, str) else value
+
     @field_validator("email_backend", "push_backend", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
@@ -155,12 +181,33 @@ class Settings(BaseSettings):
     def _upper(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
 
+    @property
+    def email_chain(self) -> tuple[str, ...]:
+        """The e-mail provider kinds in the order they are tried (``EMAIL_PROVIDERS``, else ``EMAIL_BACKEND``)."""
+        return _kinds(self.email_providers) or (self.email_backend,)
+
+    @property
+    def push_chain(self) -> tuple[str, ...]:
+        """The push provider kinds in the order they are tried (``PUSH_PROVIDERS``, else ``PUSH_BACKEND``)."""
+        return _kinds(self.push_providers) or (self.push_backend,)
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.email_backend == "http" and not self.email_http_url:
-            raise ValueError("EMAIL_BACKEND=http needs EMAIL_HTTP_URL")
-        if self.push_backend == "http" and not self.push_http_url:
-            raise ValueError("PUSH_BACKEND=http needs PUSH_HTTP_URL")
+        for variable, value, known in (("EMAIL_PROVIDERS", self.email_providers, EMAIL_KINDS),
+                                       ("PUSH_PROVIDERS", self.push_providers, PUSH_KINDS)):
+            kinds = _kinds(value)
+            unknown = [kind for kind in kinds if kind not in known]
+            if unknown:
+                raise ValueError(f"{variable}: unknown provider {', '.join(map(repr, unknown))} "
+                                 f"(one or more of {', '.join(known)}, comma-separated)")
+            if len(set(kinds)) < len(kinds):
+                raise ValueError(f"{variable}: a provider is listed twice ({value!r})")
+            if value and not kinds:
+                raise ValueError(f"{variable}: no provider named")
+        if "http" in self.email_chain and not self.email_http_url:
+            raise ValueError("EMAIL_BACKEND=http (or http in EMAIL_PROVIDERS) needs EMAIL_HTTP_URL")
+        if "http" in self.push_chain and not self.push_http_url:
+            raise ValueError("PUSH_BACKEND=http (or http in PUSH_PROVIDERS) needs PUSH_HTTP_URL")
         if self.lease_seconds <= 2 * max(self.http_timeout, self.smtp_timeout):
             # A lease that runs out while the provider call is still allowed to run would
             # let a second attempt send in parallel.

@@ -135,6 +135,10 @@ def _schema(unknown: Literal["exclude", "raise"]) -> type[Schema]:
         provider_message_id = fields.String(
             load_default=None, allow_none=True, validate=[validate.Length(max=500), *_TEXT],
             metadata={"description": "The provider's id of the sent message, where there is one."})
+        provider = fields.String(
+            load_default=None, allow_none=True, validate=[validate.Length(min=1, max=40), *_TEXT],
+            metadata={"description": "The provider that took the message (sent: email_http, email_smtp, email_file, "
+                                     "push_http, push_file), or that may have it and gets the retry (retrying)."})
 
     return NotificationStatusV1
 

@@ -47,6 +47,10 @@ class DeliveryStatusSchema(Schema):
     reason = fields.String(allow_none=True,
                            metadata={"description": f"Why (retrying, dead, stale, expired). {PLAIN_TEXT}"})
     provider_message_id = fields.String(allow_none=True)
+    provider = fields.String(allow_none=True, metadata={
+        "description": "The provider that took the message (email_http, email_smtp, email_file, push_http, push_file), "
+                       "or, while retrying after a timeout, the one that may have it and gets the retry; null before "
+                       "any provider was reached"})
     sequence = fields.Integer(metadata={"description": "Sequence of the current status"})
     history_complete = fields.Boolean(metadata={"description": "False while an earlier receipt is still on its way"})
     history = fields.List(fields.Nested(ReceiptStepSchema))

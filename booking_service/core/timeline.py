@@ -52,6 +52,8 @@ def _delivery(history: list[NotificationReceipt]) -> dict:
         "last_change_at": current.occurred_at,
         "reason": current.reason,
         "provider_message_id": current.provider_message_id,
+        # The latest provider named: the one that took the message, or the one its retry goes back to.
+        "provider": next((r.provider for r in reversed(history) if r.provider), None),
         "sequence": current.sequence,
         # False while an earlier receipt is still on its way (one arrived out of order).
         "history_complete": [r.sequence for r in history] == list(range(1, len(history) + 1)),

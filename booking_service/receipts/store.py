@@ -32,6 +32,8 @@ def row_values(receipt: dict) -> dict:
         "attempt": receipt["attempt"],
         "reason": receipt["reason"],
         "provider_message_id": receipt["provider_message_id"],
+        # Absent from receipts of a notification service older than issue 17.
+        "provider": receipt.get("provider"),
         "occurred_at": receipt["occurred_at"],
         "correlation_id": receipt["correlation_id"],
         "received_at": utcnow(),

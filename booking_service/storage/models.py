@@ -129,6 +129,8 @@ class NotificationReceipt(Base):
     attempt: Mapped[int] = mapped_column(sa.Integer, nullable=False)
     reason: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
     provider_message_id: Mapped[str | None] = mapped_column(sa.String(500), nullable=True)
+    #: The provider that took the message (email_http, push_file …), or that may have it (retrying); None before.
+    provider: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     correlation_id: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
     #: When the consumer stored it (the age of the newest one is the consumer's lag in /readyz).

@@ -35,6 +35,12 @@ The rules:
   ended lease breaks this, and the send fails loudly instead of deferring;
 * nothing ever moves a delivery out of ``sent``, and an attempt that lost its
   lease cannot overwrite what the newer attempt recorded.
+* the provider that took a message is recorded with ``sent``; one that *may*
+  have taken it (``MaybeAccepted``) is recorded with ``failed`` and pins the
+  delivery: every later attempt goes to it alone (``pinned``), with the same
+  idempotency key, until it is sent. A send that reached no provider (every
+  breaker open: ``ChannelUnavailable``) gives its attempt back (``release``):
+  not counted, claimable again at once.
 
 Over 200 lines on purpose: the state machine's rules and its two ports read together, in one place.
 """
@@ -49,7 +55,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from notification_service.delivery.status import DeliveryStatus
-from notification_service.errors import PermanentError
+from notification_service.errors import ChannelUnavailable, MaybeAccepted, PermanentError, RateLimited
 
 #: ``last_error`` of deliveries dropped because a newer cancellation was processed.
 STALE_REASON = "older than a processed cancellation"
@@ -101,6 +107,8 @@ class Claim:
     attempt: int = 0
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
+    #: CLAIMED: the provider an earlier attempt may have left the message with (its next attempt goes there).
+    provider: str | None = None
 
 
 class DeliveryLog(Protocol):
@@ -115,15 +123,32 @@ class DeliveryLog(Protocol):
                   lease_until: datetime) -> Claim: ...
 
     def finish(self, delivery_id: str, owner: str, attempt: int, status: DeliveryStatus, now: datetime, *,
-               error: str | None = None, provider_message_id: str | None = None) -> bool: ...
+               error: str | None = None, provider_message_id: str | None = None,
+               provider: str | None = None) -> bool: ...
+
+    def release(self, delivery_id: str, owner: str, attempt: int, reason: str, now: datetime) -> bool: ...
 
     def drop(self, delivery_id: str, status: DeliveryStatus, reason: str, now: datetime) -> bool: ...
 
 
-class Provider(Protocol):
-    """Sends one message; returns the provider's message id; raises TransientError or PermanentError."""
+class Accepted(Protocol):
+    """Read-only, as the chain's frozen ``Accepted`` is."""
 
-    def send(self, content) -> str: ...
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def message_id(self) -> str: ...
+
+
+class Provider(Protocol):
+    """A channel's providers (``providers.chain.ProviderChain``): who took the message and its id for it.
+
+    Raises ``NotAccepted``/``MaybeAccepted`` (``TransientError``), ``ChannelUnavailable`` or ``PermanentError``;
+    ``pinned`` restricts the send to that one provider.
+    """
+
+    def send(self, content, pinned: str | None = None) -> Accepted: ...
 
 
 class Owner(Protocol):
@@ -148,6 +173,8 @@ class SendResult:
     outcome: Outcome
     attempt: int = 0
     provider_message_id: str | None = None
+    #: SENT: the provider that took it.
+    provider: str | None = None
     #: For DEFERRED and WAITING: when to look again (never past the end of the lease in the way, + 1 s).
     retry_in: float = 0.0
 
@@ -198,16 +225,29 @@ def send(job: SendJob, content, *, log: DeliveryLog, provider: Provider, owner: 
         return _deferred(did, claim, moment)
     attempt = claim.attempt
     try:
-        provider_message_id = str(provider.send(content))[:500]
+        accepted = provider.send(content, pinned=claim.provider)
     except PermanentError as exc:
         log.finish(did, owner.id, attempt, DeliveryStatus.DEAD, now(), error=f"permanent: {exc}")
+        raise
+    except (ChannelUnavailable, RateLimited) as exc:
+        # No provider was called (every breaker open, or no send slot near enough): not an attempt,
+        # and the delivery is claimable again at once.
+        log.release(did, owner.id, attempt, str(exc), now())
+        raise
+    except MaybeAccepted as exc:
+        # The provider may have it: the next attempt goes back to it alone (same idempotency key).
+        log.finish(did, owner.id, attempt, DeliveryStatus.FAILED, now(), error=str(exc) or type(exc).__name__,
+                   provider=exc.provider)
         raise
     except BaseException as exc:
         # Give the lease back at once: the retry (or a redelivery) claims it without waiting.
         log.finish(did, owner.id, attempt, DeliveryStatus.FAILED, now(), error=str(exc) or type(exc).__name__)
         raise
-    log.finish(did, owner.id, attempt, DeliveryStatus.SENT, now(), provider_message_id=provider_message_id)
-    return SendResult(Outcome.SENT, attempt=attempt, provider_message_id=provider_message_id)
+    provider_message_id = str(accepted.message_id)[:500]
+    log.finish(did, owner.id, attempt, DeliveryStatus.SENT, now(), provider_message_id=provider_message_id,
+               provider=accepted.provider)
+    return SendResult(Outcome.SENT, attempt=attempt, provider_message_id=provider_message_id,
+                      provider=accepted.provider)
 
 
 def _deferred(did: str, claim: Claim, moment: datetime) -> SendResult:

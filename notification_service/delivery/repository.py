@@ -75,12 +75,12 @@ class SqlDeliveryLog:
             self.receipts_written.set()
 
     def _receipt(self, cur, delivery_id: str, seq_and_attempt, status: str, ts, *, reason: str | None = None,
-                 provider_message_id: str | None = None) -> None:
+                 provider_message_id: str | None = None, provider: str | None = None) -> None:
         """Write the receipt of a status change the statement just made (``RETURNING receipt_seq, attempts``)."""
         seq, attempt = seq_and_attempt
         cur.execute(self.sql["insert_receipt"], {"did": delivery_id, "seq": seq, "rstatus": status, "attempt": attempt,
                                                  "reason": reason and reason[:2000], "pid": provider_message_id,
-                                                 "now": ts})
+                                                 "now": ts, "provider": provider})
         self._local.receipts = True
 
     def time(self, moment: datetime) -> datetime | str:
@@ -168,7 +168,7 @@ class SqlDeliveryLog:
             cur.execute(self.sql[statement], params)
             row = cur.fetchone()
             if row is not None:
-                return Claim(ClaimResult.CLAIMED, attempt=row[0])
+                return Claim(ClaimResult.CLAIMED, attempt=row[0], provider=row[1])
             return self._why_not(cur, params["did"], params["now"], params.get("dead"))
 
     def _why_not(self, cur, delivery_id: str, ts, dead_owner: str | None) -> Claim:
@@ -201,25 +201,38 @@ class SqlDeliveryLog:
         raise RuntimeError(f"delivery {delivery_id} could not be claimed in state {status!r}")
 
     def finish(self, delivery_id: str, owner: str, attempt: int, status: DeliveryStatus, now: datetime, *,
-               error: str | None = None, provider_message_id: str | None = None) -> bool:
+               error: str | None = None, provider_message_id: str | None = None, provider: str | None = None) -> bool:
         ts = self.time(now)
         with self._transaction() as cur:
             if status is DeliveryStatus.SENT:
                 # The provider took it: that is the truth even if this attempt's lease ran out meanwhile.
-                cur.execute(self.sql["finish_sent"], {"did": delivery_id, "now": ts, "pid": provider_message_id})
+                cur.execute(self.sql["finish_sent"], {"did": delivery_id, "now": ts, "pid": provider_message_id,
+                                                      "provider": provider})
                 row = cur.fetchone()
                 if row is not None:
-                    self._receipt(cur, delivery_id, row, "sent", ts, provider_message_id=provider_message_id)
+                    self._receipt(cur, delivery_id, row, "sent", ts, provider_message_id=provider_message_id,
+                                  provider=provider)
             else:
                 # Only the attempt that still holds the lease records a failure: never over `sent`,
                 # never over a newer attempt.
                 cur.execute(self.sql["finish_failed"], {"did": delivery_id, "now": ts, "status": status.value,
                                                         "error": (error or "")[:2000], "owner": owner,
-                                                        "attempt": attempt})
+                                                        "attempt": attempt, "provider": provider})
                 row = cur.fetchone()
                 if row is not None:
                     reported = "dead" if status is DeliveryStatus.DEAD else "retrying"
-                    self._receipt(cur, delivery_id, row, reported, ts, reason=error)
+                    self._receipt(cur, delivery_id, row, reported, ts, reason=error, provider=provider)
+            return row is not None
+
+    def release(self, delivery_id: str, owner: str, attempt: int, reason: str, now: datetime) -> bool:
+        """Give back an attempt that called no provider: ``failed`` with ``reason``, the attempt not counted."""
+        ts = self.time(now)
+        with self._transaction() as cur:
+            cur.execute(self.sql["release"], {"did": delivery_id, "now": ts, "error": reason[:2000], "owner": owner,
+                                              "attempt": attempt})
+            row = cur.fetchone()
+            if row is not None:
+                self._receipt(cur, delivery_id, row, "retrying", ts, reason=reason)
             return row is not None
 
     def drop(self, delivery_id: str, status: DeliveryStatus, reason: str, now: datetime) -> bool:

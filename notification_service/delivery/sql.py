@@ -74,10 +74,10 @@ SQL = {
              f" lease_expires_at = :until, updated_at = :now WHERE delivery_id = :did"
              f" AND (status IN ({_CLAIMABLE_SQL}) OR (status = 'sending' AND {_ENDED}))"
              f" AND NOT {_STALE} AND NOT EXISTS (SELECT 1 FROM deliveries older WHERE {_older_in_flight('deliveries')})"
-             f" RETURNING attempts",
+             f" RETURNING attempts, provider",
     "take_over": f"UPDATE deliveries SET attempts = attempts + 1, lease_owner = :owner, lease_expires_at = :until,"
                  f" updated_at = :now WHERE delivery_id = :did AND status = 'sending' AND lease_owner = :dead"
-                 f" AND NOT {_STALE} RETURNING attempts",
+                 f" AND NOT {_STALE} RETURNING attempts, provider",
     "why_not": f"SELECT status, attempts, lease_owner, lease_expires_at, {_CANCELLED}, {_SUPERSEDED} FROM deliveries"
                f" WHERE delivery_id = :did",
     "older_in_flight": f"SELECT older.lease_owner, older.lease_expires_at FROM deliveries d, deliveries older"
@@ -91,12 +91,20 @@ SQL = {
                   f" OR (status = 'sending' AND ({_ENDED} OR lease_owner = :dead)))"
                   f" RETURNING receipt_seq, attempts",
     "finish_sent": "UPDATE deliveries SET status = 'sent', sent_at = :now, provider_message_id = :pid,"
+                   " provider = :provider,"
                    " lease_owner = NULL, lease_expires_at = NULL, updated_at = :now, receipt_seq = receipt_seq + 1"
                    " WHERE delivery_id = :did AND status <> 'sent' RETURNING receipt_seq, attempts",
+    # A provider that may have the message pins the delivery to it until it is sent (never unpinned).
     "finish_failed": "UPDATE deliveries SET status = :status, last_error = :error, lease_owner = NULL,"
+                     " provider = COALESCE(:provider, provider),"
                      " lease_expires_at = NULL, updated_at = :now, receipt_seq = receipt_seq + 1"
                      " WHERE delivery_id = :did AND status = 'sending' AND lease_owner = :owner"
                      " AND attempts = :attempt RETURNING receipt_seq, attempts",
+    # An attempt that called no provider (every breaker open) is given back: not counted, claimable at once.
+    "release": "UPDATE deliveries SET status = 'failed', attempts = attempts - 1, last_error = :error,"
+               " lease_owner = NULL, lease_expires_at = NULL, updated_at = :now, receipt_seq = receipt_seq + 1"
+               " WHERE delivery_id = :did AND status = 'sending' AND lease_owner = :owner AND attempts = :attempt"
+               " RETURNING receipt_seq, attempts",
     "drop": f"UPDATE deliveries SET status = :status, last_error = :reason, updated_at = :now,"
             f" receipt_seq = receipt_seq + 1 WHERE delivery_id = :did AND status IN ({_CLAIMABLE_SQL})"
             f" RETURNING receipt_seq, attempts",
@@ -105,7 +113,7 @@ SQL = {
                  " receipt_seq = receipt_seq + 1 WHERE delivery_id = :did AND status IN ('pending', 'failed')"
                  " RETURNING receipt_seq, attempts",
     "insert_receipt": "INSERT INTO receipts (delivery_id, sequence, status, attempt, reason, provider_message_id,"
-                      " occurred_at) VALUES (:did, :seq, :rstatus, :attempt, :reason, :pid, :now)",
+                      " occurred_at, provider) VALUES (:did, :seq, :rstatus, :attempt, :reason, :pid, :now, :provider)",
     "insert_dead_letter": "INSERT INTO dead_letters (message_id, queue, task, reason, created_at)"
                           " VALUES (:mid, :queue, :task, :reason, :now)",
 }

@@ -1,15 +1,13 @@
-"""E-mail and push providers behind one Protocol (``delivery.Provider``): a module per provider.
+"""E-mail and push providers: a module per provider, a chain per channel (``chain.py``, ``channels.py``).
 
 Every provider takes an ``EmailContent`` or ``PushContent`` and returns the
-provider's message id, raising ``TransientError`` or ``PermanentError``. The
+provider's message id, raising ``NotAccepted``, ``MaybeAccepted`` or ``PermanentError``. The
 delivery id is the idempotency key everywhere: file names, ``Message-ID``,
 and the ``Idempotency-Key`` HTTP header, so a resend after a crash is one
 message where the provider honours it.
 """
 
 from __future__ import annotations
-
-import threading
 
 from notification_service.providers.content import EmailContent, PushContent
 from notification_service.providers.email_file import FileEmailProvider
@@ -19,33 +17,9 @@ from notification_service.providers.mime import build_email
 from notification_service.providers.push_file import FilePushProvider
 from notification_service.providers.push_http import HttpPushProvider, fcm_payload
 from notification_service.providers.smtp import SmtpEmailProvider
-from notification_service.settings import Settings
 
 __all__ = [
     "EmailContent", "PushContent", "FileEmailProvider", "HttpEmailProvider", "SmtpEmailProvider",
     "FilePushProvider", "HttpPushProvider", "build_email", "fcm_payload", "parse_retry_after", "scrub",
-    "TRANSIENT_STATUSES", "email_provider", "push_provider",
+    "TRANSIENT_STATUSES",
 ]
-
-EMAIL_PROVIDERS = {"file": FileEmailProvider, "smtp": SmtpEmailProvider, "http": HttpEmailProvider}
-PUSH_PROVIDERS = {"file": FilePushProvider, "http": HttpPushProvider}
-
-_instances: dict[tuple[str, Settings], object] = {}
-_lock = threading.Lock()
-
-
-def _provider(kind: str, registry: dict, backend: str, settings: Settings):
-    """One provider per process and settings: its per-thread connections outlive a single send."""
-    key = (kind, settings)
-    with _lock:
-        if key not in _instances:
-            _instances[key] = registry[backend](settings)
-        return _instances[key]
-
-
-def email_provider(settings: Settings):
-    return _provider("email", EMAIL_PROVIDERS, settings.email_backend, settings)
-
-
-def push_provider(settings: Settings):
-    return _provider("push", PUSH_PROVIDERS, settings.push_backend, settings)

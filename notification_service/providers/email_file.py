@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 import time
 
+from notification_service.errors import NotAccepted
 from notification_service.providers.content import EmailContent
 from notification_service.providers.files import atomic_write
 from notification_service.providers.mime import build_email
@@ -20,6 +21,9 @@ class FileEmailProvider:
     def send(self, content: EmailContent) -> str:
         data, message_id = build_email(content, self.sender)
         started = time.perf_counter()
-        atomic_write(self.directory, f"{content.delivery_id}.eml", data)
+        try:
+            atomic_write(self.directory, f"{content.delivery_id}.eml", data)
+        except OSError as exc:  # a full or read-only disk: the file is not there
+            raise NotAccepted(f"file sink could not write: {type(exc).__name__}") from exc
         metrics.PROVIDER_LATENCY.labels("email_file").observe(time.perf_counter() - started)
         return message_id

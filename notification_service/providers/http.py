@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
-from notification_service.errors import PermanentError, TransientError
+from notification_service.errors import MaybeAccepted, NotAccepted, PermanentError
 from notification_service.runtime import metrics
 
 #: HTTP statuses worth retrying.
@@ -55,6 +56,22 @@ def scrub(text: str, *personal: str) -> str:
     return re.sub(pattern, "<recipient>", text, flags=re.IGNORECASE)  # \u00F6 as well as \u00f6
 
 
+def unsent(exc: requests.RequestException) -> bool:
+    """True when the request certainly never reached the provider: refused, DNS failure, connect timeout, TLS.
+
+    A read timeout or a connection dropped after the request went out may have left the message there.
+    """
+    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError):
+        return True
+    if not isinstance(exc, requests.ConnectionError) or isinstance(exc, requests.ReadTimeout):
+        return False
+    reason = exc.args[0] if exc.args else None
+    if isinstance(reason, MaxRetryError):
+        reason = reason.reason
+    # NameResolutionError is a NewConnectionError: the socket never connected.
+    return isinstance(reason, NewConnectionError | ConnectTimeoutError)
+
+
 class HttpClient:
     """POSTs JSON to one provider endpoint with per-thread keep-alive sessions."""
 
@@ -83,12 +100,15 @@ class HttpClient:
             response = self._session().post(self.url, json=payload, headers={"Idempotency-Key": key},
                                             timeout=self.timeout)
         except (requests.Timeout, requests.ConnectionError) as exc:
-            raise TransientError(f"{self.kind} provider unreachable: {type(exc).__name__}") from exc
+            if unsent(exc):
+                raise NotAccepted(f"{self.kind} provider unreachable: {type(exc).__name__}") from exc
+            raise MaybeAccepted(f"{self.kind} provider did not answer: {type(exc).__name__}") from exc
         finally:
             metrics.PROVIDER_LATENCY.labels(self.kind).observe(time.perf_counter() - started)
         if response.status_code in TRANSIENT_STATUSES:
-            raise TransientError(f"{self.kind} provider answered {response.status_code}",
-                                 retry_after=parse_retry_after(response.headers.get("Retry-After")))
+            raise NotAccepted(f"{self.kind} provider answered {response.status_code}",
+                              retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                              status=response.status_code)
         if response.status_code >= 400:
             detail = scrub(response.text, *((personal,) if isinstance(personal, str) else personal))[:200]
             raise PermanentError(f"{self.kind} provider answered {response.status_code}: {detail}")

@@ -6,6 +6,7 @@ import json
 import pathlib
 import time
 
+from notification_service.errors import NotAccepted
 from notification_service.providers.content import PushContent
 from notification_service.providers.files import atomic_write
 from notification_service.providers.push_http import fcm_payload
@@ -20,6 +21,9 @@ class FilePushProvider:
     def send(self, content: PushContent) -> str:
         data = json.dumps(fcm_payload(content), sort_keys=True, indent=2).encode("utf-8")
         started = time.perf_counter()
-        atomic_write(self.directory, f"{content.delivery_id}.json", data)
+        try:
+            atomic_write(self.directory, f"{content.delivery_id}.json", data)
+        except OSError as exc:  # a full or read-only disk: the file is not there
+            raise NotAccepted(f"file sink could not write: {type(exc).__name__}") from exc
         metrics.PROVIDER_LATENCY.labels("push_file").observe(time.perf_counter() - started)
         return content.delivery_id

@@ -4,7 +4,8 @@ Reusing a connection is safe only before the message's data has been handed
 over: a server that closed an idle connection fails ``MAIL FROM``, and then
 the message is sent once more over a fresh connection. A failure during or
 after ``DATA`` is never repeated here (the server may have taken the
-message); it goes to the task's retry policy like any transient error.
+message): it is ``MaybeAccepted`` (retried on this provider, never failed over),
+while a failure before ``DATA`` is ``NotAccepted`` (another provider may take it).
 The envelope addresses are the ASCII forms ``mime.deliverable`` gives (an
 international domain in IDNA), the same the message's headers carry.
 """
@@ -16,7 +17,7 @@ import ssl
 import threading
 import time
 
-from notification_service.errors import PermanentError, TransientError
+from notification_service.errors import MaybeAccepted, NotAccepted, PermanentError
 from notification_service.providers.content import EmailContent
 from notification_service.providers.mime import build_email, deliverable
 from notification_service.runtime import metrics
@@ -67,6 +68,8 @@ class SmtpEmailProvider:
         if code not in (250, 251):
             smtp.rset()
             raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
+        # From here on the server may have the message (see ``send``).
+        self._local.in_data = True
         code, reply = smtp.data(data)
         if code != 250:
             raise smtplib.SMTPDataError(code, reply)
@@ -74,6 +77,7 @@ class SmtpEmailProvider:
     def send(self, content: EmailContent) -> str:
         data, message_id = build_email(content, self.settings.email_from)
         started = time.perf_counter()
+        self._local.in_data = False
         try:
             smtp = getattr(self._local, "smtp", None)
             reused = smtp is not None
@@ -84,22 +88,26 @@ class SmtpEmailProvider:
             codes = [code for code, _ in exc.recipients.values()]
             if all(500 <= code < 600 for code in codes):
                 raise PermanentError(f"SMTP refused recipient: {codes}") from exc
-            raise TransientError(f"SMTP refused recipient temporarily: {codes}") from exc
+            raise NotAccepted(f"SMTP refused recipient temporarily: {codes}") from exc
         except smtplib.SMTPAuthenticationError as exc:
             self._drop()
-            raise TransientError(f"SMTP authentication failed ({exc.smtp_code})") from exc
+            raise NotAccepted(f"SMTP authentication failed ({exc.smtp_code})") from exc
         except smtplib.SMTPResponseException as exc:
             if 500 <= exc.smtp_code < 600:
                 raise PermanentError(f"SMTP error {exc.smtp_code}") from exc
             self._drop()
-            raise TransientError(f"SMTP error {exc.smtp_code}") from exc
+            raise self._transient(f"SMTP error {exc.smtp_code}") from exc
         except UnicodeError as exc:
             # smtplib writes commands in ASCII; retrying cannot change the text (and its repr holds it).
             self._drop()
             raise PermanentError(f"SMTP command not encodable: {type(exc).__name__}") from None
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             self._drop()
-            raise TransientError(f"SMTP unavailable: {type(exc).__name__}") from exc
+            raise self._transient(f"SMTP unavailable: {type(exc).__name__}") from exc
         finally:
             metrics.PROVIDER_LATENCY.labels("smtp").observe(time.perf_counter() - started)
         return message_id
+
+    def _transient(self, message: str) -> NotAccepted | MaybeAccepted:
+        """Before ``DATA`` the server certainly has nothing; during or after it, it may have the message."""
+        return MaybeAccepted(message) if getattr(self._local, "in_data", False) else NotAccepted(message)

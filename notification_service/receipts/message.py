@@ -71,6 +71,7 @@ def build_receipt(row: ReceiptRow) -> dict:
         "correlation_id": one_line(row.correlation_id, 200),
         "reason": receipt_reason(row.reason, row.address),
         "provider_message_id": one_line(row.provider_message_id, 500),
+        "provider": one_line(row.provider, 40),
     })
 
 

@@ -31,7 +31,7 @@ _CLAIM = ("UPDATE receipts SET locked_until = :until, lease_owner = :owner WHERE
           "{skip_locked})")
 _CLAIMED = ("SELECT r.id, r.delivery_id, r.sequence, r.status, r.attempt, r.reason, r.provider_message_id,"
             " r.occurred_at, d.notification_id, d.channel, d.address, d.booking_id, d.booking_version, d.event,"
-            " d.correlation_id FROM receipts r JOIN deliveries d ON d.delivery_id = r.delivery_id"
+            " d.correlation_id, r.provider FROM receipts r JOIN deliveries d ON d.delivery_id = r.delivery_id"
             " WHERE r.published_at IS NULL AND r.lease_owner = :owner AND r.locked_until = :until ORDER BY r.id")
 _PUBLISHED = "UPDATE receipts SET published_at = :now, locked_until = NULL, last_error = NULL WHERE id = :id"
 _RELEASE = ("UPDATE receipts SET locked_until = :until, last_error = :error WHERE id = :id"
@@ -58,6 +58,7 @@ class ReceiptRow:
     booking_version: int
     event: str
     correlation_id: str | None
+    provider: str | None = None
 
 
 @dataclass

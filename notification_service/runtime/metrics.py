@@ -25,6 +25,20 @@ CHANNEL_HELD = Gauge("notification_channel_held", "1 while this worker takes non
                      "(every provider's breaker open), by channel.", ["channel"])
 GAVE_UP = Counter("notification_gave_up_total", "Messages dead-lettered for a transient reason because they could "
                   "no longer be useful (older than NOTIFICATION_MAX_AGE_SECONDS), by task.", ["task"])
+PROVIDER_RATE_WAIT = Counter("notification_provider_rate_limited_seconds_total",
+                             "Seconds sends slept for their provider's rate limit or a 429's pause.", ["provider"])
+PROVIDER_RATE_LIMITED = Counter("notification_provider_rate_limited_total",
+                                "Sends handed back to the broker: their slot was further than the max wait.",
+                                ["provider"])
+PROVIDER_THROTTLED = Counter("notification_provider_throttled_total",
+                             "429 answers (Too Many Requests) from providers.", ["provider"])
+BREAKER_STATE = Gauge("notification_provider_breaker_state",
+                      "Each provider's circuit breaker: 0 closed, 1 half open (a probe is out), 2 open.", ["provider"])
+FAILOVERS = Counter("notification_provider_failovers_total",
+                    "Sends passed to the next provider of the channel after one certainly did not take them.",
+                    ["channel", "from_provider", "to_provider"])
+CALLS_REFUSED = Counter("notification_provider_calls_refused_total",
+                        "Provider calls refused by the provider's open circuit breaker.", ["provider"])
 DB_TRANSACTIONS = Counter("notification_db_transactions_total", "Delivery-log transactions committed or rolled back.")
 
 #: Port -> the address its /metrics server listens on, in this process.

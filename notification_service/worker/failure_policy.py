@@ -63,9 +63,10 @@ from kombu.transport.native_delayed_delivery import MAX_NUMBER_OF_BITS_TO_USE
 import shared
 from notification_service.delivery.log import delivery_log
 from notification_service.delivery.timestamps import aware
-from notification_service.errors import ContractViolation, PermanentError, TransientError
+from notification_service.errors import ChannelUnavailable, ContractViolation, PermanentError, TransientError
 from notification_service.runtime import metrics
 from notification_service.settings import Settings
+from notification_service.worker import channel_hold
 
 log = structlog.get_logger("notification_service.worker.failure_policy")
 
@@ -164,6 +165,10 @@ class NotificationTask(Task):
               **options):
         if exc is not None:
             self._check_budget(exc)
+        if isinstance(exc, ChannelUnavailable):
+            # Every provider of the channel refused on its open breaker: stop taking the channel's messages
+            # until a probe may go (this one comes back then, through the broker's delayed delivery).
+            channel_hold.hold(exc.channel, exc.retry_in)
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             countdown = max(0.0, min(float(self.retry_backoff_max), retry_after))

@@ -16,6 +16,8 @@ RabbitMQ would dead-letter it instead), and a send retried past it is recorded
 
 from __future__ import annotations
 
+import random
+import time
 from datetime import datetime
 
 import structlog
@@ -29,9 +31,12 @@ from notification_service.delivery.owner import process_owner
 from notification_service.delivery.status import DeliveryStatus
 from notification_service.delivery.timestamps import aware
 from notification_service.errors import ContractViolation
-from notification_service.providers import EmailContent, PushContent, email_provider, push_provider
+from notification_service.providers import EmailContent, PushContent
+from notification_service.providers.chain import ProviderChain
+from notification_service.providers.channels import email_provider, push_provider
 from notification_service.rendering.templates import render
 from notification_service.runtime import metrics
+from notification_service.worker import channel_hold
 from notification_service.worker.failure_policy import NotificationTask, safe_kwargsrepr
 from shared.wire import CORRELATION_HEADER
 
@@ -128,8 +133,30 @@ def _expires(value) -> datetime | None:
         return None  # unreadable: send rather than drop a notification
 
 
-def _send(task: NotificationTask, did: str, provider, content, expires_at) -> str:
+def _held(task: NotificationTask, chain: ProviderChain) -> bool:
+    """Every provider of the channel refuses calls (breakers open): hold the channel, put this message back.
+
+    Nothing is claimed or recorded (no attempt, no receipt); the message waits in the broker until the
+    earliest breaker lets a probe through, and this worker takes no more of the channel's messages till then.
+    """
+    until = chain.unavailable_until()
+    if until is None:
+        return False
+    wait = until - time.time()
+    if wait <= 0:
+        return False
+    channel_hold.hold(chain.channel, wait)
+    # Spread the messages that come back over a second or two: one of them is the probe.
+    task.defer(wait + random.uniform(0.0, 2.0))
+    metrics.TASKS.labels(task.name, "held").inc()
+    log.info("every provider's breaker is open; deferred", channel=chain.channel, countdown=round(wait, 1))
+    return True
+
+
+def _send(task: NotificationTask, did: str, provider: ProviderChain, content, expires_at) -> str:
     settings = task.settings
+    if _held(task, provider):
+        return "held"
     result = delivery.send(delivery.SendJob(did, _expires(expires_at)), content,
                            log=delivery_log(settings.database_url), provider=provider,
                            owner=process_owner(), lease_seconds=settings.lease_seconds)
@@ -144,7 +171,7 @@ def _send(task: NotificationTask, did: str, provider, content, expires_at) -> st
         log.info("an older message of the booking is being sent; deferred", countdown=round(result.retry_in, 1))
         task.defer(result.retry_in)
     elif result.outcome is delivery.Outcome.SENT:
-        log.info("sent", attempt=result.attempt)
+        log.info("sent", attempt=result.attempt, provider=result.provider)
     return result.outcome.value
 
 

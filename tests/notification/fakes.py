@@ -17,6 +17,7 @@ from notification_service.delivery.machine import (
 from notification_service.delivery.status import CLAIMABLE, FINAL, DeliveryStatus
 from notification_service.delivery.supersession import supersedes
 from notification_service.errors import PermanentError, TransientError
+from notification_service.providers.chain import Accepted
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Row:
     lease_expires_at: datetime | None = None
     last_error: str | None = None
     provider_message_id: str | None = None
+    provider: str | None = None
 
 
 @dataclass
@@ -119,7 +121,7 @@ class FakeDeliveryLog:
     def _take(self, row: Row, owner: str, lease_until: datetime) -> Claim:
         row.status, row.attempts = DeliveryStatus.SENDING, row.attempts + 1
         row.lease_owner, row.lease_expires_at = owner, lease_until
-        return Claim(ClaimResult.CLAIMED, row.attempts)
+        return Claim(ClaimResult.CLAIMED, row.attempts, provider=row.provider)
 
     def take_over(self, did, dead_owner, owner, now, lease_until) -> Claim:
         self.writes += 1
@@ -128,18 +130,28 @@ class FakeDeliveryLog:
             return self._take(row, owner, lease_until)
         return self._why_not(row, now, dead_owner)
 
-    def finish(self, did, owner, attempt, status, now, *, error=None, provider_message_id=None) -> bool:
+    def finish(self, did, owner, attempt, status, now, *, error=None, provider_message_id=None,
+               provider=None) -> bool:
         self.writes += 1
         row = self.rows[did]
         if status is DeliveryStatus.SENT:
             if row.status is DeliveryStatus.SENT:
                 return False
-            row.provider_message_id = provider_message_id
+            row.provider_message_id, row.provider = provider_message_id, provider
         elif not (row.status is DeliveryStatus.SENDING and row.lease_owner == owner and row.attempts == attempt):
             return False
         else:
-            row.last_error = error
+            row.last_error, row.provider = error, provider or row.provider
         row.status, row.lease_owner, row.lease_expires_at = status, None, None
+        return True
+
+    def release(self, did, owner, attempt, reason, now) -> bool:
+        self.writes += 1
+        row = self.rows[did]
+        if not (row.status is DeliveryStatus.SENDING and row.lease_owner == owner and row.attempts == attempt):
+            return False
+        row.status, row.attempts, row.last_error = DeliveryStatus.FAILED, row.attempts - 1, reason
+        row.lease_owner, row.lease_expires_at = None, None
         return True
 
     def drop(self, did, status, reason, now) -> bool:
@@ -154,22 +166,28 @@ class FakeDeliveryLog:
 
 
 class FakeProvider:
-    """Answers from a script: a str is a provider id, an exception is raised. Records every call."""
+    """A one-provider chain answering from a script: a str is a provider id, an exception is raised.
 
-    def __init__(self, *answers) -> None:
+    Records every call and the provider each was pinned to.
+    """
+
+    def __init__(self, *answers, name: str = "fake") -> None:
         self.answers = list(answers)
+        self.name = name
         self.calls: list = []
+        self.pins: list[str | None] = []
         self.during = None  # a callable run inside the call, e.g. to simulate a parallel copy
 
-    def send(self, content) -> str:
+    def send(self, content, pinned: str | None = None) -> Accepted:
         self.calls.append(content)
+        self.pins.append(pinned)
         if self.during is not None:
             hook, self.during = self.during, None
             hook()
         answer = self.answers.pop(0) if self.answers else "provider-id"
         if isinstance(answer, BaseException):
             raise answer
-        return answer
+        return Accepted(self.name, answer)
 
 
 class FakeOwner:

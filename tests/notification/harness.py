@@ -38,6 +38,7 @@ class FakePush:
         self.block: dict[str, threading.Event] = {}
         self.arrived: dict[str, threading.Event] = {}
         self.delay = 0.0  # seconds every answer takes (a slow provider)
+        self.outage = False  # while set, every call is answered 503 (a provider outage)
         self.lock = threading.Lock()
         fake = self
 
@@ -54,6 +55,8 @@ class FakePush:
                     fake.requests.append(record)
                     answers = fake.script.get(token) or []
                     status, headers = answers.pop(0) if answers else (200, {})
+                    if fake.outage:
+                        status, headers = 503, {}
                     gate = fake.block.pop(token, None)
                 if token in fake.arrived:
                     fake.arrived[token].set()

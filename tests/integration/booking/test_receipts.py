@@ -95,11 +95,15 @@ def receipt(booking_id: str, nid: str, channel: str, sequence: int, status: str,
 
 
 def story(booking_id: str, nid: str) -> list[dict]:
-    """push: 503 (retrying), 503 (retrying), sent on the third attempt; email: sent at once."""
+    """push: 503 (retrying), 503 (retrying), sent on the third attempt by push_http; email: sent at once.
+
+    The e-mail receipt has no ``provider`` (a notification service from before issue 17).
+    """
     return [
         receipt(booking_id, nid, "push", 1, "retrying", 1, reason="push_http provider answered 503"),
         receipt(booking_id, nid, "push", 2, "retrying", 2, reason="push_http provider answered 503"),
-        receipt(booking_id, nid, "push", 3, "sent", 3, provider_message_id="projects/fake/messages/3"),
+        receipt(booking_id, nid, "push", 3, "sent", 3, provider_message_id="projects/fake/messages/3",
+                provider="push_http"),
         receipt(booking_id, nid, "email", 1, "sent", 1, provider_message_id="<m-1@example.org>"),
     ]
 
@@ -132,6 +136,8 @@ def test_the_timeline_shows_each_channel_current_status_attempts_and_history(cli
     assert [h["status"] for h in push["history"]] == ["retrying", "retrying", "sent"]
     assert push["last_change_at"] == "2030-05-01T12:00:03Z" and push["recipient"] == "tok-…-1"
     assert push["provider_message_id"] == "projects/fake/messages/3"
+    assert push["provider"] == "push_http"  # the provider that took it, from the receipt
+    assert {d["channel"]: d for d in confirmation["deliveries"]}["email"]["provider"] is None
 
 
 def test_duplicated_and_reordered_receipts_give_the_same_timeline(client, session_factory, broker, consumer):
@@ -225,6 +231,7 @@ def test_the_timeline_needs_a_key_and_a_booking_and_is_documented(client):
     operation = spec["paths"]["/v1/bookings/{booking_id}/notifications"]["get"]
     assert {"200", "401", "404"} <= set(operation["responses"])
     assert "BookingNotifications" in spec["components"]["schemas"]
+    assert "provider" in spec["components"]["schemas"]["DeliveryStatus"]["properties"]
 
 
 def test_receipts_wait_in_the_queue_while_the_database_is_away(postgres_admin_url, broker):

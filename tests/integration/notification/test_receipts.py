@@ -112,7 +112,7 @@ def joined_row(**overrides):
                       f"(owner {EMAIL}, cc bob@example.com)",
                provider_message_id=None, occurred_at="2030-05-01 12:00:00.000000", notification_id=str(uuid.uuid4()),
                channel="push", address=TOKEN, booking_id=str(uuid.uuid4()), booking_version=2,
-               event="booking.confirmed", correlation_id="req-7")
+               event="booking.confirmed", correlation_id="req-7", provider=None)
     row.update(overrides)
     return types.SimpleNamespace(**row)
 

@@ -24,7 +24,8 @@ from tests.support import free_port
 REPO = pathlib.Path(__file__).resolve().parents[3]
 #: Values the task names as the ones an operator gets wrong.
 BAD_VALUES = [("NOTIFICATION_MAX_RETRIES", "abc"), ("EMAIL_BACKEND", "carrier pigeon"),
-              ("NOTIFICATION_LOG_LEVEL", "LOUD"), ("SMTP_STARTTLS", "maybe"), ("NOTIFICATION_METRICS_PORT", "-1")]
+              ("NOTIFICATION_LOG_LEVEL", "LOUD"), ("SMTP_STARTTLS", "maybe"), ("NOTIFICATION_METRICS_PORT", "-1"),
+              ("EMAIL_HTTP_RATE_LIMIT", "-1"), ("NOTIFICATION_RATE_LIMIT_MAX_WAIT_SECONDS", "soon")]
 
 
 @pytest.fixture(autouse=True)

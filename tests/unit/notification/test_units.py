@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
-import socketserver
 import ssl
 import subprocess
-import sys
-import threading
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -32,6 +29,7 @@ from notification_service.providers import (
 )
 from notification_service.rendering.templates import locale_chain, render
 from notification_service.settings import ConfigError, Settings
+from tests.notification.fake_smtp import serve_smtp as _serve_smtp
 from tests.support import wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
@@ -179,63 +177,6 @@ def test_file_sink_overwrites_same_delivery(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["d-2.eml"]
     text = (tmp_path / "d-2.eml").read_text()
     assert "X-Notification-Id: n" in text and "Message-ID: <d-2@example.org>" in text
-
-
-class _SmtpHandler(socketserver.StreamRequestHandler):
-    """A tiny ESMTP server: EHLO, STARTTLS (when the server has a TLS context), AUTH, MAIL/RCPT/DATA."""
-
-    def handle(self):
-        tls = self.server.tls
-        self.wfile.write(b"220 fake ESMTP\r\n")
-        data_mode, lines = False, []
-        while True:
-            raw = self.rfile.readline()
-            if not raw:
-                return
-            line = raw.decode().rstrip("\r\n")
-            if data_mode:
-                if line == ".":
-                    data_mode = False
-                    self.server.messages.append("\n".join(lines))
-                    self.wfile.write(b"250 queued\r\n")
-                else:
-                    lines.append(line)
-                continue
-            verb = line.split(" ")[0].upper()
-            if verb == "EHLO":
-                starttls = b"250-STARTTLS\r\n" if tls and not isinstance(self.connection, ssl.SSLSocket) else b""
-                self.wfile.write(b"250-fake\r\n" + starttls + b"250 AUTH PLAIN LOGIN\r\n")
-            elif verb == "STARTTLS":
-                self.wfile.write(b"220 go ahead\r\n")
-                self.connection = tls.wrap_socket(self.connection, server_side=True)
-                self.rfile = self.connection.makefile("rb")
-                self.wfile = socketserver._SocketWriter(self.connection)
-            elif verb == "AUTH":
-                self.server.auth.append((line, isinstance(self.connection, ssl.SSLSocket)))
-                self.wfile.write(b"235 ok\r\n")
-            elif verb == "RCPT" and "reject" in line:
-                self.wfile.write(b"550 no such user\r\n")
-            elif verb == "DATA":
-                data_mode = True
-                self.wfile.write(b"354 go\r\n")
-            elif verb == "QUIT":
-                self.wfile.write(b"221 bye\r\n")
-                return
-            else:
-                self.wfile.write(b"250 ok\r\n")
-
-
-class _SmtpServer(socketserver.ThreadingTCPServer):
-    def handle_error(self, request, client_address):
-        # e.g. the client refusing our certificate: kept for the test to see, not printed
-        self.errors.append(sys.exc_info()[1])
-
-
-def _serve_smtp(tls: ssl.SSLContext | None):
-    server = _SmtpServer(("127.0.0.1", 0), _SmtpHandler)
-    server.messages, server.auth, server.errors, server.tls = [], [], [], tls
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 @pytest.fixture
