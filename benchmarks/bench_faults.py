@@ -3,6 +3,10 @@
     .venv/bin/python benchmarks/bench_faults.py [--rate 20] [--duration 120] [--database sqlite|postgresql]
         [--faults worker@25,receipts@35,relay@45,broker@60,worker@80 | none] [--workers split|single] [--keep-logs]
     .venv/bin/python benchmarks/bench_faults.py --scenario rate-limit [--limit 50] [--send-workers 2]
+    .venv/bin/python benchmarks/bench_faults.py --scenario primary-down|all-down [--provider-outage WHO@START:SECONDS]
+        [--outage-mode refuse|503|refuse-503] [--email-providers http,file]
+
+Provider outages (issue 17's scenarios (a) and (b)): see ``provider_faults.py``.
 
 Every part of the mesh is a separate process: the booking API (gunicorn), the
 outbox relay, the receipts consumer and the Celery workers as the Procfile runs them (a dispatch
@@ -113,12 +117,13 @@ class Call:
     event: str | None
     notification_id: str | None
     outcome: str             # "503" | "429" | "ok" | "hang" (past the client's timeout, then accepted) | "truncated"
+    #                          | "file" (written by the file sink: provider_faults.py)
     arrived: float           # monotonic
     answered: float          # monotonic; for accepted calls, the moment of acceptance
 
     @property
     def accepted(self) -> bool:
-        return self.outcome in ("ok", "hang")
+        return self.outcome in ("ok", "hang", "file")
 
 
 class FakeProvider:
@@ -192,7 +197,7 @@ class FakeProvider:
             key = self.accepted_keys_by_booking.get((booking_id, channel))
             return self.first_accept.get(key) if key else None
 
-    def _server(self) -> ThreadingHTTPServer:
+    def _server(self, port: int = 0) -> ThreadingHTTPServer:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -258,7 +263,7 @@ class FakeProvider:
             def handle_error(self, request, client_address):
                 fake.server_errors += 1  # a client that vanished mid-request (SIGKILL): not our problem
 
-        return Server(("127.0.0.1", 0), Handler)
+        return Server(("127.0.0.1", port), Handler)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -799,9 +804,12 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=10.0,
                         help="seconds to keep watching for late duplicates after draining")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--scenario", choices=["faults", "rate-limit"], default="faults",
-                        help="faults (table 3: failing providers, killed processes) or rate-limit (scenario (c): a "
-                             "provider limited to --limit calls/s per channel, a backlog drained through the limit)")
+    from benchmarks import provider_faults  # here: it imports this module's classes
+
+    parser.add_argument("--scenario", choices=["faults", "rate-limit", *provider_faults.SCENARIOS], default="faults",
+                        help="faults (table 3: failing providers, killed processes), rate-limit (scenario (c): a "
+                             "provider limited to --limit calls/s per channel, a backlog drained through the limit), "
+                             "primary-down (a) or all-down (b): provider outages (provider_faults.py)")
     parser.add_argument("--limit", type=float, default=50.0,
                         help="rate-limit: the provider's limit, accepted calls per channel in any second")
     parser.add_argument("--worker-limit", type=float, default=None,
@@ -809,7 +817,9 @@ def main() -> None:
     parser.add_argument("--send-workers", type=int, default=1,
                         help="send worker processes (split layout), sharing the rate limit (default 1)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the temporary folder with every process's log")
+    provider_faults.add_arguments(parser, sys.argv[1:])
     args = parser.parse_args()
+    outage = provider_faults.parse_outage(args.provider_outage, args.outage_mode)
     if args.hang is None:
         args.hang = args.http_timeout + 1.0
     if args.concurrency is None:
@@ -841,8 +851,12 @@ def main() -> None:
         broker.start()
         log(None, f"private RabbitMQ node {broker.node_name} on 127.0.0.1:{broker.port} "
                   f"(started in {time.monotonic() - began:.1f} s)")
-        provider = FakeProvider(args.p503, args.phang, args.hang, args.seed,
-                                limit=args.limit if rate_limit else 0).start()
+        if provider_faults.wanted(args):
+            provider = provider_faults.OutageProvider(args.p503, args.phang, args.hang, args.seed,
+                                                      tmp / "email-files").start()
+        else:
+            provider = FakeProvider(args.p503, args.phang, args.hang, args.seed,
+                                    limit=args.limit if rate_limit else 0).start()
         api_port = free_port()
         env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
         env.update({
@@ -867,6 +881,8 @@ def main() -> None:
         })
         if rate_limit:
             env.update({name: str(args.worker_limit) for name in ("EMAIL_HTTP_RATE_LIMIT", "PUSH_HTTP_RATE_LIMIT")})
+        if isinstance(provider, provider_faults.OutageProvider):
+            env.update(provider_faults.worker_env(args, provider))
         mesh = Mesh(tmp, env, args.workers, args.concurrency, args.worker_nice, args.send_workers)
         workers_text = (f"workers: dispatch -c 8 + {args.send_workers} x send -c {args.concurrency}"
                         if args.workers == "split" else
@@ -889,6 +905,8 @@ def main() -> None:
                   f"{args.database}, provider 503 {args.p503:.0%} / hang {args.phang:.0%} ({args.hang:g} s, timeout "
                   f"{args.http_timeout:g} s), {workers_text}")
         log(None, "fault plan: " + (", ".join(f"{kind}@{at:.0f}s" for at, kind in plan) or "none"))
+        if outage is not None:
+            log(None, f"provider outage: {outage.describe()}")
         if rate_limit:
             for name in mesh.senders:
                 mesh.kill(name)
@@ -906,6 +924,14 @@ def main() -> None:
                                                                  worker_kills), name="faults", daemon=True)
         load_thread.start()
         fault_thread.start()
+        if outage is not None and isinstance(provider, provider_faults.OutageProvider):
+
+            def note(text: str) -> None:
+                timeline.append(FaultEvent(time.monotonic() - t0, text))
+                log(t0, text)
+
+            threading.Thread(target=provider_faults.run_outage, args=(outage, t0, stop, provider, note),
+                             name="outage", daemon=True).start()
         load_max = 0.0
         next_report = t0 + 10
         while load_thread.is_alive():
@@ -1176,6 +1202,11 @@ def main() -> None:
                       f"within 10 % of the limit ({rate:.1f}/s against {args.limit:g}/s)")
         else:
             print(f"TARGET {'MET' if p95 <= 10 else 'MISSED'}: p95 commit → accepted <= 10 s (p95 {p95:.2f} s)")
+        if provider_faults.wanted(args):
+            provider_faults.report(args, outage, t0, wall_t0, tmp, our_calls, expected, accepted_items, committed,
+                                   dead=len(dead_unsent) + len(dead_although_accepted), lost=len(lost),
+                                   duplicated=len(dups["unexplained"]), drained=drained_at is not None,
+                                   overflows=getattr(getattr(provider, "watcher", None), "overflows", 0))
         if args.keep_logs:
             print(f"\nlogs kept in {tmp}")
     except KeyboardInterrupt:
