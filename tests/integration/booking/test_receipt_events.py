@@ -18,7 +18,7 @@ import shared
 import shared.receipts
 from booking_service.core import contact_issues
 from booking_service.storage.models import NotificationReceipt, OutboxMessage
-from tests.booking.fixtures import AUTH
+from tests.booking.fixtures import AUTH, booking_body
 from tests.integration.booking import test_receipts
 from tests.integration.booking.test_receipts import deliveries, new_booking, publish, receipt
 from tests.support import queue_depth, wait_for
@@ -189,3 +189,10 @@ def test_an_unknown_future_status_is_shown_as_it_came_and_not_dead_lettered(clie
     email = deliveries(client, booking_id)["email"]
     assert [s for _, s, _ in history(email)] == ["sent", FUTURE_STATUS] and email["status"] == FUTURE_STATUS
     assert booking_issues(client, booking_id) == []
+
+
+def test_a_new_booking_has_no_contact_issue_and_its_create_answer_is_what_a_read_shows(client):
+    created = client.post("/v1/bookings", json=booking_body(), headers=AUTH)
+    assert created.status_code == 201, created.text
+    assert created.json["contact_issues"] == []
+    assert client.get(f"/v1/bookings/{created.json['id']}", headers=AUTH).json == created.json
