@@ -196,3 +196,14 @@ def test_a_new_booking_has_no_contact_issue_and_its_create_answer_is_what_a_read
     assert created.status_code == 201, created.text
     assert created.json["contact_issues"] == []
     assert client.get(f"/v1/bookings/{created.json['id']}", headers=AUTH).json == created.json
+
+
+def test_the_openapi_document_describes_contact_issues_and_the_new_statuses(client):
+    schemas = client.get("/openapi.json").json["components"]["schemas"]
+    booking = schemas["Booking"]
+    assert "contact_issues" in booking["required"]
+    assert booking["properties"]["contact_issues"]["type"] == "array"
+    described = booking["properties"]["contact_issues"]["description"]
+    assert all(issue in described for issue in set(contact_issues.ISSUES.values()))
+    step = schemas["ReceiptStep"]["properties"]["status"]["description"]
+    assert all(status in step for status in ("delivered", "bounced", "complained", "suppressed", "open set"))
