@@ -39,6 +39,10 @@ NOTIFICATION_STATUS_VERSIONS = (1,)
 #: scheduled; ``dead``: given up (in a dead-letter queue); ``stale``: older than a processed
 #: cancellation, never sent; ``expired``: its moment passed (a reminder after the start).
 RECEIPT_STATUSES = ("sent", "retrying", "dead", "stale", "expired")
+#: What a consumer accepts as a status: statuses are an open set for consumers (a producer one version
+#: ahead may report one this consumer does not know; it is stored and shown, never dead-lettered), while
+#: producers send only ``RECEIPT_STATUSES``. Bounded and plain so that an unknown one is harmless to store and show.
+STATUS_PATTERN = r"^[a-z_]{1,32}$"
 #: Statuses after which a delivery does not change again unless an operator replays it.
 FINAL_RECEIPT_STATUSES = ("sent", "stale", "expired")
 #: Longest ``reason``.
@@ -96,6 +100,16 @@ class OccurredAt(AwareDateTime):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+def _status(*, strict: bool) -> fields.String:
+    """The producer sends a status it knows (``RECEIPT_STATUSES``); a consumer takes any well-formed one."""
+    if strict:
+        return fields.String(required=True, validate=validate.OneOf(RECEIPT_STATUSES))
+    return fields.String(required=True,
+                         validate=_WholeValue(STATUS_PATTERN, error="Must be a status: 1 to 32 of a-z and _."),
+                         metadata={"description": "An open set for consumers: a status they do not know is stored "
+                                                  "and shown, never refused (producers send RECEIPT_STATUSES)."})
+
+
 def _schema(unknown: Literal["exclude", "raise"]) -> type[Schema]:
     class Base(Schema):
         class Meta:
@@ -121,7 +135,7 @@ def _schema(unknown: Literal["exclude", "raise"]) -> type[Schema]:
             required=True,
             validate=[_WholeValue(MASKED_RECIPIENT_PATTERN, error="Must be a masked address."), _unicode_text],
             metadata={"description": "Masked address (a***@example.org, devi…42); never the address."})
-        status = fields.String(required=True, validate=validate.OneOf(RECEIPT_STATUSES))
+        status = _status(strict=unknown == RAISE)
         attempt = _integer(0, "Provider attempts so far (0: never tried).")
         sequence = _integer(1, "Per delivery, gapless from 1: apply in this order; highest = current.")
         occurred_at = OccurredAt(required=True, metadata={

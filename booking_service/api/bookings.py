@@ -29,6 +29,7 @@ from booking_service.api.schemas import (
     pagination_metadata,
 )
 from booking_service.core import bookings
+from booking_service.core.contact_issues import BookingWithIssues, with_contact_issues
 from booking_service.core.errors import Conflict, IdempotencyMismatch
 from booking_service.storage.models import IdempotencyKey
 
@@ -72,6 +73,10 @@ def _replay(session, key: str, request_hash: str):
     return response
 
 
+def _shown(booking) -> BookingWithIssues:
+    return with_contact_issues(db_session(), [booking])[0]
+
+
 @blp.route("")
 class BookingCollection(MethodView):
     @blp.arguments(BookingQuerySchema, location="query")
@@ -84,7 +89,8 @@ class BookingCollection(MethodView):
             sa.select(sa.func.count()).select_from(select.order_by(None).subquery())
         ).scalar_one()
         rows = db_session().execute(select.offset((page - 1) * page_size).limit(page_size)).scalars().all()
-        return rows, {"X-Pagination": json.dumps(pagination_metadata(page, page_size, total))}
+        pages = json.dumps(pagination_metadata(page, page_size, total))
+        return with_contact_issues(db_session(), rows), {"X-Pagination": pages}
 
     @blp.arguments(CREATE_SCHEMA)
     @blp.response(201, BookingSchema, headers=CREATED_HEADERS)
@@ -136,8 +142,8 @@ class BookingItem(MethodView):
     @blp.response(200, BookingSchema)
     @blp.doc(responses=error_responses(404))
     def get(self, booking_id):
-        """Read one booking."""
-        return bookings.get(db_session(), str(booking_id))
+        """Read one booking, with its contact issues (what its notifications' receipts say about the address)."""
+        return _shown(bookings.get(db_session(), str(booking_id)))
 
     @blp.arguments(BookingRescheduleSchema)
     @blp.response(200, BookingSchema)
@@ -151,7 +157,7 @@ class BookingItem(MethodView):
         with db_session().begin():
             booking = bookings.reschedule(db_session(), str(booking_id), data["starts_at"], data["ends_at"],
                                           g.request_id, _lead(), _settings().max_reschedules)
-        return booking
+        return _shown(booking)
 
 
 @blp.route("/<uuid:booking_id>/cancel")
@@ -162,4 +168,4 @@ class BookingCancel(MethodView):
         """Cancel: the customer is told, and the pending reminder is withdrawn."""
         with db_session().begin():
             booking = bookings.cancel(db_session(), str(booking_id), g.request_id)
-        return booking
+        return _shown(booking)

@@ -23,6 +23,11 @@ from shared.messages import AwareDateTime
 #: How the reason of a receipt reaches a client.
 PLAIN_TEXT = "Plain text from the notification service, at most 200 characters; escape it before showing it as HTML"
 
+#: The statuses a receipt reports, as the timeline shows them.
+STATUSES = ("sent (the provider took it) | delivered | bounced | complained (marked as spam) | suppressed (not "
+            "sent: the address is on the suppression list) | retrying | dead | stale | expired. An open set: a "
+            "status a newer notification service reports is shown as it came; show an unknown one as text")
+
 blp = Blueprint("notifications", __name__, url_prefix="/v1/bookings",
                 description="What became of a booking's notifications (delivery receipts)")
 blp.before_request(require_api_key)
@@ -30,7 +35,7 @@ blp.before_request(require_api_key)
 
 class ReceiptStepSchema(Schema):
     sequence = fields.Integer(metadata={"description": "Per delivery, from 1, in the order things happened"})
-    status = fields.String(metadata={"description": "sent | retrying | dead | stale | expired"})
+    status = fields.String(metadata={"description": STATUSES})
     attempt = fields.Integer()
     occurred_at = AwareDateTime()
     reason = fields.String(allow_none=True, metadata={"description": PLAIN_TEXT})
@@ -41,11 +46,12 @@ class DeliveryStatusSchema(Schema):
     channel = fields.String(metadata={"description": "email | push"})
     recipient = fields.String(metadata={"description": "Masked address: a***@example.org, devi…42 (*** when a stored "
                                                        "one no longer reads as a mask)"})
-    status = fields.String(metadata={"description": "Current status: the receipt with the highest sequence"})
+    status = fields.String(metadata={
+        "description": f"Current status: the receipt with the highest sequence. {STATUSES}"})
     attempts = fields.Integer(metadata={"description": "Provider attempts so far"})
     last_change_at = AwareDateTime()
     reason = fields.String(allow_none=True,
-                           metadata={"description": f"Why (retrying, dead, stale, expired). {PLAIN_TEXT}"})
+                           metadata={"description": f"Why (retrying, dead, stale, expired, bounced …). {PLAIN_TEXT}"})
     provider_message_id = fields.String(allow_none=True)
     provider = fields.String(allow_none=True, metadata={
         "description": "The provider that took the message (email_http, email_smtp, email_file, push_http, push_file), "

@@ -155,6 +155,15 @@ class _Columns(fields.Nested):
         return obj
 
 
+#: What ``contact_issues`` of a booking means (core/contact_issues.py derives it).
+CONTACT_ISSUES = (
+    "What the receipts of the booking's notifications say about the customer's contact, newest delivery per channel "
+    "and address: email_bounced | email_complained (marked as spam) | email_suppressed (not sent: on the "
+    "notification service's suppression list) | push_token_unregistered | push_token_suppressed. Empty when there is "
+    "no problem; never the address itself."
+)
+
+
 class BookingSchema(Schema):
     id = fields.UUID(required=True)
     status = fields.String(required=True, validate=validate.OneOf(["confirmed", "cancelled"]))
@@ -166,6 +175,7 @@ class BookingSchema(Schema):
     notes = fields.String(required=True, allow_none=True)
     created_at = AwareDateTime(required=True)
     updated_at = AwareDateTime(required=True)
+    contact_issues = fields.List(fields.String(), required=True, metadata={"description": CONTACT_ISSUES})
 
 
 def booking_document(values: Mapping[str, Any]) -> dict:
@@ -191,6 +201,7 @@ def booking_document(values: Mapping[str, Any]) -> dict:
         "notes": values["notes"],
         "created_at": iso_utc(values["created_at"]),
         "updated_at": iso_utc(values["updated_at"]),
+        "contact_issues": [],  # a new booking has no receipt yet
     }
 
 

@@ -124,8 +124,9 @@ class NotificationReceipt(Base):
     channel: Mapped[str] = mapped_column(sa.String(16), nullable=False)
     #: Masked by the notification service (a***@example.org, devi…42).
     recipient: Mapped[str] = mapped_column(sa.String(300), nullable=False)
-    #: sent | retrying | dead | stale | expired
-    status: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    #: sent | retrying | dead | stale | expired | delivered | bounced | complained | suppressed, or one this
+    #: service does not know yet (an open set, ``shared.receipts.STATUS_PATTERN``: at most 32 characters).
+    status: Mapped[str] = mapped_column(sa.String(32), nullable=False)
     attempt: Mapped[int] = mapped_column(sa.Integer, nullable=False)
     reason: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
     provider_message_id: Mapped[str | None] = mapped_column(sa.String(500), nullable=True)

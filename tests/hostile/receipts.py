@@ -65,6 +65,12 @@ def cases(valid: dict, other: dict) -> list[Case]:
         Case("r-nul-in-recipient", _body(valid, recipient="g***@exa\x00mple.org"), "recipient"),
         Case("r-html-recipient", _body(valid, recipient="g***@<script>alert(1)</script>"), "recipient"),
         Case("r-recipient-final-newline", _body(valid, recipient="g***@example.org\n"), "recipient"),
+        # Statuses are an open set for the consumer (issue 18), but a status stays a plain bounded word: a
+        # status a newer producer invents is stored and shown; markup, a line break or a paragraph is not.
+        Case("r-status-with-markup", _body(valid, status="Delivered<script>", sequence=2), "status"),
+        Case("r-status-final-newline", _body(valid, status="delivered\n", sequence=2), "status"),
+        Case("r-status-33-characters", _body(valid, status="d" * 33, sequence=2), "status"),
+        Case("r-status-not-a-string", _body(valid, status=["sent"], sequence=2), "status"),
         # Bodies the JSON parser cannot take.
         Case("r-brackets-60000", b"[" * 60_000, "not JSON"),
         Case("r-deep-unknown-field", _body(valid, "[" * 30_000 + "]" * 30_000, surprise=_RAW), "not JSON"),
