@@ -38,9 +38,15 @@ NOTIFICATION_STATUS_VERSIONS = (1,)
 #: The statuses a receipt reports. ``retrying``: an attempt failed transiently and a retry is
 #: scheduled; ``dead``: given up (in a dead-letter queue); ``stale``: older than a processed
 #: cancellation, never sent; ``expired``: its moment passed (a reminder after the start).
-RECEIPT_STATUSES = ("sent", "retrying", "dead", "stale", "expired")
-#: Statuses after which a delivery does not change again unless an operator replays it.
-FINAL_RECEIPT_STATUSES = ("sent", "stale", "expired")
+#: Added in place (additive, still version 1) from the providers' events: ``delivered`` (the mailbox took
+#: it), ``bounced`` (a hard bounce: the address does not exist), ``complained`` (marked as spam), and
+#: ``suppressed`` (never sent: the address or token is on the suppression list). A consumer one version
+#: behind must treat a status it does not know as a later event of the delivery, never as a poison message.
+RECEIPT_STATUSES = ("sent", "retrying", "dead", "stale", "expired", "delivered", "bounced", "complained",
+                    "suppressed")
+#: Statuses after which a delivery is never sent again (``sent`` may still be followed by the provider's
+#: events: ``delivered``, ``bounced``, ``complained``).
+FINAL_RECEIPT_STATUSES = ("sent", "stale", "expired", "delivered", "bounced", "complained", "suppressed")
 #: Longest ``reason``.
 MAX_REASON_LENGTH = 200
 #: Characters a masked recipient never shows besides whitespace: control characters (NUL broke
@@ -131,7 +137,8 @@ def _schema(unknown: Literal["exclude", "raise"]) -> type[Schema]:
             metadata={"description": "Request id of the booking call that caused the notification."})
         reason = fields.String(
             load_default=None, allow_none=True, validate=[validate.Length(max=MAX_REASON_LENGTH), *_TEXT],
-            metadata={"description": "Why (retrying, dead, stale, expired); no personal data."})
+            metadata={"description": "Why (retrying, dead, stale, expired, bounced, complained, suppressed); "
+                                     "no personal data."})
         provider_message_id = fields.String(
             load_default=None, allow_none=True, validate=[validate.Length(max=500), *_TEXT],
             metadata={"description": "The provider's id of the sent message, where there is one."})
