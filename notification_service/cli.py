@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from notification_service.settings import EXIT_CONFIG, ConfigError, Settings
+from notification_service.suppressions import commands as suppression_commands
 
 DEFINITIONS_PATH = pathlib.Path("deploy/rabbitmq/definitions.json")
 
@@ -292,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="notification-service", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{migrate,status,dlq,topology}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{migrate,status,dlq,topology,suppressions}")
     sub.add_parser("migrate", help="alembic upgrade head on NOTIFICATION_DATABASE_URL",
                    description="Create or upgrade the delivery log tables (alembic upgrade head).")
     status = sub.add_parser("status", help="print the delivery log rows of one notification",
@@ -344,10 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "consumers is refused). Idempotent: run it again after an interruption. Needs a "
                                 "user that may configure every queue (the broker's administrator). stdout: "
                                 "JSON of what was moved and deleted.")
+    suppression_commands.add_parser(sub)
     return parser
 
 
-COMMANDS = {"migrate": cmd_migrate, "status": cmd_status, "dlq": cmd_dlq, "topology": cmd_topology}
+COMMANDS = {"migrate": cmd_migrate, "status": cmd_status, "dlq": cmd_dlq, "topology": cmd_topology,
+            "suppressions": suppression_commands.cmd_suppressions}
 
 
 def main(argv: list[str] | None = None) -> int:

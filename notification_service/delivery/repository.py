@@ -29,6 +29,7 @@ from notification_service.delivery.engine import make_engine
 from notification_service.delivery.machine import (
     STALE_REASON,
     SUPERSEDED_REASON,
+    SUPPRESSED_REASON,
     BookingRef,
     Claim,
     ClaimResult,
@@ -152,13 +153,16 @@ class SqlDeliveryLog:
 
     # -- one send ---------------------------------------------------------------
 
-    def claim(self, delivery_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim:
+    def claim(self, delivery_id: str, owner: str, now: datetime, lease_until: datetime, *,
+              address_hash: str | None = None) -> Claim:
         return self._lease("claim", {"did": delivery_id, "owner": owner, "until": self.time(lease_until),
-                                     "now": self.time(now)})
+                                     "now": self.time(now), "ahash": address_hash})
 
-    def take_over(self, delivery_id: str, dead_owner: str, owner: str, now: datetime, lease_until: datetime) -> Claim:
+    def take_over(self, delivery_id: str, dead_owner: str, owner: str, now: datetime, lease_until: datetime, *,
+                  address_hash: str | None = None) -> Claim:
         return self._lease("take_over", {"did": delivery_id, "dead": dead_owner, "owner": owner,
-                                         "until": self.time(lease_until), "now": self.time(now)})
+                                         "until": self.time(lease_until), "now": self.time(now),
+                                         "ahash": address_hash})
 
     def _lease(self, statement: str, params: dict) -> Claim:
         """Run the leasing ``statement``; CLAIMED with the new attempt, or why the delivery is not ours."""
@@ -169,29 +173,31 @@ class SqlDeliveryLog:
             row = cur.fetchone()
             if row is not None:
                 return Claim(ClaimResult.CLAIMED, attempt=row[0], provider=row[1])
-            return self._why_not(cur, params["did"], params["now"], params.get("dead"))
+            return self._why_not(cur, params["did"], params["now"], params.get("dead"), params["ahash"])
 
-    def _why_not(self, cur, delivery_id: str, ts, dead_owner: str | None) -> Claim:
+    def _why_not(self, cur, delivery_id: str, ts, dead_owner: str | None, address_hash: str | None) -> Claim:
         """The rare path: classify a failed claim, and record a stale delivery as such.
 
         A stale delivery is recorded stale at once unless a live attempt holds it (a lease that
         has not ended, of an owner not known dead): a copy never waits for a lease that has
-        ended, nor for one whose owner is gone.
+        ended, nor for one whose owner is gone. A suppressed address is recorded ``suppressed`` the same way.
         """
-        cur.execute(self.sql["why_not"], {"did": delivery_id})
+        cur.execute(self.sql["why_not"], {"did": delivery_id, "now": ts, "ahash": address_hash})
         row = cur.fetchone()
         if row is None:
             return Claim(ClaimResult.MISSING)
-        status, attempts, owner, expires, cancelled, superseded = row
+        status, attempts, owner, expires, cancelled, superseded, suppressed = row
         if status in _FINAL:
             return Claim(ClaimResult.FINAL)
-        if cancelled or superseded:
-            reason = STALE_REASON if cancelled else SUPERSEDED_REASON
-            cur.execute(self.sql["mark_stale"], {"did": delivery_id, "now": ts, "reason": reason, "dead": dead_owner})
+        if cancelled or superseded or suppressed:
+            reason = STALE_REASON if cancelled else SUPERSEDED_REASON if superseded else SUPPRESSED_REASON
+            marked_as = DeliveryStatus.STALE if cancelled or superseded else DeliveryStatus.SUPPRESSED
+            cur.execute(self.sql["mark_stale"], {"did": delivery_id, "now": ts, "reason": reason, "dead": dead_owner,
+                                                 "status": marked_as.value})
             marked = cur.fetchone()
             if marked is not None:
-                self._receipt(cur, delivery_id, marked, "stale", ts, reason=reason)
-                return Claim(ClaimResult.STALE)
+                self._receipt(cur, delivery_id, marked, marked_as.value, ts, reason=reason)
+                return Claim(ClaimResult.STALE if marked_as is DeliveryStatus.STALE else ClaimResult.SUPPRESSED)
         if status == DeliveryStatus.SENDING.value:
             return Claim(ClaimResult.LEASED, attempt=attempts, lease_owner=owner, lease_expires_at=aware(expires))
         cur.execute(self.sql["older_in_flight"], {"did": delivery_id, "now": ts})
@@ -244,7 +250,7 @@ class SqlDeliveryLog:
             if row is not None:
                 self._receipt(cur, delivery_id, row, status.value, ts, reason=reason)
                 return True
-            cur.execute(self.sql["why_not"], {"did": delivery_id})
+            cur.execute(self.sql["why_not"], {"did": delivery_id, "now": ts, "ahash": None})
             row = cur.fetchone()
             return row is not None and row[0] in (DeliveryStatus.STALE.value, DeliveryStatus.EXPIRED.value)
 
