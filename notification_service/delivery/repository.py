@@ -75,7 +75,7 @@ class SqlDeliveryLog:
         if self._local.receipts:
             self.receipts_written.set()
 
-    def _receipt(self, cur, delivery_id: str, seq_and_attempt, status: str, ts, *, reason: str | None = None,
+    def write_receipt(self, cur, delivery_id: str, seq_and_attempt, status: str, ts, *, reason: str | None = None,
                  provider_message_id: str | None = None, provider: str | None = None) -> None:
         """Write the receipt of a status change the statement just made (``RETURNING receipt_seq, attempts``)."""
         seq, attempt = seq_and_attempt
@@ -101,13 +101,13 @@ class SqlDeliveryLog:
             if cancelled:
                 cur.execute(self.sql["stale_notification"], {"nid": nid, "now": ts, "reason": STALE_REASON})
                 for did, seq, attempts in cur.fetchall():
-                    self._receipt(cur, did, (seq, attempts), "stale", ts, reason=STALE_REASON)
+                    self.write_receipt(cur, did, (seq, attempts), "stale", ts, reason=STALE_REASON)
                 for channel, address, did in rows:
                     cur.execute(self.sql["insert_delivery"], {
                         **common, "did": did, "channel": channel, "address": address,
                         "status": DeliveryStatus.STALE.value, "error": STALE_REASON, "seq": 1})
                     if cur.fetchall():  # new, and stale from the start: its first receipt
-                        self._receipt(cur, did, (1, 0), "stale", ts, reason=STALE_REASON)
+                        self.write_receipt(cur, did, (1, 0), "stale", ts, reason=STALE_REASON)
                 return Opened(stale=True, pending=[])
             fresh: set[str] = set()
             for channel, address, did in rows:
@@ -122,7 +122,7 @@ class SqlDeliveryLog:
             if newer_seen:  # only then can a newer version's message have been opened
                 cur.execute(self.sql["stale_superseded"], {"nid": nid, "now": ts, "reason": SUPERSEDED_REASON})
                 for did, seq, attempts in cur.fetchall():
-                    self._receipt(cur, did, (seq, attempts), "stale", ts, reason=SUPERSEDED_REASON)
+                    self.write_receipt(cur, did, (seq, attempts), "stale", ts, reason=SUPERSEDED_REASON)
                     superseded.add(did)
         pending = [row for row in rows if row[2] in fresh - superseded]
         return Opened(stale=bool(superseded) and not pending, pending=pending)
@@ -196,7 +196,7 @@ class SqlDeliveryLog:
                                                  "status": marked_as.value})
             marked = cur.fetchone()
             if marked is not None:
-                self._receipt(cur, delivery_id, marked, marked_as.value, ts, reason=reason)
+                self.write_receipt(cur, delivery_id, marked, marked_as.value, ts, reason=reason)
                 return Claim(ClaimResult.STALE if marked_as is DeliveryStatus.STALE else ClaimResult.SUPPRESSED)
         if status == DeliveryStatus.SENDING.value:
             return Claim(ClaimResult.LEASED, attempt=attempts, lease_owner=owner, lease_expires_at=aware(expires))
@@ -216,7 +216,7 @@ class SqlDeliveryLog:
                                                       "provider": provider})
                 row = cur.fetchone()
                 if row is not None:
-                    self._receipt(cur, delivery_id, row, "sent", ts, provider_message_id=provider_message_id,
+                    self.write_receipt(cur, delivery_id, row, "sent", ts, provider_message_id=provider_message_id,
                                   provider=provider)
             else:
                 # Only the attempt that still holds the lease records a failure: never over `sent`,
@@ -227,7 +227,7 @@ class SqlDeliveryLog:
                 row = cur.fetchone()
                 if row is not None:
                     reported = "dead" if status is DeliveryStatus.DEAD else "retrying"
-                    self._receipt(cur, delivery_id, row, reported, ts, reason=error, provider=provider)
+                    self.write_receipt(cur, delivery_id, row, reported, ts, reason=error, provider=provider)
             return row is not None
 
     def release(self, delivery_id: str, owner: str, attempt: int, reason: str, now: datetime) -> bool:
@@ -238,7 +238,7 @@ class SqlDeliveryLog:
                                               "attempt": attempt})
             row = cur.fetchone()
             if row is not None:
-                self._receipt(cur, delivery_id, row, "retrying", ts, reason=reason)
+                self.write_receipt(cur, delivery_id, row, "retrying", ts, reason=reason)
             return row is not None
 
     def drop(self, delivery_id: str, status: DeliveryStatus, reason: str, now: datetime) -> bool:
@@ -248,7 +248,7 @@ class SqlDeliveryLog:
             cur.execute(self.sql["drop"], {"did": delivery_id, "status": status.value, "reason": reason, "now": ts})
             row = cur.fetchone()
             if row is not None:
-                self._receipt(cur, delivery_id, row, status.value, ts, reason=reason)
+                self.write_receipt(cur, delivery_id, row, status.value, ts, reason=reason)
                 return True
             cur.execute(self.sql["why_not"], {"did": delivery_id, "now": ts, "ahash": None})
             row = cur.fetchone()
@@ -265,7 +265,7 @@ class SqlDeliveryLog:
                 cur.execute(self.sql["mark_dead"], {"did": delivery_id, "now": ts, "reason": reason[:2000]})
                 row = cur.fetchone()
                 if row is not None:
-                    self._receipt(cur, delivery_id, row, "dead", ts, reason=reason)
+                    self.write_receipt(cur, delivery_id, row, "dead", ts, reason=reason)
             cur.execute(self.sql["insert_dead_letter"], {
                 "mid": message_id and str(message_id)[:200], "queue": queue and str(queue)[:200],
                 "task": task and str(task)[:200], "reason": reason[:4000], "now": ts})
