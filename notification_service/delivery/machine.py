@@ -56,7 +56,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from notification_service.delivery.status import DeliveryStatus
-from notification_service.errors import ChannelUnavailable, MaybeAccepted, PermanentError, RateLimited
+from notification_service.errors import AddressGone, ChannelUnavailable, MaybeAccepted, PermanentError, RateLimited
 from notification_service.suppressions.keys import content_hash
 
 #: ``last_error`` of deliveries dropped because a newer cancellation was processed.
@@ -67,6 +67,8 @@ SUPERSEDED_REASON = "superseded by a newer version's message"
 EXPIRED_REASON = "expired before it was sent"
 #: ``last_error`` of deliveries never sent because their channel and address are on the suppression list.
 SUPPRESSED_REASON = "on the suppression list"
+#: The suppression list's reason for an address or token the provider said no longer exists.
+GONE_REASON = "unregistered: the provider says the address or token no longer exists"
 
 
 def utcnow() -> datetime:
@@ -130,7 +132,7 @@ class DeliveryLog(Protocol):
 
     def finish(self, delivery_id: str, owner: str, attempt: int, status: DeliveryStatus, now: datetime, *,
                error: str | None = None, provider_message_id: str | None = None,
-               provider: str | None = None) -> bool: ...
+               provider: str | None = None, suppress: str | None = None) -> bool: ...
 
     def release(self, delivery_id: str, owner: str, attempt: int, reason: str, now: datetime) -> bool: ...
 
@@ -239,7 +241,9 @@ def send(job: SendJob, content, *, log: DeliveryLog, provider: Provider, owner: 
     try:
         accepted = provider.send(content, pinned=claim.provider)
     except PermanentError as exc:
-        log.finish(did, owner.id, attempt, DeliveryStatus.DEAD, now(), error=f"permanent: {exc}")
+        # An address the provider says is gone (FCM UNREGISTERED) is suppressed in the same write.
+        log.finish(did, owner.id, attempt, DeliveryStatus.DEAD, now(), error=f"permanent: {exc}",
+                   suppress=GONE_REASON if isinstance(exc, AddressGone) else None)
         raise
     except (ChannelUnavailable, RateLimited) as exc:
         # No provider was called (every breaker open, or no send slot near enough): not an attempt,

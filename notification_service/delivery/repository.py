@@ -207,7 +207,9 @@ class SqlDeliveryLog:
         raise RuntimeError(f"delivery {delivery_id} could not be claimed in state {status!r}")
 
     def finish(self, delivery_id: str, owner: str, attempt: int, status: DeliveryStatus, now: datetime, *,
-               error: str | None = None, provider_message_id: str | None = None, provider: str | None = None) -> bool:
+               error: str | None = None, provider_message_id: str | None = None, provider: str | None = None,
+               suppress: str | None = None) -> bool:
+        """Record an attempt's outcome; ``suppress`` (a reason) also puts the channel and address on the list."""
         ts = self.time(now)
         with self._transaction() as cur:
             if status is DeliveryStatus.SENT:
@@ -228,7 +230,18 @@ class SqlDeliveryLog:
                 if row is not None:
                     reported = "dead" if status is DeliveryStatus.DEAD else "retrying"
                     self.write_receipt(cur, delivery_id, row, reported, ts, reason=error, provider=provider)
+                if suppress:
+                    self._suppress(cur, delivery_id, suppress, ts)
             return row is not None
+
+    def _suppress(self, cur, delivery_id: str, reason: str, ts) -> None:
+        from notification_service.suppressions.keys import address_hash
+        from notification_service.suppressions.store import upsert
+
+        cur.execute(self.sql["address_of"], {"did": delivery_id})
+        channel, address = cur.fetchone()
+        upsert(cur, self.sqlite, channel=channel, ahash=address_hash(channel, address), reason=reason,
+               source="unregistered", now=ts, expires=None)
 
     def release(self, delivery_id: str, owner: str, attempt: int, reason: str, now: datetime) -> bool:
         """Give back an attempt that called no provider: ``failed`` with ``reason``, the attempt not counted."""

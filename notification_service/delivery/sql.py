@@ -122,6 +122,7 @@ SQL = {
                  " RETURNING receipt_seq, attempts",
     "insert_receipt": "INSERT INTO receipts (delivery_id, sequence, status, attempt, reason, provider_message_id,"
                       " occurred_at, provider) VALUES (:did, :seq, :rstatus, :attempt, :reason, :pid, :now, :provider)",
+    "address_of": "SELECT channel, address FROM deliveries WHERE delivery_id = :did",
     "insert_dead_letter": "INSERT INTO dead_letters (message_id, queue, task, reason, created_at)"
                           " VALUES (:mid, :queue, :task, :reason, :now)",
 }

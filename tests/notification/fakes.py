@@ -19,6 +19,7 @@ from notification_service.delivery.status import CLAIMABLE, FINAL, DeliveryStatu
 from notification_service.delivery.supersession import supersedes
 from notification_service.errors import PermanentError, TransientError
 from notification_service.providers.chain import Accepted
+from notification_service.suppressions.keys import address_hash
 
 
 @dataclass
@@ -140,8 +141,10 @@ class FakeDeliveryLog:
         return self._why_not(row, now, dead_owner, address_hash)
 
     def finish(self, did, owner, attempt, status, now, *, error=None, provider_message_id=None,
-               provider=None) -> bool:
+               provider=None, suppress=None) -> bool:
         self.writes += 1
+        if suppress and did in self.rows:
+            self.suppressed.add(address_hash(self.rows[did].channel, self.rows[did].address))
         row = self.rows[did]
         if status is DeliveryStatus.SENT:
             if row.status is DeliveryStatus.SENT:

@@ -7,13 +7,20 @@ import io
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+import responses
+
 from notification_service import cli
 from notification_service.delivery import machine as delivery
 from notification_service.delivery.machine import BookingRef, Outcome, SendJob
 from notification_service.delivery.migrate import upgrade
 from notification_service.delivery.repository import SqlDeliveryLog
 from notification_service.delivery.status import DeliveryStatus
+from notification_service.errors import AddressGone, PermanentError
+from notification_service.providers.chain import ProviderChain
+from notification_service.providers.channels import member
 from notification_service.providers.content import EmailContent, PushContent
+from notification_service.settings import Settings
 from notification_service.suppressions.store import Suppressions
 from tests.notification.fakes import FakeOwner, FakeProvider
 
@@ -96,4 +103,45 @@ def test_the_cli_adds_lists_and_removes_entries_without_ever_printing_the_addres
     shown = out + capsys.readouterr().out + caplog.text
     for secret in (ADA, "ada.lovelace", TOKEN, "old@example.org"):
         assert secret not in shown
+    log.engine.dispose()
+
+
+@pytest.mark.parametrize("status, body", [
+    (404, {"error": {"code": 404, "status": "NOT_FOUND", "details": [{"errorCode": "UNREGISTERED"}]}}),
+    (400, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "details": [{"errorCode": "UNREGISTERED"}]}}),
+])
+def test_fcm_unregistered_records_the_send_dead_and_suppresses_the_token(database_url, status, body, caplog):
+    upgrade(database_url)
+    log = SqlDeliveryLog(database_url)
+    settings = Settings(database_url=database_url, push_backend="http", push_http_url="http://fcm.test/send")
+    chain = ProviderChain("push", [member("push", "http", settings)])
+    did = _opened(log, "push", TOKEN)
+    with responses.RequestsMock() as fcm:
+        fcm.post("http://fcm.test/send", status=status, json=body)
+        with pytest.raises(AddressGone):
+            _send(log, did, PushContent(did, TOKEN, "t", "b"), chain)
+        assert len(fcm.calls) == 1
+    assert [(r.status, r.reason.startswith("permanent")) for r in log.receipts_of(did)] == [("dead", True)]
+    assert Suppressions(log).is_suppressed("push", TOKEN, datetime.now(UTC))
+    assert TOKEN not in (log.receipts_of(did)[0].reason or "")
+    later = _opened(log, "push", TOKEN)
+    with responses.RequestsMock() as fcm:  # no call registered: any HTTP call would fail the test
+        assert _send(log, later, PushContent(later, TOKEN, "t", "b"), chain).outcome is Outcome.SUPPRESSED
+    assert [r.status for r in log.receipts_of(later)] == ["suppressed"]
+    assert TOKEN not in caplog.text
+    log.engine.dispose()
+
+
+def test_any_other_400_is_a_permanent_failure_that_suppresses_nothing(database_url):
+    upgrade(database_url)
+    log = SqlDeliveryLog(database_url)
+    settings = Settings(database_url=database_url, push_backend="http", push_http_url="http://fcm.test/send")
+    chain = ProviderChain("push", [member("push", "http", settings)])
+    did = _opened(log, "push", TOKEN)
+    with responses.RequestsMock() as fcm:
+        fcm.post("http://fcm.test/send", status=400, json={"error": {"status": "INVALID_ARGUMENT"}})
+        with pytest.raises(PermanentError) as raised:
+            _send(log, did, PushContent(did, TOKEN, "t", "b"), chain)
+    assert not isinstance(raised.value, AddressGone)
+    assert not Suppressions(log).is_suppressed("push", TOKEN, datetime.now(UTC))
     log.engine.dispose()
