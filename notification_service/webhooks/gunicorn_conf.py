@@ -28,3 +28,8 @@ def app() -> object:
 
     configure(_settings.log_format, _settings.log_level)
     return create_app(_settings)
+
+
+def post_worker_init(worker):
+    # The worker has loaded the app and accepts from now on.
+    worker.log.info("worker ready (pid %s)", worker.pid)
