@@ -106,15 +106,22 @@ def test_the_cli_adds_lists_and_removes_entries_without_ever_printing_the_addres
     log.engine.dispose()
 
 
+@pytest.fixture
+def fcm_chain(database_url):
+    """The delivery log and a push chain of one FCM-shaped HTTP provider at http://fcm.test/send."""
+    upgrade(database_url)
+    log = SqlDeliveryLog(database_url)
+    settings = Settings(database_url=database_url, push_backend="http", push_http_url="http://fcm.test/send")
+    yield log, ProviderChain("push", [member("push", "http", settings)])
+    log.engine.dispose()
+
+
 @pytest.mark.parametrize("status, body", [
     (404, {"error": {"code": 404, "status": "NOT_FOUND", "details": [{"errorCode": "UNREGISTERED"}]}}),
     (400, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "details": [{"errorCode": "UNREGISTERED"}]}}),
 ])
-def test_fcm_unregistered_records_the_send_dead_and_suppresses_the_token(database_url, status, body, caplog):
-    upgrade(database_url)
-    log = SqlDeliveryLog(database_url)
-    settings = Settings(database_url=database_url, push_backend="http", push_http_url="http://fcm.test/send")
-    chain = ProviderChain("push", [member("push", "http", settings)])
+def test_fcm_unregistered_records_the_send_dead_and_suppresses_the_token(fcm_chain, status, body, caplog):
+    log, chain = fcm_chain
     did = _opened(log, "push", TOKEN)
     with responses.RequestsMock() as fcm:
         fcm.post("http://fcm.test/send", status=status, json=body)
@@ -129,14 +136,10 @@ def test_fcm_unregistered_records_the_send_dead_and_suppresses_the_token(databas
         assert _send(log, later, PushContent(later, TOKEN, "t", "b"), chain).outcome is Outcome.SUPPRESSED
     assert [r.status for r in log.receipts_of(later)] == ["suppressed"]
     assert TOKEN not in caplog.text
-    log.engine.dispose()
 
 
-def test_any_other_400_is_a_permanent_failure_that_suppresses_nothing(database_url):
-    upgrade(database_url)
-    log = SqlDeliveryLog(database_url)
-    settings = Settings(database_url=database_url, push_backend="http", push_http_url="http://fcm.test/send")
-    chain = ProviderChain("push", [member("push", "http", settings)])
+def test_any_other_400_is_a_permanent_failure_that_suppresses_nothing(fcm_chain):
+    log, chain = fcm_chain
     did = _opened(log, "push", TOKEN)
     with responses.RequestsMock() as fcm:
         fcm.post("http://fcm.test/send", status=400, json={"error": {"status": "INVALID_ARGUMENT"}})
