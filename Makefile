@@ -81,6 +81,7 @@ lock: install
 	$(LOCK) pyproject.toml --extra booking -c $(DEV_LOCK) -o deploy/booking/requirements.lock
 	$(LOCK) pyproject.toml --extra notification -c $(DEV_LOCK) -o deploy/notification/requirements.lock
 	$(LOCK) pyproject.toml --extra notification --extra flower -c $(DEV_LOCK) -o deploy/flower/requirements.lock
+	$(LOCK) pyproject.toml --extra notification --extra webhooks -c $(DEV_LOCK) -o deploy/webhooks/requirements.lock
 	$(BUILD_REQUIRES) | $(LOCK) - -c $(DEV_LOCK) -o deploy/build-requirements.lock
 
 ## bench: the three benchmark scripts (bounded, loopback only; bench_faults starts its own RabbitMQ node)

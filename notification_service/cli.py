@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from notification_service.settings import EXIT_CONFIG, ConfigError, Settings
+from notification_service.suppressions import commands as suppression_commands
 
 DEFINITIONS_PATH = pathlib.Path("deploy/rabbitmq/definitions.json")
 
@@ -288,11 +289,20 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
+def cmd_webhooks(args, settings: Settings) -> int:
+    # exec: gunicorn's arbiter owns the process (signals, workers); it reads the same settings.
+    import os
+
+    gunicorn = [sys.executable, "-m", "gunicorn", "--config", "python:notification_service.webhooks.gunicorn_conf"]
+    os.execv(sys.executable, [*gunicorn, *args.gunicorn_args, "notification_service.webhooks.gunicorn_conf:app()"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="notification-service", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{migrate,status,dlq,topology}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{migrate,status,dlq,topology,suppressions,webhooks}")
     sub.add_parser("migrate", help="alembic upgrade head on NOTIFICATION_DATABASE_URL",
                    description="Create or upgrade the delivery log tables (alembic upgrade head).")
     status = sub.add_parser("status", help="print the delivery log rows of one notification",
@@ -344,10 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 "consumers is refused). Idempotent: run it again after an interruption. Needs a "
                                 "user that may configure every queue (the broker's administrator). stdout: "
                                 "JSON of what was moved and deleted.")
+    suppression_commands.add_parser(sub)
+    hooks = sub.add_parser("webhooks", help="run the providers' webhook receiver under gunicorn",
+                           description="Serve POST /webhooks/email/http and /webhooks/email/mailgun on "
+                                       "NOTIFICATION_WEBHOOK_BIND under gunicorn "
+                                       "(notification_service/webhooks/gunicorn_conf.py).")
+    hooks.add_argument("gunicorn_args", nargs=argparse.REMAINDER, metavar="GUNICORN_ARG",
+                       help="passed on to gunicorn after the settings of its config")
     return parser
 
 
-COMMANDS = {"migrate": cmd_migrate, "status": cmd_status, "dlq": cmd_dlq, "topology": cmd_topology}
+COMMANDS = {"migrate": cmd_migrate, "status": cmd_status, "dlq": cmd_dlq, "topology": cmd_topology,
+            "suppressions": suppression_commands.cmd_suppressions, "webhooks": cmd_webhooks}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,14 @@ class PermanentError(NotificationError):
     """Retrying cannot help (other 4xx, invalid address, template error): dead-letter it."""
 
 
+class AddressGone(PermanentError):
+    """Raised when the provider says the address or token no longer exists (FCM ``UNREGISTERED``).
+
+    The delivery is recorded dead like any permanent failure, and its channel and address are put on the
+    suppression list in the same transaction: later sends to it are recorded ``suppressed``.
+    """
+
+
 class ContractViolation(PermanentError):
     """A message that breaks the contract (payload or task arguments): dead-letter it at once."""
 

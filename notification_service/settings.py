@@ -129,6 +129,16 @@ class Settings(BaseSettings):
     receipts_poll_seconds: float = _var("NOTIFICATION_RECEIPTS_POLL_SECONDS", 1.0, gt=0)
     receipts_batch_size: int = _var("NOTIFICATION_RECEIPTS_BATCH_SIZE", 100, ge=1)
     receipts_max_backoff_seconds: float = _var("NOTIFICATION_RECEIPTS_MAX_BACKOFF_SECONDS", 3.0, gt=0)
+    #: The webhook receiver (``notification-service webhooks``): where gunicorn listens, how many processes.
+    webhook_bind: str = _var("NOTIFICATION_WEBHOOK_BIND", "127.0.0.1:8090")
+    webhook_workers: int = _var("NOTIFICATION_WEBHOOK_WORKERS", 2, ge=1, le=64)
+    #: Secrets of the generic webhook format, separated by commas: every one is accepted (two during a rotation).
+    webhook_secrets: str = _secret("NOTIFICATION_WEBHOOK_SECRETS")
+    #: Mailgun's webhook signing keys, separated by commas (two during a rotation).
+    mailgun_signing_keys: str = _secret("MAILGUN_WEBHOOK_SIGNING_KEYS")
+    #: A signed timestamp further than this from now (either way) is refused: a replayed capture expires.
+    webhook_tolerance_seconds: int = _var("NOTIFICATION_WEBHOOK_TOLERANCE_SECONDS", 300, ge=1, le=86400)
+    webhook_max_body_bytes: int = _var("NOTIFICATION_WEBHOOK_MAX_BODY_BYTES", 65536, ge=1024, le=10 * 2**20)
 
     @classmethod
     def settings_customise_sources(

@@ -38,13 +38,19 @@ NOTIFICATION_STATUS_VERSIONS = (1,)
 #: The statuses a receipt reports. ``retrying``: an attempt failed transiently and a retry is
 #: scheduled; ``dead``: given up (in a dead-letter queue); ``stale``: older than a processed
 #: cancellation, never sent; ``expired``: its moment passed (a reminder after the start).
-RECEIPT_STATUSES = ("sent", "retrying", "dead", "stale", "expired")
+#: Added in place (additive, still version 1) from the providers' events: ``delivered`` (the mailbox took
+#: it), ``bounced`` (a hard bounce: the address does not exist; for push, the token is unregistered),
+#: ``complained`` (marked as spam), and ``suppressed`` (never sent: the address or token is on the
+#: suppression list).
+RECEIPT_STATUSES = ("sent", "retrying", "dead", "stale", "expired", "delivered", "bounced", "complained",
+                    "suppressed")
 #: What a consumer accepts as a status: statuses are an open set for consumers (a producer one version
 #: ahead may report one this consumer does not know; it is stored and shown, never dead-lettered), while
 #: producers send only ``RECEIPT_STATUSES``. Bounded and plain so that an unknown one is harmless to store and show.
 STATUS_PATTERN = r"^[a-z_]{1,32}$"
-#: Statuses after which a delivery does not change again unless an operator replays it.
-FINAL_RECEIPT_STATUSES = ("sent", "stale", "expired")
+#: Statuses after which a delivery is never sent again (``sent`` may still be followed by the provider's
+#: events: ``delivered``, ``bounced``, ``complained``).
+FINAL_RECEIPT_STATUSES = ("sent", "stale", "expired", "delivered", "bounced", "complained", "suppressed")
 #: Longest ``reason``.
 MAX_REASON_LENGTH = 200
 #: Characters a masked recipient never shows besides whitespace: control characters (NUL broke
@@ -145,7 +151,8 @@ def _schema(unknown: Literal["exclude", "raise"]) -> type[Schema]:
             metadata={"description": "Request id of the booking call that caused the notification."})
         reason = fields.String(
             load_default=None, allow_none=True, validate=[validate.Length(max=MAX_REASON_LENGTH), *_TEXT],
-            metadata={"description": "Why (retrying, dead, stale, expired); no personal data."})
+            metadata={"description": "Why (retrying, dead, stale, expired, bounced, complained, suppressed); "
+                                     "no personal data."})
         provider_message_id = fields.String(
             load_default=None, allow_none=True, validate=[validate.Length(max=500), *_TEXT],
             metadata={"description": "The provider's id of the sent message, where there is one."})

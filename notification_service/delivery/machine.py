@@ -20,7 +20,8 @@ The rules:
   on the same channel (under a live lease): with the rule above, the last
   message the customer gets on a channel describes the latest version;
 * a send whose message expired (a reminder after the booking started) is
-  recorded ``expired`` and not sent;
+  recorded ``expired`` and not sent; one whose channel and address are on the
+  suppression list (unexpired) is recorded ``suppressed`` by its claim and not sent;
 * a send claims an owner-stamped lease (worker identity, attempt number,
   expiry) in one write and records the outcome in one more. A lease is taken
   over only when it has expired or its owner is known dead, never because the
@@ -55,7 +56,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from notification_service.delivery.status import DeliveryStatus
-from notification_service.errors import ChannelUnavailable, MaybeAccepted, PermanentError, RateLimited
+from notification_service.errors import AddressGone, ChannelUnavailable, MaybeAccepted, PermanentError, RateLimited
+from notification_service.suppressions.keys import content_hash
 
 #: ``last_error`` of deliveries dropped because a newer cancellation was processed.
 STALE_REASON = "older than a processed cancellation"
@@ -63,6 +65,10 @@ STALE_REASON = "older than a processed cancellation"
 SUPERSEDED_REASON = "superseded by a newer version's message"
 #: ``last_error`` of deliveries dropped because their message expired (a reminder after the start).
 EXPIRED_REASON = "expired before it was sent"
+#: ``last_error`` of deliveries never sent because their channel and address are on the suppression list.
+SUPPRESSED_REASON = "on the suppression list"
+#: The suppression list's reason for an address or token the provider said no longer exists.
+GONE_REASON = "unregistered: the provider says the address or token no longer exists"
 
 
 def utcnow() -> datetime:
@@ -99,6 +105,7 @@ class ClaimResult(enum.Enum):
     WAITING = "waiting"    # an older message this one supersedes is in flight (its lease_owner / lease_expires_at)
     STALE = "stale"        # older than a processed cancellation, or superseded: recorded stale now
     MISSING = "missing"    # no such delivery in the log
+    SUPPRESSED = "suppressed"  # its channel and address are on the suppression list: recorded suppressed now
 
 
 @dataclass(frozen=True)
@@ -117,14 +124,15 @@ class DeliveryLog(Protocol):
     def open(self, notification_id: str, event: str, booking: BookingRef,
              addresses: list[tuple[str, str]], now: datetime, correlation_id: str | None = None) -> Opened: ...
 
-    def claim(self, delivery_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim: ...
+    def claim(self, delivery_id: str, owner: str, now: datetime, lease_until: datetime, *,
+              address_hash: str | None = None) -> Claim: ...
 
     def take_over(self, delivery_id: str, dead_owner: str, owner: str, now: datetime,
-                  lease_until: datetime) -> Claim: ...
+                  lease_until: datetime, *, address_hash: str | None = None) -> Claim: ...
 
     def finish(self, delivery_id: str, owner: str, attempt: int, status: DeliveryStatus, now: datetime, *,
                error: str | None = None, provider_message_id: str | None = None,
-               provider: str | None = None) -> bool: ...
+               provider: str | None = None, suppress: str | None = None) -> bool: ...
 
     def release(self, delivery_id: str, owner: str, attempt: int, reason: str, now: datetime) -> bool: ...
 
@@ -164,6 +172,8 @@ class Outcome(str, enum.Enum):
     DONE = "done"          # already sent, stale or expired: nothing to do
     STALE = "stale"
     EXPIRED = "expired"
+    SUPPRESSED = "suppressed"  # on the suppression list: recorded, no provider called
+    BOUNCED = "bounced"    # the provider said the address or token is gone: recorded, suppressed
     DEFERRED = "deferred"  # another attempt holds a live lease: look again when it ends
     WAITING = "waiting"    # an older message of the booking is at its provider: look again soon
 
@@ -190,6 +200,11 @@ class SendJob:
 WAITING_POLL_SECONDS = 2.0
 
 
+#: Claims that end the send without a provider call, and what the send reports.
+_NOT_SENT = {ClaimResult.FINAL: Outcome.DONE, ClaimResult.STALE: Outcome.STALE,
+             ClaimResult.SUPPRESSED: Outcome.SUPPRESSED}
+
+
 def open_deliveries(log: DeliveryLog, *, notification_id: str, event: str, booking: BookingRef,
                     addresses: list[tuple[str, str]], now: datetime | None = None,
                     correlation_id: str | None = None) -> Opened:
@@ -212,20 +227,26 @@ def send(job: SendJob, content, *, log: DeliveryLog, provider: Provider, owner: 
             return SendResult(Outcome.EXPIRED)
         return SendResult(Outcome.DONE)
     lease_until = moment + timedelta(seconds=lease_seconds)
-    claim = log.claim(did, owner.id, moment, lease_until)
+    # The claim refuses a suppressed channel and address and records it ``suppressed``: no provider is called.
+    ahash = content_hash(content)
+    claim = log.claim(did, owner.id, moment, lease_until, address_hash=ahash)
     if claim.result is ClaimResult.LEASED and claim.lease_owner and owner.is_dead(claim.lease_owner):
-        claim = log.take_over(did, claim.lease_owner, owner.id, moment, lease_until)
+        claim = log.take_over(did, claim.lease_owner, owner.id, moment, lease_until, address_hash=ahash)
     if claim.result is ClaimResult.MISSING:
         raise PermanentError(f"delivery {did} is not in the delivery log (log reset or wrong database?)")
-    if claim.result is ClaimResult.FINAL:
-        return SendResult(Outcome.DONE)
-    if claim.result is ClaimResult.STALE:
-        return SendResult(Outcome.STALE)
+    if claim.result in _NOT_SENT:
+        return SendResult(_NOT_SENT[claim.result])
     if claim.result in (ClaimResult.LEASED, ClaimResult.WAITING):
         return _deferred(did, claim, moment)
     attempt = claim.attempt
     try:
         accepted = provider.send(content, pinned=claim.provider)
+    except AddressGone as exc:
+        # The provider says the address or token no longer exists (FCM UNREGISTERED): a hard bounce, not a
+        # dead letter (nothing to repair). Recorded `bounced` and suppressed in the same write.
+        log.finish(did, owner.id, attempt, DeliveryStatus.BOUNCED, now(), error=f"address gone: {exc}",
+                   suppress=GONE_REASON)
+        return SendResult(Outcome.BOUNCED, attempt=attempt)
     except PermanentError as exc:
         log.finish(did, owner.id, attempt, DeliveryStatus.DEAD, now(), error=f"permanent: {exc}")
         raise

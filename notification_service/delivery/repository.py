@@ -29,6 +29,7 @@ from notification_service.delivery.engine import make_engine
 from notification_service.delivery.machine import (
     STALE_REASON,
     SUPERSEDED_REASON,
+    SUPPRESSED_REASON,
     BookingRef,
     Claim,
     ClaimResult,
@@ -74,7 +75,7 @@ class SqlDeliveryLog:
         if self._local.receipts:
             self.receipts_written.set()
 
-    def _receipt(self, cur, delivery_id: str, seq_and_attempt, status: str, ts, *, reason: str | None = None,
+    def write_receipt(self, cur, delivery_id: str, seq_and_attempt, status: str, ts, *, reason: str | None = None,
                  provider_message_id: str | None = None, provider: str | None = None) -> None:
         """Write the receipt of a status change the statement just made (``RETURNING receipt_seq, attempts``)."""
         seq, attempt = seq_and_attempt
@@ -100,13 +101,13 @@ class SqlDeliveryLog:
             if cancelled:
                 cur.execute(self.sql["stale_notification"], {"nid": nid, "now": ts, "reason": STALE_REASON})
                 for did, seq, attempts in cur.fetchall():
-                    self._receipt(cur, did, (seq, attempts), "stale", ts, reason=STALE_REASON)
+                    self.write_receipt(cur, did, (seq, attempts), "stale", ts, reason=STALE_REASON)
                 for channel, address, did in rows:
                     cur.execute(self.sql["insert_delivery"], {
                         **common, "did": did, "channel": channel, "address": address,
                         "status": DeliveryStatus.STALE.value, "error": STALE_REASON, "seq": 1})
                     if cur.fetchall():  # new, and stale from the start: its first receipt
-                        self._receipt(cur, did, (1, 0), "stale", ts, reason=STALE_REASON)
+                        self.write_receipt(cur, did, (1, 0), "stale", ts, reason=STALE_REASON)
                 return Opened(stale=True, pending=[])
             fresh: set[str] = set()
             for channel, address, did in rows:
@@ -121,7 +122,7 @@ class SqlDeliveryLog:
             if newer_seen:  # only then can a newer version's message have been opened
                 cur.execute(self.sql["stale_superseded"], {"nid": nid, "now": ts, "reason": SUPERSEDED_REASON})
                 for did, seq, attempts in cur.fetchall():
-                    self._receipt(cur, did, (seq, attempts), "stale", ts, reason=SUPERSEDED_REASON)
+                    self.write_receipt(cur, did, (seq, attempts), "stale", ts, reason=SUPERSEDED_REASON)
                     superseded.add(did)
         pending = [row for row in rows if row[2] in fresh - superseded]
         return Opened(stale=bool(superseded) and not pending, pending=pending)
@@ -152,13 +153,16 @@ class SqlDeliveryLog:
 
     # -- one send ---------------------------------------------------------------
 
-    def claim(self, delivery_id: str, owner: str, now: datetime, lease_until: datetime) -> Claim:
+    def claim(self, delivery_id: str, owner: str, now: datetime, lease_until: datetime, *,
+              address_hash: str | None = None) -> Claim:
         return self._lease("claim", {"did": delivery_id, "owner": owner, "until": self.time(lease_until),
-                                     "now": self.time(now)})
+                                     "now": self.time(now), "ahash": address_hash})
 
-    def take_over(self, delivery_id: str, dead_owner: str, owner: str, now: datetime, lease_until: datetime) -> Claim:
+    def take_over(self, delivery_id: str, dead_owner: str, owner: str, now: datetime, lease_until: datetime, *,
+                  address_hash: str | None = None) -> Claim:
         return self._lease("take_over", {"did": delivery_id, "dead": dead_owner, "owner": owner,
-                                         "until": self.time(lease_until), "now": self.time(now)})
+                                         "until": self.time(lease_until), "now": self.time(now),
+                                         "ahash": address_hash})
 
     def _lease(self, statement: str, params: dict) -> Claim:
         """Run the leasing ``statement``; CLAIMED with the new attempt, or why the delivery is not ours."""
@@ -169,29 +173,31 @@ class SqlDeliveryLog:
             row = cur.fetchone()
             if row is not None:
                 return Claim(ClaimResult.CLAIMED, attempt=row[0], provider=row[1])
-            return self._why_not(cur, params["did"], params["now"], params.get("dead"))
+            return self._why_not(cur, params["did"], params["now"], params.get("dead"), params["ahash"])
 
-    def _why_not(self, cur, delivery_id: str, ts, dead_owner: str | None) -> Claim:
+    def _why_not(self, cur, delivery_id: str, ts, dead_owner: str | None, address_hash: str | None) -> Claim:
         """The rare path: classify a failed claim, and record a stale delivery as such.
 
         A stale delivery is recorded stale at once unless a live attempt holds it (a lease that
         has not ended, of an owner not known dead): a copy never waits for a lease that has
-        ended, nor for one whose owner is gone.
+        ended, nor for one whose owner is gone. A suppressed address is recorded ``suppressed`` the same way.
         """
-        cur.execute(self.sql["why_not"], {"did": delivery_id})
+        cur.execute(self.sql["why_not"], {"did": delivery_id, "now": ts, "ahash": address_hash})
         row = cur.fetchone()
         if row is None:
             return Claim(ClaimResult.MISSING)
-        status, attempts, owner, expires, cancelled, superseded = row
+        status, attempts, owner, expires, cancelled, superseded, suppressed = row
         if status in _FINAL:
             return Claim(ClaimResult.FINAL)
-        if cancelled or superseded:
-            reason = STALE_REASON if cancelled else SUPERSEDED_REASON
-            cur.execute(self.sql["mark_stale"], {"did": delivery_id, "now": ts, "reason": reason, "dead": dead_owner})
+        if cancelled or superseded or suppressed:
+            reason = STALE_REASON if cancelled else SUPERSEDED_REASON if superseded else SUPPRESSED_REASON
+            marked_as = DeliveryStatus.STALE if cancelled or superseded else DeliveryStatus.SUPPRESSED
+            cur.execute(self.sql["mark_stale"], {"did": delivery_id, "now": ts, "reason": reason, "dead": dead_owner,
+                                                 "status": marked_as.value})
             marked = cur.fetchone()
             if marked is not None:
-                self._receipt(cur, delivery_id, marked, "stale", ts, reason=reason)
-                return Claim(ClaimResult.STALE)
+                self.write_receipt(cur, delivery_id, marked, marked_as.value, ts, reason=reason)
+                return Claim(ClaimResult.STALE if marked_as is DeliveryStatus.STALE else ClaimResult.SUPPRESSED)
         if status == DeliveryStatus.SENDING.value:
             return Claim(ClaimResult.LEASED, attempt=attempts, lease_owner=owner, lease_expires_at=aware(expires))
         cur.execute(self.sql["older_in_flight"], {"did": delivery_id, "now": ts})
@@ -201,7 +207,9 @@ class SqlDeliveryLog:
         raise RuntimeError(f"delivery {delivery_id} could not be claimed in state {status!r}")
 
     def finish(self, delivery_id: str, owner: str, attempt: int, status: DeliveryStatus, now: datetime, *,
-               error: str | None = None, provider_message_id: str | None = None, provider: str | None = None) -> bool:
+               error: str | None = None, provider_message_id: str | None = None, provider: str | None = None,
+               suppress: str | None = None) -> bool:
+        """Record an attempt's outcome; ``suppress`` (a reason) also puts the channel and address on the list."""
         ts = self.time(now)
         with self._transaction() as cur:
             if status is DeliveryStatus.SENT:
@@ -210,7 +218,7 @@ class SqlDeliveryLog:
                                                       "provider": provider})
                 row = cur.fetchone()
                 if row is not None:
-                    self._receipt(cur, delivery_id, row, "sent", ts, provider_message_id=provider_message_id,
+                    self.write_receipt(cur, delivery_id, row, "sent", ts, provider_message_id=provider_message_id,
                                   provider=provider)
             else:
                 # Only the attempt that still holds the lease records a failure: never over `sent`,
@@ -220,9 +228,20 @@ class SqlDeliveryLog:
                                                         "attempt": attempt, "provider": provider})
                 row = cur.fetchone()
                 if row is not None:
-                    reported = "dead" if status is DeliveryStatus.DEAD else "retrying"
-                    self._receipt(cur, delivery_id, row, reported, ts, reason=error, provider=provider)
+                    reported = {DeliveryStatus.DEAD: "dead", DeliveryStatus.BOUNCED: "bounced"}.get(status, "retrying")
+                    self.write_receipt(cur, delivery_id, row, reported, ts, reason=error, provider=provider)
+                if suppress:
+                    self._suppress(cur, delivery_id, suppress, ts)
             return row is not None
+
+    def _suppress(self, cur, delivery_id: str, reason: str, ts) -> None:
+        from notification_service.suppressions.keys import address_hash
+        from notification_service.suppressions.store import upsert
+
+        cur.execute(self.sql["address_of"], {"did": delivery_id})
+        channel, address = cur.fetchone()
+        upsert(cur, self.sqlite, channel=channel, ahash=address_hash(channel, address), reason=reason,
+               source="unregistered", now=ts, expires=None)
 
     def release(self, delivery_id: str, owner: str, attempt: int, reason: str, now: datetime) -> bool:
         """Give back an attempt that called no provider: ``failed`` with ``reason``, the attempt not counted."""
@@ -232,7 +251,7 @@ class SqlDeliveryLog:
                                               "attempt": attempt})
             row = cur.fetchone()
             if row is not None:
-                self._receipt(cur, delivery_id, row, "retrying", ts, reason=reason)
+                self.write_receipt(cur, delivery_id, row, "retrying", ts, reason=reason)
             return row is not None
 
     def drop(self, delivery_id: str, status: DeliveryStatus, reason: str, now: datetime) -> bool:
@@ -242,9 +261,9 @@ class SqlDeliveryLog:
             cur.execute(self.sql["drop"], {"did": delivery_id, "status": status.value, "reason": reason, "now": ts})
             row = cur.fetchone()
             if row is not None:
-                self._receipt(cur, delivery_id, row, status.value, ts, reason=reason)
+                self.write_receipt(cur, delivery_id, row, status.value, ts, reason=reason)
                 return True
-            cur.execute(self.sql["why_not"], {"did": delivery_id})
+            cur.execute(self.sql["why_not"], {"did": delivery_id, "now": ts, "ahash": None})
             row = cur.fetchone()
             return row is not None and row[0] in (DeliveryStatus.STALE.value, DeliveryStatus.EXPIRED.value)
 
@@ -259,7 +278,7 @@ class SqlDeliveryLog:
                 cur.execute(self.sql["mark_dead"], {"did": delivery_id, "now": ts, "reason": reason[:2000]})
                 row = cur.fetchone()
                 if row is not None:
-                    self._receipt(cur, delivery_id, row, "dead", ts, reason=reason)
+                    self.write_receipt(cur, delivery_id, row, "dead", ts, reason=reason)
             cur.execute(self.sql["insert_dead_letter"], {
                 "mid": message_id and str(message_id)[:200], "queue": queue and str(queue)[:200],
                 "task": task and str(task)[:200], "reason": reason[:4000], "now": ts})

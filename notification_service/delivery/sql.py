@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 
-from notification_service.delivery.status import CLAIMABLE
+from notification_service.delivery.status import ACCEPTED, CLAIMABLE
 from notification_service.delivery.supersession import supersedes_sql
 
 _CLAIMABLE_SQL = ", ".join(f"'{s.value}'" for s in CLAIMABLE)
+#: A provider took it: a late attempt's ``sent`` never overwrites its events (delivered, bounced, complained).
+_ACCEPTED_SQL = ", ".join(f"'{s.value}'" for s in ACCEPTED)
 
 #: Older than a cancellation processed for the booking (every channel).
 _CANCELLED = ("EXISTS (SELECT 1 FROM booking_states b WHERE b.booking_id = deliveries.booking_id"
@@ -24,6 +26,10 @@ _SUPERSEDED = ("EXISTS (SELECT 1 FROM deliveries newer WHERE newer.booking_id = 
                f" AND {supersedes_sql('newer.event', 'deliveries.event')})")
 
 _STALE = f"({_CANCELLED} OR {_SUPERSEDED})"
+
+#: The delivery's channel and address (``:ahash``, ``suppressions.keys``) are on the suppression list, unexpired.
+_SUPPRESSED = ("EXISTS (SELECT 1 FROM suppressions s WHERE s.channel = deliveries.channel"
+               " AND s.address_hash = :ahash AND (s.expires_at IS NULL OR s.expires_at > :now))")
 
 
 def _older_in_flight(outer: str) -> str:
@@ -73,19 +79,20 @@ SQL = {
     "claim": f"UPDATE deliveries SET status = 'sending', attempts = attempts + 1, lease_owner = :owner,"
              f" lease_expires_at = :until, updated_at = :now WHERE delivery_id = :did"
              f" AND (status IN ({_CLAIMABLE_SQL}) OR (status = 'sending' AND {_ENDED}))"
-             f" AND NOT {_STALE} AND NOT EXISTS (SELECT 1 FROM deliveries older WHERE {_older_in_flight('deliveries')})"
+             f" AND NOT {_STALE} AND NOT {_SUPPRESSED}"
+             f" AND NOT EXISTS (SELECT 1 FROM deliveries older WHERE {_older_in_flight('deliveries')})"
              f" RETURNING attempts, provider",
     "take_over": f"UPDATE deliveries SET attempts = attempts + 1, lease_owner = :owner, lease_expires_at = :until,"
                  f" updated_at = :now WHERE delivery_id = :did AND status = 'sending' AND lease_owner = :dead"
-                 f" AND NOT {_STALE} RETURNING attempts, provider",
-    "why_not": f"SELECT status, attempts, lease_owner, lease_expires_at, {_CANCELLED}, {_SUPERSEDED} FROM deliveries"
-               f" WHERE delivery_id = :did",
+                 f" AND NOT {_STALE} AND NOT {_SUPPRESSED} RETURNING attempts, provider",
+    "why_not": f"SELECT status, attempts, lease_owner, lease_expires_at, {_CANCELLED}, {_SUPERSEDED}, {_SUPPRESSED}"
+               f" FROM deliveries WHERE delivery_id = :did",
     "older_in_flight": f"SELECT older.lease_owner, older.lease_expires_at FROM deliveries d, deliveries older"
                        f" WHERE d.delivery_id = :did AND {_older_in_flight('d')}"
                        f" ORDER BY older.lease_expires_at DESC LIMIT 1",
     # A stale delivery is recorded stale unless a live attempt holds it: one whose lease has not
     # ended and whose owner is not known dead (``:dead``, or NULL) may still be at the provider.
-    "mark_stale": f"UPDATE deliveries SET status = 'stale', last_error = :reason, lease_owner = NULL,"
+    "mark_stale": f"UPDATE deliveries SET status = :status, last_error = :reason, lease_owner = NULL,"
                   f" lease_expires_at = NULL, updated_at = :now, receipt_seq = receipt_seq + 1"
                   f" WHERE delivery_id = :did AND (status IN ({_CLAIMABLE_SQL})"
                   f" OR (status = 'sending' AND ({_ENDED} OR lease_owner = :dead)))"
@@ -93,7 +100,8 @@ SQL = {
     "finish_sent": "UPDATE deliveries SET status = 'sent', sent_at = :now, provider_message_id = :pid,"
                    " provider = :provider,"
                    " lease_owner = NULL, lease_expires_at = NULL, updated_at = :now, receipt_seq = receipt_seq + 1"
-                   " WHERE delivery_id = :did AND status <> 'sent' RETURNING receipt_seq, attempts",
+                   " WHERE delivery_id = :did AND status NOT IN (" + _ACCEPTED_SQL + ")"
+                   " RETURNING receipt_seq, attempts",
     # A provider that may have the message pins the delivery to it until it is sent (never unpinned).
     "finish_failed": "UPDATE deliveries SET status = :status, last_error = :error, lease_owner = NULL,"
                      " provider = COALESCE(:provider, provider),"
@@ -114,6 +122,7 @@ SQL = {
                  " RETURNING receipt_seq, attempts",
     "insert_receipt": "INSERT INTO receipts (delivery_id, sequence, status, attempt, reason, provider_message_id,"
                       " occurred_at, provider) VALUES (:did, :seq, :rstatus, :attempt, :reason, :pid, :now, :provider)",
+    "address_of": "SELECT channel, address FROM deliveries WHERE delivery_id = :did",
     "insert_dead_letter": "INSERT INTO dead_letters (message_id, queue, task, reason, created_at)"
                           " VALUES (:mid, :queue, :task, :reason, :now)",
 }

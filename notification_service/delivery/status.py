@@ -23,6 +23,13 @@ class DeliveryStatus(str, enum.Enum):
     STALE = "stale"
     #: Its message expired before it could be sent (a reminder after the booking started).
     EXPIRED = "expired"
+    #: Never sent: its channel and address are on the suppression list (``suppressions/``). Final.
+    SUPPRESSED = "suppressed"
+    #: The provider's events after ``sent`` (``webhooks/``), in their order of precedence
+    #: (``events.EVENT_RANK``): the mailbox took it; it bounced hard; the recipient marked it as spam.
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
 
     def __str__(self) -> str:
         return self.value
@@ -31,4 +38,7 @@ class DeliveryStatus(str, enum.Enum):
 #: An attempt may claim a delivery in these states (``dead``: a replay from the dead-letter queue).
 CLAIMABLE = (DeliveryStatus.PENDING, DeliveryStatus.FAILED, DeliveryStatus.DEAD)
 #: Never sent again.
-FINAL = (DeliveryStatus.SENT, DeliveryStatus.STALE, DeliveryStatus.EXPIRED)
+FINAL = (DeliveryStatus.SENT, DeliveryStatus.STALE, DeliveryStatus.EXPIRED, DeliveryStatus.SUPPRESSED,
+         DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED, DeliveryStatus.COMPLAINED)
+#: A provider took it: the statuses its events may move a delivery between.
+ACCEPTED = (DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED, DeliveryStatus.COMPLAINED)

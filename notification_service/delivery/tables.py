@@ -37,6 +37,8 @@ deliveries = sa.Table(
     # Supersession and the wait for an older message in flight look up a booking's deliveries
     # on one channel by version (delivery/supersession.py), on every claim.
     sa.Index("ix_deliveries_booking_channel_version", "booking_id", "channel", "booking_version"),
+    # A provider's event finds its delivery by the provider's message id (webhooks/).
+    sa.Index("ix_deliveries_provider_message", "provider_message_id"),
 )
 
 booking_states = sa.Table(
@@ -100,4 +102,32 @@ provider_breakers = sa.Table(
     sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
     sa.Column("open_until", sa.Float, nullable=False, server_default="0"),
     sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+#: The suppression list: a channel and address never sent to again (until ``expires_at``, when set).
+#: ``address_hash`` is ``suppressions.keys.address_hash`` (SHA-256 of the normalised address): the raw
+#: address is neither stored here nor shown. ``source``: ``bounce``, ``complaint``, ``unregistered``,
+#: ``operator``.
+suppressions = sa.Table(
+    "suppressions", metadata,
+    sa.Column("channel", sa.String(16), primary_key=True),
+    sa.Column("address_hash", sa.String(64), primary_key=True),
+    sa.Column("reason", sa.String(200), nullable=False),
+    sa.Column("source", sa.String(40), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+#: Every provider event the webhook receiver accepted, once per (provider, event id); ``delivery_id`` is
+#: NULL when no delivery had its ``provider_message_id`` (kept and counted, not an error).
+provider_events = sa.Table(
+    "provider_events", metadata,
+    sa.Column("provider", sa.String(40), primary_key=True),
+    sa.Column("event_id", sa.String(200), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("provider_message_id", sa.String(500), nullable=False),
+    sa.Column("delivery_id", sa.String(36), nullable=True),
+    sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_provider_events_message", "provider", "provider_message_id"),
 )

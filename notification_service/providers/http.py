@@ -13,13 +13,14 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
-from notification_service.errors import MaybeAccepted, NotAccepted, PermanentError
+from notification_service.errors import AddressGone, MaybeAccepted, NotAccepted, PermanentError
 from notification_service.runtime import metrics
 
 #: HTTP statuses worth retrying.
@@ -75,8 +76,11 @@ def unsent(exc: requests.RequestException) -> bool:
 class HttpClient:
     """POSTs JSON to one provider endpoint with per-thread keep-alive sessions."""
 
-    def __init__(self, url: str, *, token: str, timeout: float, kind: str) -> None:
+    def __init__(self, url: str, *, token: str, timeout: float, kind: str,
+                 gone: Callable[[requests.Response], bool] | None = None) -> None:
         self.url = url
+        #: Tells an answer that says the address or token no longer exists (raised as ``AddressGone``).
+        self.gone = gone
         self.token = token
         self.timeout = (min(CONNECT_TIMEOUT, timeout), timeout)
         self.kind = kind
@@ -111,6 +115,8 @@ class HttpClient:
                               status=response.status_code)
         if response.status_code >= 400:
             detail = scrub(response.text, *((personal,) if isinstance(personal, str) else personal))[:200]
+            if self.gone is not None and self.gone(response):
+                raise AddressGone(f"{self.kind} provider answered {response.status_code} (address gone): {detail}")
             raise PermanentError(f"{self.kind} provider answered {response.status_code}: {detail}")
         try:
             body = response.json()

@@ -55,3 +55,6 @@ def start(port: int, addr: str = "127.0.0.1") -> tuple[str, int] | None:
             server, _thread = start_http_server(port, addr=addr)
             _started[port] = server.socket.getsockname()[:2]
         return _started[port]
+WEBHOOK_EVENTS = Counter("notification_webhook_events_total", "Provider webhook events received, by provider and "
+                         "outcome (applied, unchanged, unmatched, duplicate, ignored, refused).",
+                         ["provider", "outcome"])

@@ -175,6 +175,8 @@ def _send(task: NotificationTask, did: str, provider: ProviderChain, content, ex
         task.defer(result.retry_in)
     elif result.outcome is delivery.Outcome.SENT:
         log.info("sent", attempt=result.attempt, provider=result.provider)
+    elif result.outcome is delivery.Outcome.SUPPRESSED:
+        log.info("on the suppression list; recorded suppressed, not sent")
     return result.outcome.value
 
 

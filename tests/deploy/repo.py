@@ -30,9 +30,11 @@ IMAGE_PACKAGES = {
     "booking": "booking_service",
     "notification": "notification_service",
     "flower": "notification_service",
+    "webhooks": "notification_service",
 }
 #: The extras of pyproject.toml each image's lock (deploy/<image>/requirements.lock) holds.
-IMAGE_EXTRAS = {"booking": ["booking"], "notification": ["notification"], "flower": ["notification", "flower"]}
+IMAGE_EXTRAS = {"booking": ["booking"], "notification": ["notification"], "flower": ["notification", "flower"],
+                "webhooks": ["notification", "webhooks"]}
 
 #: Variables read by the interpreter, pip or a library rather than by our code,
 #: with the library that reads them (its presence is checked, not assumed).

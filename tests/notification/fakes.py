@@ -8,6 +8,7 @@ from datetime import datetime
 from notification_service.delivery.machine import (
     STALE_REASON,
     SUPERSEDED_REASON,
+    SUPPRESSED_REASON,
     BookingRef,
     Claim,
     ClaimResult,
@@ -18,6 +19,7 @@ from notification_service.delivery.status import CLAIMABLE, FINAL, DeliveryStatu
 from notification_service.delivery.supersession import supersedes
 from notification_service.errors import PermanentError, TransientError
 from notification_service.providers.chain import Accepted
+from notification_service.suppressions.keys import address_hash
 
 
 @dataclass
@@ -44,6 +46,8 @@ class FakeDeliveryLog:
     rows: dict[str, Row] = field(default_factory=dict)
     cancelled: dict[str, int] = field(default_factory=dict)
     writes: int = 0
+    #: Address hashes on the suppression list (``suppressions.keys.address_hash``; no expiry here).
+    suppressed: set[str] = field(default_factory=set)
 
     # -- the rules (sql.py's conditions) ----------------------------------------------
 
@@ -93,17 +97,18 @@ class FakeDeliveryLog:
             return Opened(stale=True, pending=[])
         return Opened(stale=superseded and not pending, pending=pending)
 
-    def claim(self, did, owner, now, lease_until) -> Claim:
+    def claim(self, did, owner, now, lease_until, *, address_hash=None) -> Claim:
         self.writes += 1
         row = self.rows.get(did)
         if row is None:
             return Claim(ClaimResult.MISSING)
         takeable = row.status in CLAIMABLE or (row.status is DeliveryStatus.SENDING and not self._live(row, now))
-        if takeable and not self._stale(row) and self._older_in_flight(row, now) is None:
+        if (takeable and not self._stale(row) and address_hash not in self.suppressed
+                and self._older_in_flight(row, now) is None):
             return self._take(row, owner, lease_until)
-        return self._why_not(row, now, None)
+        return self._why_not(row, now, None, address_hash)
 
-    def _why_not(self, row: Row, now: datetime, dead_owner: str | None) -> Claim:
+    def _why_not(self, row: Row, now: datetime, dead_owner: str | None, address_hash: str | None = None) -> Claim:
         if row.status in FINAL:
             return Claim(ClaimResult.FINAL)
         held = self._live(row, now) and row.lease_owner != dead_owner
@@ -111,6 +116,10 @@ class FakeDeliveryLog:
             reason = STALE_REASON if self._cancelled(row) else SUPERSEDED_REASON
             row.status, row.last_error, row.lease_owner, row.lease_expires_at = DeliveryStatus.STALE, reason, None, None
             return Claim(ClaimResult.STALE)
+        if address_hash in self.suppressed and not held:
+            row.status, row.last_error, row.lease_owner, row.lease_expires_at = (
+                DeliveryStatus.SUPPRESSED, SUPPRESSED_REASON, None, None)
+            return Claim(ClaimResult.SUPPRESSED)
         if row.status is DeliveryStatus.SENDING:
             return Claim(ClaimResult.LEASED, row.attempts, row.lease_owner, row.lease_expires_at)
         older = self._older_in_flight(row, now)
@@ -123,16 +132,19 @@ class FakeDeliveryLog:
         row.lease_owner, row.lease_expires_at = owner, lease_until
         return Claim(ClaimResult.CLAIMED, row.attempts, provider=row.provider)
 
-    def take_over(self, did, dead_owner, owner, now, lease_until) -> Claim:
+    def take_over(self, did, dead_owner, owner, now, lease_until, *, address_hash=None) -> Claim:
         self.writes += 1
         row = self.rows[did]
-        if row.status is DeliveryStatus.SENDING and row.lease_owner == dead_owner and not self._stale(row):
+        if (row.status is DeliveryStatus.SENDING and row.lease_owner == dead_owner and not self._stale(row)
+                and address_hash not in self.suppressed):
             return self._take(row, owner, lease_until)
-        return self._why_not(row, now, dead_owner)
+        return self._why_not(row, now, dead_owner, address_hash)
 
     def finish(self, did, owner, attempt, status, now, *, error=None, provider_message_id=None,
-               provider=None) -> bool:
+               provider=None, suppress=None) -> bool:
         self.writes += 1
+        if suppress and did in self.rows:
+            self.suppressed.add(address_hash(self.rows[did].channel, self.rows[did].address))
         row = self.rows[did]
         if status is DeliveryStatus.SENT:
             if row.status is DeliveryStatus.SENT:

@@ -163,6 +163,9 @@ def test_services_log_in_with_passwords_the_rendered_definitions_hold():
     ours = {n: s for n, s in compose["services"].items() if s.get("build")}
     assert ours
     for name, spec in ours.items():
+        if spec["build"]["dockerfile"] == "deploy/webhooks/Dockerfile":  # the webhook receiver uses no broker
+            assert "AMQP_URL" not in spec["environment"], name
+            continue
         url = urllib.parse.urlsplit(spec["environment"]["AMQP_URL"])
         expected = AMQP_USER[spec["build"]["dockerfile"]]
         assert url.username == expected and url.hostname == "rabbitmq", name

@@ -21,7 +21,7 @@ from tests.deploy import commands, compose_env, dockerfiles, repo
 CHECK_JSONSCHEMA = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]
 #: Which of our images a service runs, from its Dockerfile path.
 IMAGE_OF = {"deploy/booking/Dockerfile": "booking", "deploy/notification/Dockerfile": "notification",
-            "deploy/flower/Dockerfile": "flower"}
+            "deploy/flower/Dockerfile": "flower", "deploy/webhooks/Dockerfile": "webhooks"}
 #: The broker user each team's processes must log in as (least privilege).
 AMQP_USER = {"booking": "booking", "notification": "notification"}
 
@@ -192,6 +192,9 @@ def test_start_order_waits_for_health_and_for_migrations():
             continue
         if "flower" in argv:  # reads only the broker, never the database
             assert deps == {"rabbitmq": {"condition": "service_healthy"}}
+            continue
+        if image == "webhooks":  # the delivery log only: no broker
+            assert deps == {"notification-migrate": {"condition": "service_completed_successfully"}}
             continue
         migrate = f"{image}-migrate"
         assert deps[migrate]["condition"] == "service_completed_successfully", name

@@ -19,13 +19,15 @@ import pytest
 
 from tests.deploy import commands, dockerfiles, repo
 
-SERVICES = ["booking", "notification", "flower"]
-OTHER = {"booking": "notification_service", "notification": "booking_service", "flower": "booking_service"}
+SERVICES = ["booking", "notification", "flower", "webhooks"]
+OTHER = {"booking": "notification_service", "notification": "booking_service", "flower": "booking_service",
+         "webhooks": "booking_service"}
 #: Packages whose presence in an image means the other team's runtime (or Flower's web server) leaked in.
 FOREIGN_REQUIREMENTS = {
     "booking": {"celery", "kombu", "flower"},
     "notification": {"flask", "flask-smorest", "gunicorn", "flower"},
     "flower": {"flask", "flask-smorest", "gunicorn"},
+    "webhooks": {"celery-flower", "flask-smorest", "flower"},
 }
 DEV_TOOLS = {"gcc", "build-essential", "make", "git", "pytest", "vim", "curl"}
 

@@ -52,9 +52,19 @@ def pod_specs(team: str) -> list[tuple[str, dict]]:
     return found + [(j["metadata"]["name"], j["spec"]["template"]["spec"]) for j in of_kind(team, "Job")]
 
 
+#: Images of a team's directory besides ``<team>-service``: the webhook receiver has its own.
+EXTRA_IMAGES = {"notification": {"notification-webhooks": "webhooks"}}
+
+
+def workers(team: str) -> list[dict]:
+    """The team's Deployments that run its own image (the notification team's: the Celery workers)."""
+    return [d for d in of_kind(team, "Deployment")
+            if d["spec"]["template"]["spec"]["containers"][0]["image"] == f"{team}-service"]
+
+
 def container_argv(team: str, container: dict) -> list[str]:
     """What runs: ``command`` replaces the image's ENTRYPOINT, ``args`` its CMD."""
-    image = dockerfiles.load(team)
+    image = dockerfiles.load(EXTRA_IMAGES.get(team, {}).get(container["image"], team))
     entrypoint = container.get("command", image.runtime.exec_form("ENTRYPOINT"))
     cmd = container.get("args", image.runtime.exec_form("CMD") if "command" not in container else [])
     return [*entrypoint, *cmd]
@@ -113,7 +123,7 @@ def test_kustomization_lists_every_manifest(team):
     assert listed == on_disk - {"secret.example.yaml"}
     images = {i["name"] for i in kustomization["images"]}
     used = {c["image"] for _, spec in pod_specs(team) for c in spec["containers"]}
-    assert used == images == {f"{team}-service"}
+    assert used == images == {f"{team}-service", *EXTRA_IMAGES.get(team, {})}
 
 
 def test_pods_run_non_root_with_the_images_uid_and_bounded_resources(team):
@@ -138,6 +148,7 @@ def test_every_process_of_the_service_is_deployed(team):
     else:
         queues = {q for argv in argvs if "worker" in argv for q in commands.option(argv, "--queues", "-Q").split(",")}
         assert queues == set(shared.WORK_QUEUES)
+        assert ["notification-service", "webhooks"] in argvs
 
 
 def test_container_commands_are_real_entry_points(team):
@@ -178,6 +189,18 @@ def test_api_probes_healthz_and_readyz_on_the_port_the_service_targets():
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
 
 
+def test_the_webhook_receiver_is_probed_on_healthz_on_the_port_its_service_targets():
+    (deployment,) = [d for d in of_kind("notification", "Deployment") if d["metadata"]["name"] == "webhooks"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    bind = configured_env("notification", container)["NOTIFICATION_WEBHOOK_BIND"]
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+    assert port == int(bind.rsplit(":", 1)[1]) and port in dockerfiles.load("webhooks").exposed_ports()
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    (service,) = of_kind("notification", "Service")
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
 def test_booking_pods_mount_a_fresh_prometheus_multiprocess_folder():
     folder = dockerfiles.load("booking").env()["PROMETHEUS_MULTIPROC_DIR"]
     for deployment in of_kind("booking", "Deployment"):
@@ -189,7 +212,7 @@ def test_booking_pods_mount_a_fresh_prometheus_multiprocess_folder():
 
 
 def test_workers_are_probed_on_the_metrics_port_they_serve():
-    for deployment in of_kind("notification", "Deployment"):
+    for deployment in workers("notification"):
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         port = int(configured_env("notification", container)["NOTIFICATION_METRICS_PORT"])
         assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": port}
@@ -198,7 +221,7 @@ def test_workers_are_probed_on_the_metrics_port_they_serve():
 
 
 def test_each_worker_scales_on_its_own_queue():
-    deployments = {d["metadata"]["name"]: d for d in of_kind("notification", "Deployment")}
+    deployments = {d["metadata"]["name"]: d for d in workers("notification")}
     scaled = of_kind("notification", "ScaledObject")
     assert {s["spec"]["scaleTargetRef"]["name"] for s in scaled} == set(deployments)
     for obj in scaled:
@@ -217,7 +240,7 @@ def test_each_worker_scales_on_its_own_queue():
 def test_workers_consume_each_stage_in_both_lanes():
     """The dispatch worker takes both dispatch lanes, each send worker its channel's two lanes."""
     by_worker = {}
-    for deployment in of_kind("notification", "Deployment"):
+    for deployment in workers("notification"):
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         argv = container_argv("notification", container)
         by_worker[deployment["metadata"]["name"]] = commands.option(argv, "--queues", "-Q").split(",")

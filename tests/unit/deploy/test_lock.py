@@ -28,7 +28,7 @@ from packaging.utils import canonicalize_name
 
 from tests.deploy import dockerfiles, repo
 
-SERVICES = ["booking", "notification", "flower"]
+SERVICES = ["booking", "notification", "flower", "webhooks"]
 BUILD_LOCK = repo.DEPLOY / "build-requirements.lock"
 DEV_LOCK = repo.DEPLOY / "dev-requirements.lock"
 #: What the dev venv holds: every extra (the tests import Flower and both services).
@@ -40,6 +40,7 @@ NEVER = {
     "booking": {"celery", "kombu", "flower", *_DEV_TOOLS},
     "notification": {"flask", "flask-smorest", "gunicorn", "flower", "tornado", *_DEV_TOOLS},
     "flower": {"flask", "flask-smorest", "gunicorn", *_DEV_TOOLS},
+    "webhooks": {"flask-smorest", "flower", "tornado", "gevent", *_DEV_TOOLS},
 }
 _ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)((?:\s*\\\s*\n\s*--hash=sha256:[0-9a-f]{64})+)", re.M)
 

@@ -136,6 +136,10 @@ def test_workers_take_only_their_metrics_port_and_only_from_the_monitoring_names
     assert workers == {"dispatch-worker", "email-worker", "push-worker"}
     for name, pod in pods("notification").items():
         rules = allowed_ingress("notification", name)
+        if name == "webhooks":  # the providers' events: its HTTP port from anywhere, nothing else
+            ((peers, ports),) = rules
+            assert peers == [] and [pod["ports"][p["port"]] for p in ports] == [pod["ports"]["http"]]
+            continue
         if name not in workers:
             assert rules == [], name
             continue

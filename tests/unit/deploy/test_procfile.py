@@ -9,7 +9,8 @@ from tests.deploy import commands, repo
 
 #: `${NAME:-default}` as the shell honcho runs each line in expands it when NAME is unset.
 _DEFAULTED = re.compile(r"^\$\{(\w+):-([^}]*)\}$")
-PACKAGE_OF_PROGRAM = {"booking-service": "booking_service", "celery": "notification_service"}
+PACKAGE_OF_PROGRAM = {"booking-service": "booking_service", "celery": "notification_service",
+                      "notification-service": "notification_service"}
 
 
 def processes() -> dict[str, tuple[dict[str, str], list[str]]]:

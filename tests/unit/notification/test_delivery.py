@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from notification_service.delivery import machine as delivery
 from notification_service.delivery.machine import BookingRef, Outcome, SendJob
 from notification_service.delivery.status import DeliveryStatus
+from notification_service.providers.content import EmailContent
+from notification_service.suppressions.keys import address_hash
 from tests.notification.fakes import FakeDeliveryLog, FakeOwner, FakeProvider, PermanentError, TransientError
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -26,6 +28,10 @@ class Clock:
         return self.now
 
 
+#: What the provider is given (its address is the suppression key).
+CONTENT = EmailContent(delivery_id="d", to="ada@example.org", subject="s", text="t", html="h")
+
+
 def opened(log, booking=None, addresses=(("email", "ada@example.org"),), nid=None):
     nid = nid or str(uuid.uuid4())
     result = delivery.open_deliveries(log, notification_id=nid, event="booking.confirmed",
@@ -35,7 +41,7 @@ def opened(log, booking=None, addresses=(("email", "ada@example.org"),), nid=Non
 
 
 def send(log, did, provider, owner="w1", clock=None, expires_at=None, dead=()):
-    return delivery.send(SendJob(did, expires_at), "content", log=log, provider=provider,
+    return delivery.send(SendJob(did, expires_at), CONTENT, log=log, provider=provider,
                          owner=FakeOwner(owner, set(dead)), lease_seconds=LEASE, now=clock or Clock())
 
 
@@ -307,7 +313,7 @@ def test_a_stale_delivery_left_sending_by_an_expired_owner_is_recorded_stale_at_
 
 def test_a_delivery_log_answering_with_an_ended_lease_fails_the_send_instead_of_deferring_it():
     class EndedLease(FakeDeliveryLog):
-        def claim(self, did, owner, now, lease_until):
+        def claim(self, did, owner, now, lease_until, **_):
             return delivery.Claim(delivery.ClaimResult.LEASED, 1, "elsewhere", now - timedelta(seconds=1))
 
     with pytest.raises(RuntimeError, match="ended lease"):
@@ -347,3 +353,22 @@ def test_invariant_no_copy_is_ever_deferred_past_the_moment_its_lease_ends(holde
             assert holder == "live"
     if clock.now > lease_end:
         assert log.rows[did].status in (DeliveryStatus.SENT, DeliveryStatus.STALE)
+
+
+def test_a_suppressed_address_is_recorded_suppressed_and_no_provider_is_called():
+    log, provider = FakeDeliveryLog(), FakeProvider()
+    log.suppressed.add(address_hash("email", " Ada@Example.org "))
+    _nid, result = opened(log)
+    did = result.pending[0][2]
+    assert send(log, did, provider).outcome is Outcome.SUPPRESSED
+    assert provider.calls == []
+    assert log.rows[did].status is DeliveryStatus.SUPPRESSED
+    assert send(log, did, provider).outcome is Outcome.DONE  # final: a redelivered copy does nothing
+
+
+def test_an_address_off_the_suppression_list_is_sent():
+    log, provider = FakeDeliveryLog(), FakeProvider()
+    log.suppressed.add(address_hash("email", "bob@example.org"))
+    _nid, result = opened(log)
+    assert send(log, result.pending[0][2], provider).outcome is Outcome.SENT
+    assert len(provider.calls) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import shared
-from notification_service.receipts.message import build_receipt, receipt_reason
+from notification_service.receipts.message import build_receipt, receipt_reason, to_message
 from tests.integration.notification.test_receipts import EMAIL, TOKEN, joined_row
 
 
@@ -26,3 +26,12 @@ def test_a_reason_is_one_short_line():
     assert len(receipt_reason("x" * 5000, EMAIL)) == 200
     assert receipt_reason("a\x00b\nc", EMAIL) == "a b c"
     assert receipt_reason(None, EMAIL) is None
+
+
+def test_the_provider_event_and_suppression_statuses_are_built_and_routed_by_their_status():
+    for status, reason, attempt in (("delivered", None, 1), ("bounced", "hard bounce", 1),
+                                    ("complained", "complaint", 1), ("suppressed", "on the suppression list", 0)):
+        row = joined_row(channel="email", address=EMAIL, status=status, reason=reason, attempt=attempt)
+        message = build_receipt(row)
+        assert (message["status"], message["reason"]) == (status, reason)
+        assert to_message(row, message).routing_key == f"email.{status}"

@@ -1,0 +1,1 @@
+"""The webhook receiver (``notification-service webhooks``): providers' delivery events, verified and recorded."""
