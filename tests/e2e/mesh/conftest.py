@@ -234,8 +234,11 @@ def mesh_env(root: pathlib.Path, amqp_url: str, postgres_url: str, push_url: str
 
 
 @contextlib.contextmanager
-def running_mesh(root: pathlib.Path, env: dict[str, str], *, webhooks: bool = False):
-    """Migrate, start the mesh's processes (and the webhook receiver if asked), yield the ``Mesh``, stop them."""
+def running_mesh(root: pathlib.Path, env: dict[str, str], *, webhooks: bool = False, quiet: bool = False):
+    """Migrate, start the mesh's processes (and the webhook receiver if asked), yield the ``Mesh``, stop them.
+
+    The processes' logs are printed at the end (pytest shows them for a failed test) unless ``quiet``.
+    """
     m = Mesh(root, env)
     m.run("booking-service", "migrate")
     m.run("notification-service", "migrate")
@@ -259,7 +262,8 @@ def running_mesh(root: pathlib.Path, env: dict[str, str], *, webhooks: bool = Fa
         yield m
     finally:
         m.stop()
-        print(m.logs())
+        if not quiet:
+            print(m.logs())
 
 
 def _ok(url: str) -> bool:
