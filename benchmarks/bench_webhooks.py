@@ -73,7 +73,7 @@ def _sent_deliveries(url: str, count: int) -> list[str]:
     return ids
 
 
-def _signed(message_id: str) -> tuple[bytes, dict]:
+def signed_event(message_id: str) -> tuple[bytes, dict]:
     body = json.dumps({"id": uuid.uuid4().hex, "type": "delivered", "message_id": message_id,
                        "occurred_at": datetime.now(UTC).isoformat()}).encode()
     stamp = str(int(time.time()))
@@ -97,7 +97,7 @@ def _serve(app: str, env: dict) -> subprocess.Popen:
 
 
 def _run(base: str, pid: int, message_ids: list[str], clients: int) -> tuple[float, float, int]:
-    requests_ = [_signed(m) for m in message_ids]
+    requests_ = [signed_event(m) for m in message_ids]
     chunks = [requests_[i::clients] for i in range(clients)]
     errors = []
 

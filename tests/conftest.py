@@ -13,6 +13,7 @@ but *fail* under CI (``CI=true``), where both must be there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import socket
@@ -106,9 +107,9 @@ def postgres_admin_url() -> str:
     return POSTGRES_ADMIN_URL
 
 
-@pytest.fixture
-def postgres_url(postgres_admin_url: str):
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+@contextlib.contextmanager
+def fresh_postgres(postgres_admin_url: str):
+    """A fresh, empty PostgreSQL database (its URL), dropped afterwards."""
     import sqlalchemy as sa
 
     name = f"t_{uuid.uuid4().hex[:12]}"
@@ -116,10 +117,19 @@ def postgres_url(postgres_admin_url: str):
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = sa.engine.make_url(postgres_admin_url).set(database=name)
-    yield url.render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str):
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    with fresh_postgres(postgres_admin_url) as url:
+        yield url
 
 
 @pytest.fixture
@@ -171,6 +181,13 @@ def vhost_url(amqp_url, management):
     Tests that declare the real topology or run workers use this so they
     never see each other's messages, nor a developer's running mesh.
     """
+    with fresh_vhost(amqp_url, management) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def fresh_vhost(amqp_url, management):
+    """AMQP URL of a fresh vhost of the shared broker; deleted afterwards."""
     name = f"test-{uuid.uuid4().hex[:12]}"
     quoted = urllib.parse.quote(name, safe="")
     user = urllib.parse.unquote(urllib.parse.urlsplit(amqp_url).username or "guest")
@@ -181,5 +198,7 @@ def vhost_url(amqp_url, management):
         timeout=10,
     ).raise_for_status()
     parts = urllib.parse.urlsplit(amqp_url)
-    yield urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + quoted, parts.query, ""))
-    management.delete(f"{management.base}/vhosts/{quoted}", timeout=10)
+    try:
+        yield urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + quoted, parts.query, ""))
+    finally:
+        management.delete(f"{management.base}/vhosts/{quoted}", timeout=10)

@@ -11,6 +11,7 @@ a vhost of a private three-node cluster, every node in the URL).
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import json
@@ -41,6 +42,8 @@ class FakePush:
     status: int = 200
     calls: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Tokens answered 404 ``UNREGISTERED``, as FCM answers for a token that no longer exists.
+    gone: set = field(default_factory=set)
 
     def handler(self):
         fake = self
@@ -48,15 +51,22 @@ class FakePush:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server naming
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                doc = json.loads(body or b"{}")
                 with fake.lock:
-                    status = fake.status
-                    fake.calls.append({"status": status, "headers": dict(self.headers),
-                                       "json": json.loads(body or b"{}"), "at": time.monotonic()})
+                    gone = doc.get("message", {}).get("token") in fake.gone
+                    status = 404 if gone else fake.status
+                    fake.calls.append({"status": status, "headers": dict(self.headers), "json": doc,
+                                       "at": time.monotonic()})
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 if status == 503:
                     self.send_header("Retry-After", "1")
                 self.end_headers()
+                if gone:
+                    self.wfile.write(json.dumps({"error": {"code": 404, "status": "NOT_FOUND", "details": [
+                        {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+                         "errorCode": "UNREGISTERED"}]}}).encode())
+                    return
                 self.wfile.write(json.dumps({"name": f"projects/fake/messages/{len(fake.calls)}"}).encode())
 
             def log_message(self, *args):
@@ -161,15 +171,24 @@ class Mesh:
         return self.session.get(self.base_url + path, timeout=10, **kwargs)
 
 
-@pytest.fixture
-def fake_push():
+@contextlib.contextmanager
+def serving_fake_push():
+    """A ``FakePush`` served on loopback (its ``url`` set) until the block ends."""
     fake = FakePush()
     server = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     fake.url = f"http://127.0.0.1:{server.server_address[1]}/v1/projects/fake/messages:send"
-    yield fake
-    server.shutdown()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def fake_push():
+    with serving_fake_push() as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -180,10 +199,16 @@ def mesh_amqp_url(request):
 
 @pytest.fixture
 def mesh(tmp_path, mesh_amqp_url, postgres_url, fake_push):
+    with running_mesh(tmp_path, mesh_env(tmp_path, mesh_amqp_url, postgres_url, fake_push.url)) as m:
+        yield m
+
+
+def mesh_env(root: pathlib.Path, amqp_url: str, postgres_url: str, push_url: str) -> dict[str, str]:
+    """The environment every process of a mesh rooted at ``root`` runs with."""
     env = {
         **os.environ,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "AMQP_URL": mesh_amqp_url,
+        "AMQP_URL": amqp_url,
         "BOOKING_DATABASE_URL": postgres_url,
         "BOOKING_API_KEYS": API_KEY,
         "BOOKING_BIND": f"127.0.0.1:{free_port()}",
@@ -191,7 +216,7 @@ def mesh(tmp_path, mesh_amqp_url, postgres_url, fake_push):
         "BOOKING_RELAY_POLL_SECONDS": "0.1",
         # Reminders due 30 s before the start, so a test can watch one happen.
         "BOOKING_REMINDER_LEAD_SECONDS": "30",
-        "NOTIFICATION_DATABASE_URL": f"sqlite:///{tmp_path / 'notification.db'}",
+        "NOTIFICATION_DATABASE_URL": f"sqlite:///{root / 'notification.db'}",
         "NOTIFICATION_LOG_FORMAT": "json",
         "NOTIFICATION_METRICS_PORT": str(free_port()),
         "NOTIFICATION_RETRY_BASE_SECONDS": "0.2",
@@ -199,31 +224,46 @@ def mesh(tmp_path, mesh_amqp_url, postgres_url, fake_push):
         "NOTIFICATION_MAX_RETRIES": "30",
         "NOTIFICATION_RECEIPTS_POLL_SECONDS": "0.2",
         "EMAIL_BACKEND": "file",
-        "EMAIL_FILE_DIR": str(tmp_path / "email"),
+        "EMAIL_FILE_DIR": str(root / "email"),
         "PUSH_BACKEND": "http",
-        "PUSH_HTTP_URL": fake_push.url,
+        "PUSH_HTTP_URL": push_url,
         "PUSH_HTTP_TOKEN": "fake-token",
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    m = Mesh(tmp_path, env)
+    return env
+
+
+@contextlib.contextmanager
+def running_mesh(root: pathlib.Path, env: dict[str, str], *, webhooks: bool = False, quiet: bool = False):
+    """Migrate, start the mesh's processes (and the webhook receiver if asked), yield the ``Mesh``, stop them.
+
+    The processes' logs are printed at the end (pytest shows them for a failed test) unless ``quiet``.
+    """
+    m = Mesh(root, env)
     m.run("booking-service", "migrate")
     m.run("notification-service", "migrate")
     m.start(
         "worker",
         "celery", "-A", "notification_service.celery_app", "worker",
         "--queues", ",".join(shared.WORK_QUEUES),  # every lane, as the Procfile's two workers do
-        "--pool", "threads", "--concurrency", "4", "--hostname", f"e2e-{tmp_path.name}@%h",
+        "--pool", "threads", "--concurrency", "4", "--hostname", f"e2e-{root.name}@%h",
         "--without-gossip", "--without-mingle", "--loglevel", "INFO",
     )  # fmt: skip
     m.start("api", "booking-service", "serve")
     m.start("relay", "booking-service", "relay")
     m.start("receipts", "booking-service", "receipts")
+    if webhooks:
+        m.start("webhooks", "notification-service", "webhooks")
     try:
         wait_for(lambda: _ok(m.base_url + "/healthz"), 30, "the booking API to answer")
+        if webhooks:
+            wait_for(lambda: _ok(f"http://{env['NOTIFICATION_WEBHOOK_BIND']}/healthz"), 60,
+                     "the webhook receiver to answer")
         yield m
     finally:
         m.stop()
-        print(m.logs())
+        if not quiet:
+            print(m.logs())
 
 
 def _ok(url: str) -> bool:
