@@ -262,7 +262,21 @@ class PrivateCluster:
                 raise PrivateBrokerError(f"{node.node_name} is down, paused or stopped: restore() it first")
             node._wait_until_ready(max(deadline - time.monotonic(), 1))
         names = {node.node_name for node in self.nodes}
-        wait_for(lambda: self.running_nodes() == names, max(deadline - time.monotonic(), 1), f"{sorted(names)} running")
+        last_error: list[str] = []
+
+        def all_running() -> bool:
+            try:
+                return self.running_nodes() == names
+            except PrivateBrokerError as exc:
+                # While a resumed node is healed (autoheal restarts it), every node's management API can take
+                # longer than its timeout to answer /api/nodes: that is "not yet", not a failure.
+                last_error[:] = [str(exc)]
+                return False
+
+        try:
+            wait_for(all_running, max(deadline - time.monotonic(), 1), f"{sorted(names)} running")
+        except AssertionError as exc:
+            raise PrivateBrokerError(f"{exc}; last management API error: {last_error or 'none'}") from None
         return self
 
     def leader_of(self, queue: str, vhost: str = "/", timeout: float = 30) -> ClusterNode:
