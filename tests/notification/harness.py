@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -19,7 +20,7 @@ import pika
 import pytest
 
 import shared
-from tests.support import DISPATCH_HIGH, queue_depth, wait_for  # noqa: F401 - queue_depth is imported from here by the tests
+from tests.support import DISPATCH_HIGH, free_port, queue_depth, wait_for  # noqa: F401 - queue_depth is imported from here by the tests
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CELERY = pathlib.Path(sys.executable).parent / "celery"
@@ -127,6 +128,20 @@ def declare_topology(url: str) -> None:
 
     with Connection(url) as connection:
         declare(connection)
+
+
+@contextlib.contextmanager
+def running_worker(url: str, tmp: pathlib.Path, fake: FakePush | None, concurrency: int = 4, **extra: str):
+    """The topology declared and a started ``Worker`` with a metrics port (``metrics_url``); stopped afterwards."""
+    declare_topology(url)
+    port = free_port()
+    worker = Worker(url, tmp, fake, concurrency, NOTIFICATION_METRICS_PORT=str(port), **extra)
+    worker.metrics_url = f"http://127.0.0.1:{port}/metrics"
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
 
 
 def publish(url: str, message: shared.TaskMessage | None = None, *, body: bytes | None = None,
@@ -261,6 +276,18 @@ class Worker:
 
     def email_for(self, notification_id: str) -> list[pathlib.Path]:
         return [p for p in self.emails() if f"X-Notification-Id: {notification_id}" in p.read_text()]
+
+    def open_days_ago(self, delivery_id: str, days: float) -> None:
+        """Backdate when ``delivery_id`` was opened (its age, as the retry budget reads it)."""
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.db_url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text("UPDATE deliveries SET created_at = :old WHERE delivery_id = :d"),
+                             {"old": (datetime.now(UTC) - timedelta(days=days)).replace(tzinfo=None), "d": delivery_id})
+        finally:
+            engine.dispose()
 
     def status(self, notification_id: str) -> list[dict]:
         """The delivery log's rows of one notification, read in-process (no CLI per poll)."""

@@ -9,10 +9,10 @@ from __future__ import annotations
 import collections
 
 from tests.integration.notification.test_receipts import bind_test_queue, drain
-from tests.notification.fake_email_api import FakeEmailApi, free_port
+from tests.notification.fake_email_api import FakeEmailApi
 from tests.notification.fake_smtp import message_ids
 from tests.notification.harness import Worker, declare_topology, dispatch_message, notification, publish
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 
 
 def test_with_the_primary_down_every_email_goes_out_once_through_the_secondary(module_vhost, tmp_path, smtp):

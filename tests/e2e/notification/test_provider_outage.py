@@ -10,16 +10,12 @@ is spent in seconds; the outage here lasts longer than that several times over.
 
 from __future__ import annotations
 
-import socket
-from datetime import UTC, datetime, timedelta
-
 import pika
 import pytest
-import sqlalchemy as sa
 
 import shared
 from notification_service.delivery.machine import delivery_id
-from tests.notification.harness import Worker, declare_topology, dispatch_message, notification, publish
+from tests.notification.harness import dispatch_message, notification, publish, running_worker
 from tests.support import PUSH_HIGH, wait_for
 
 N = 12
@@ -29,17 +25,9 @@ HOLDS_BEFORE: dict[str, int] = {}
 
 @pytest.fixture(scope="module")
 def worker(module_vhost, fake_push, tmp_path_factory):
-    declare_topology(module_vhost)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    w = Worker(module_vhost, tmp_path_factory.mktemp("worker"), fake_push, concurrency=8,
-               NOTIFICATION_METRICS_PORT=str(port), NOTIFICATION_BREAKER_FAILURES="3",
-               NOTIFICATION_BREAKER_OPEN_SECONDS="2")
-    w.metrics_url = f"http://127.0.0.1:{port}/metrics"
-    w.start()
-    yield w
-    w.stop()
+    with running_worker(module_vhost, tmp_path_factory.mktemp("worker"), fake_push, concurrency=8,
+                        NOTIFICATION_BREAKER_FAILURES="3", NOTIFICATION_BREAKER_OPEN_SECONDS="2") as w:
+        yield w
 
 
 def lane(url: str, queue: str) -> tuple[int, int]:
@@ -97,11 +85,7 @@ def test_a_notification_held_past_its_usefulness_is_dead_lettered_with_its_age(w
         did = delivery_id(payload["notification_id"], shared.CHANNEL_PUSH, "tok-outage-old")
         wait_for(lambda: worker.log_text().count("channel_held") > HOLDS_BEFORE.get("n", 0), 60, "the lane held again")
         # opened two days ago: older than NOTIFICATION_MAX_AGE_SECONDS (24 h) when it next comes round
-        engine = sa.create_engine(worker.db_url)
-        with engine.begin() as conn:
-            conn.execute(sa.text("UPDATE deliveries SET created_at = :old WHERE delivery_id = :d"),
-                         {"old": (datetime.now(UTC) - timedelta(days=2)).replace(tzinfo=None), "d": did})
-        engine.dispose()
+        worker.open_days_ago(did, 2)
         entry = wait_for(lambda: [m for m in worker.dlq() if m["message_id"] == did], 90, "dead letter")[0]
         assert "NOTIFICATION_MAX_AGE_SECONDS" in entry["reason"]
         assert [r["status"] for r in worker.status(payload["notification_id"]) if r["delivery_id"] == did] == ["dead"]

@@ -9,31 +9,28 @@ from datetime import UTC, datetime, timedelta
 
 import pika
 import pytest
-import sqlalchemy as sa
 
 import shared
 from notification_service.delivery.machine import delivery_id
-from tests.notification.harness import Worker, declare_topology, dispatch_message, notification, publish, queue_depth
+from tests.notification.harness import (
+    Worker,
+    dispatch_message,
+    notification,
+    publish,
+    queue_depth,
+    running_worker,
+)
 from tests.support import DISPATCH_HIGH, EMAIL_HIGH, PUSH_HIGH, wait_for
 
 
 @pytest.fixture(scope="module")
 def worker(module_vhost, fake_push, tmp_path_factory):
-    declare_topology(module_vhost)
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     # These tests script one token's failures each, against one push provider: its breaker would open
     # after five of them and hold the next tests' pushes (tests/e2e/notification/test_provider_outage.py
     # covers the breaker), so here it never opens.
-    w = Worker(module_vhost, tmp_path_factory.mktemp("worker"), fake_push, NOTIFICATION_METRICS_PORT=str(port),
-               NOTIFICATION_BREAKER_FAILURES="1000000")
-    w.metrics_url = f"http://127.0.0.1:{port}/metrics"
-    w.start()
-    yield w
-    w.stop()
+    with running_worker(module_vhost, tmp_path_factory.mktemp("worker"), fake_push,
+                        NOTIFICATION_BREAKER_FAILURES="1000000") as w:
+        yield w
 
 
 def statuses(worker: Worker, notification_id: str) -> dict[str, str]:
@@ -122,11 +119,7 @@ def test_an_outage_is_retried_past_max_retries_until_too_old_then_dead_lettered_
     wait_for(lambda: len(fake_push.for_token("tok-500")) >= 6, 90, "six attempts, past max retries")
     assert not [m for m in worker.dlq() if m["message_id"] == push_id]
     # the delivery was opened two days ago: older than NOTIFICATION_MAX_AGE_SECONDS (24 h) at its next failure
-    engine = sa.create_engine(worker.db_url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE deliveries SET created_at = :old WHERE delivery_id = :d"),
-                     {"old": (datetime.now(UTC) - timedelta(days=2)).replace(tzinfo=None), "d": push_id})
-    engine.dispose()
+    worker.open_days_ago(push_id, 2)
     entry = wait_for(lambda: [m for m in worker.dlq() if m["message_id"] == push_id], 60, "dead letter")[0]
     assert "NOTIFICATION_MAX_AGE_SECONDS" in entry["reason"] and "500" in entry["reason"]
     calls = len(fake_push.for_token("tok-500"))

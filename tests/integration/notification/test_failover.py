@@ -24,9 +24,10 @@ from notification_service.providers import EmailContent
 from notification_service.providers.breaker import BreakerState, CircuitBreaker
 from notification_service.providers.channels import email_provider
 from notification_service.settings import Settings
-from tests.notification.fake_email_api import FakeEmailApi, free_port
+from tests.notification.fake_email_api import FakeEmailApi
 from tests.notification.fake_smtp import message_ids
 from tests.notification.fakes import FakeOwner
+from tests.support import free_port
 
 
 @pytest.fixture

@@ -21,9 +21,10 @@ from notification_service.providers.breaker import CircuitBreaker
 from notification_service.providers.chain import Accepted, Member, ProviderChain
 from notification_service.runtime import metrics
 from notification_service.settings import ConfigError, Settings
-from tests.notification.fake_email_api import FakeEmailApi, free_port
+from tests.notification.fake_email_api import FakeEmailApi
 from tests.notification.fake_smtp import message_ids, serve_smtp
 from tests.notification.fakes import FakeDeliveryLog, FakeOwner, FakeProvider
+from tests.support import free_port
 
 MAIL = EmailContent(delivery_id="d-1", to="ada@example.org", subject="S", text="t", html="<p>h</p>")
 
