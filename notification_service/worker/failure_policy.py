@@ -11,7 +11,7 @@ Celery does most of it (DESIGN.md "Worker semantics"):
 * a task that fails for good is *rejected* without requeue because
   ``task_acks_on_failure`` is off, so RabbitMQ dead-letters it into ``<queue>.dlq``.
 
-How long a failure is retried depends on what it is (``retry_budget``):
+How long a failure is retried depends on what it is (``NotificationTask.check_budget``):
 
 * an *outage* (a provider's ``TransientError``, the database or the broker away)
   is retried for as long as the notification can still be useful: until it is
@@ -92,10 +92,6 @@ OUTAGES: tuple[type[BaseException], ...] = (
 
 class TooOld(TransientError):
     """An outage outlasted NOTIFICATION_MAX_AGE_SECONDS: the notification is dead-lettered, its cause kept."""
-
-    def __init__(self, message: str, attempts: int) -> None:
-        super().__init__(message)
-        self.attempts = attempts
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -202,8 +198,7 @@ class NotificationTask(Task):
         age = (datetime.now(UTC) - started).total_seconds()
         if age >= self.settings.max_age_seconds:
             raise TooOld(f"given up after {attempts} attempts over {age / 3600:.1f} h, older than "
-                         f"NOTIFICATION_MAX_AGE_SECONDS ({self.settings.max_age_seconds:.0f} s): {exc}",
-                         attempts) from exc
+                         f"NOTIFICATION_MAX_AGE_SECONDS ({self.settings.max_age_seconds:.0f} s): {exc}") from exc
 
     def started_at(self) -> datetime | None:
         """When the notification's work began: its delivery opened (send tasks) or its request (dispatch)."""
