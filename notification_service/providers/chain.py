@@ -60,6 +60,13 @@ def _recipient(channel: str, content) -> str:
     return shared.mask_address(channel, address)
 
 
+def _sooner(wait: float | None, other: float | None) -> float | None:
+    """The shorter of two ``Retry-After`` waits, either of which may be unknown (None)."""
+    if other is None:
+        return wait
+    return other if wait is None else min(wait, other)
+
+
 class ProviderChain:
     """The providers of one channel, tried in order; one per process (``channels.email_provider``), thread-safe."""
 
@@ -104,7 +111,7 @@ class ProviderChain:
             except RateLimited as exc:
                 # Its rate limit: nothing was called, so not a failure of the provider; the next one may take it.
                 limited, previous, reason = exc, member.name, str(exc)
-                retry_after = exc.retry_after if retry_after is None else min(retry_after, exc.retry_after or 0.0)
+                retry_after = _sooner(retry_after, exc.retry_after)
                 continue
             except PermanentError:
                 member.breaker.success()  # it answered: up, the message was wrong
@@ -116,8 +123,7 @@ class ProviderChain:
             except NotAccepted as exc:
                 member.breaker.failure()
                 last, previous, reason = exc, member.name, str(exc)
-                if exc.retry_after is not None:
-                    retry_after = exc.retry_after if retry_after is None else min(retry_after, exc.retry_after)
+                retry_after = _sooner(retry_after, exc.retry_after)
                 continue
             except TransientError as exc:
                 # Not said which: it may have been taken, so it is treated as such.
