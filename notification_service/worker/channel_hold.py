@@ -56,13 +56,6 @@ def hold(channel: str, seconds: float) -> bool:
     return step.request(channel, seconds)
 
 
-def held_channels() -> dict[str, float]:
-    """The channels held now and the seconds each hold has left (for logs and tests)."""
-    with _Current.lock:
-        step = _Current.step
-    return step.remaining() if step is not None else {}
-
-
 class ChannelHold(bootsteps.StartStopStep):
     """Consumer bootstep: cancels and resumes the lane queues of a held channel on the consumer's thread."""
 
@@ -104,18 +97,12 @@ class ChannelHold(bootsteps.StartStopStep):
             hub.call_soon(self._begin, channel, stage)
         return True
 
-    def remaining(self) -> dict[str, float]:
-        now = time.monotonic()
-        with self.lock:
-            return {channel: max(0.0, end - now) for channel, end in self.until.items()}
-
     # -- the consumer's thread ---------------------------------------------------
 
     def _begin(self, channel: str, stage: str) -> None:
         c = self.consumer
         consumed = set(c.app.amqp.queues.consume_from)
-        queues = [shared.lane_queue(stage, lane) for lane in shared.Lane
-                  if shared.lane_queue(stage, lane) in consumed]
+        queues = [queue for queue in (shared.lane_queue(stage, lane) for lane in shared.Lane) if queue in consumed]
         for queue in queues:
             c.cancel_task_queue(queue)
         self.cancelled[channel] = queues
