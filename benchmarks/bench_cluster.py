@@ -365,13 +365,8 @@ def table_faults(three: PrivateCluster, rate: float, duration: float) -> None:
     timeline: list[tuple[float, str]] = []
     stop = threading.Event()
     try:
-        mesh.run("migrate-booking", str(BIN / "booking-service"), "migrate")
-        mesh.run("migrate-notification", str(BIN / "notification-service"), "migrate")
-        mesh.run("topology", str(BIN / "notification-service"), "topology", "declare")
-        for name in (*mesh.workers, "api", "relay", "receipts"):
-            mesh.start(name)
         base_url = f"http://127.0.0.1:{api_port}"
-        wait_for(lambda: bench_faults.healthy(base_url + "/healthz"), 60, "the booking API")
+        mesh.boot(base_url)
         warm = Load(base_url, 1, 1, "warm" + uuid.uuid4().hex[:4]).post(0)
         if warm is None:
             raise SystemExit("the warm-up booking failed")

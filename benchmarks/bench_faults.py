@@ -335,6 +335,15 @@ class Mesh:
             proc.wait()
             return proc.pid
 
+    def boot(self, base_url: str) -> None:
+        """Migrate both databases, declare the topology, start every process; wait for the API at ``base_url``."""
+        self.run("migrate-booking", str(BIN / "booking-service"), "migrate")
+        self.run("migrate-notification", str(BIN / "notification-service"), "migrate")
+        self.run("topology", str(BIN / "notification-service"), "topology", "declare")
+        for name in (*self.workers, "api", "relay", "receipts"):
+            self.start(name)
+        wait_for(lambda: healthy(base_url + "/healthz"), 60, "the booking API")
+
     def alive(self, name: str) -> bool:
         proc = self.procs.get(name)
         return proc is not None and proc.poll() is None
@@ -887,13 +896,8 @@ def main() -> None:
         workers_text = (f"workers: dispatch -c 8 + {args.send_workers} x send -c {args.concurrency}"
                         if args.workers == "split" else
                         f"worker -c {args.concurrency}") + f" (-P threads, nice {args.worker_nice})"
-        mesh.run("migrate-booking", str(BIN / "booking-service"), "migrate")
-        mesh.run("migrate-notification", str(BIN / "notification-service"), "migrate")
-        mesh.run("topology", str(BIN / "notification-service"), "topology", "declare")
-        for name in (*mesh.workers, "api", "relay", "receipts"):
-            mesh.start(name)
         base_url = f"http://127.0.0.1:{api_port}"
-        wait_for(lambda: healthy(base_url + "/healthz"), 60, "the booking API")
+        mesh.boot(base_url)
 
         # Warm-up: one booking through the whole mesh, both deliveries accepted, before the clock starts.
         warm = Load(base_url, 1, 1, run_id + "w").post(0)
